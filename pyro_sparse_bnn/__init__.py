@@ -1,0 +1,71 @@
+"""pyro_sparse_bnn: sparsity-inducing priors for Bayesian neural networks, built on Pyro.
+
+Typical use::
+
+    from torch import nn
+    import pyro_sparse_bnn as psb
+
+    net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    bnn = psb.SparseBNN(net, psb.SpikeSlab(), likelihood="categorical")
+    history = psb.fit(bnn, x_train, y_train, epochs=200)
+    print(psb.inclusion_summary(bnn))
+    module, report = psb.compress(bnn)
+"""
+
+from .compress import Compressed, CompressionReport, SelectInputs, compress, masked_posterior_mean
+from .distributions import ConcreteBernoulli, GatedNormal, bernoulli_kl, normal_kl
+from .elbo import MeanFieldELBO
+from .errors import (
+    HyperparameterError,
+    InputError,
+    NonFiniteLossError,
+    NotFittedError,
+    SparseBNNError,
+    UnsupportedLayerError,
+)
+from .fit import FitHistory, fit, geometric_temperature
+from .inclusion import (
+    edge_inclusion_probs,
+    feature_inclusion_probs,
+    inclusion_summary,
+    node_inclusion_probs,
+)
+from .likelihoods import CategoricalLikelihood, GaussianLikelihood, Prediction
+from .network import SparseBNN
+from .priors import Prior, PriorLayer, SpikeSlab, theory_prior_inclusion
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SparseBNN",
+    "SpikeSlab",
+    "Prior",
+    "PriorLayer",
+    "theory_prior_inclusion",
+    "CategoricalLikelihood",
+    "GaussianLikelihood",
+    "Prediction",
+    "MeanFieldELBO",
+    "fit",
+    "FitHistory",
+    "geometric_temperature",
+    "edge_inclusion_probs",
+    "node_inclusion_probs",
+    "feature_inclusion_probs",
+    "inclusion_summary",
+    "compress",
+    "Compressed",
+    "CompressionReport",
+    "SelectInputs",
+    "masked_posterior_mean",
+    "ConcreteBernoulli",
+    "GatedNormal",
+    "bernoulli_kl",
+    "normal_kl",
+    "SparseBNNError",
+    "InputError",
+    "HyperparameterError",
+    "UnsupportedLayerError",
+    "NotFittedError",
+    "NonFiniteLossError",
+]

@@ -1,0 +1,232 @@
+"""The network wrapper: an ordinary ``nn.Sequential`` plus a prior becomes a Pyro model and guide.
+
+Example::
+
+    net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    bnn = SparseBNN(net, SpikeSlab(), likelihood="categorical", num_data=len(x_train))
+    svi = pyro.infer.SVI(bnn.model, bnn.guide, pyro.optim.Adam({"lr": 5e-3}), MeanFieldELBO())
+    for step in range(1000):
+        svi.step(x_batch, y_batch)
+
+``bnn.model(x, y)`` is a true Pyro model: it samples every layer's prior sites, runs the
+network, and observes ``y`` inside ``pyro.plate("data", num_data, subsample=...)`` so a
+minibatch ELBO is scaled to the full training set. ``bnn.guide(x, y)`` samples the matching
+guide sites from parameters owned by the wrapper (``bnn.parameters()``), never from Pyro's
+global param store, so several networks can live in one process.
+"""
+
+from typing import Optional, Sequence, Union
+
+import pyro
+import torch
+from pyro import poutine
+from torch import nn
+
+from .architecture import Architecture, parse_sequential
+from .errors import HyperparameterError, InputError
+from .likelihoods import Likelihood, Prediction, make_likelihood
+from .priors.base import Prior, PriorLayer, apply_layer, check_positive
+from .validation import as_tensor, check_features, check_same_length
+
+__all__ = ["SparseBNN"]
+
+
+class SparseBNN(nn.Module):
+    """Bayesian neural network with a sparsity prior on every parametric layer.
+
+    :param nn.Sequential net: the architecture: ``nn.Linear`` layers and parameter-free
+        elementwise activations (nested ``nn.Sequential`` allowed). Its current weights
+        become the initial posterior means.
+    :param prior: a :class:`~pyro_sparse_bnn.priors.base.Prior` for every layer, or a
+        sequence with one prior per ``nn.Linear`` layer.
+    :param likelihood: ``"categorical"`` (integer labels, outputs are logits),
+        ``"gaussian"`` (regression, unit noise), or a
+        :class:`~pyro_sparse_bnn.likelihoods.Likelihood` instance such as
+        ``GaussianLikelihood(noise_scale=0.5, learn_noise=True)``.
+    :param int num_data: training-set size ``N``; minibatch log-likelihoods are scaled by
+        ``N / batch_size``. ``None`` treats every call as the full data set (``fit`` sets it).
+    :param float temperature: initial relaxation temperature of the indicators (0.5).
+
+    Shapes: ``x`` is ``(batch, in_features)``; ``y`` is ``(batch,)`` integer labels for
+    classification, ``(batch,)`` or ``(batch, outputs)`` floats for regression.
+    """
+
+    def __init__(
+        self,
+        net: nn.Sequential,
+        prior: Union[Prior, Sequence[Prior]],
+        likelihood: Union[str, Likelihood] = "categorical",
+        num_data: Optional[int] = None,
+        temperature: float = 0.5,
+    ):
+        super().__init__()
+        self.architecture: Architecture = parse_sequential(net)
+        specs = self.architecture.specs
+        self.num_data = self._check_num_data(num_data)
+        priors = self._per_layer_priors(prior, len(specs))
+        network = self.architecture.network_info(self.num_data)
+        self.layers = nn.ModuleList([p.build(spec, network) for p, spec in zip(priors, specs)])
+        self.priors = tuple(priors)
+        self.fixed = nn.ModuleList(
+            [stage.module for stage in self.architecture.stages if not stage.is_parametric]
+        )
+        self.likelihood = make_likelihood(likelihood)
+        self.likelihood.check_outputs(self.architecture.num_outputs)
+        self.register_buffer("temperature", torch.tensor(check_positive("temperature", temperature)))
+        #: number of optimisation steps taken by :func:`~pyro_sparse_bnn.fit.fit`
+        self.register_buffer("num_steps", torch.tensor(0, dtype=torch.long))
+        self._initial_fingerprint = self._fingerprint()
+
+    # -- construction helpers ------------------------------------------------------------
+    @staticmethod
+    def _check_num_data(num_data):
+        if num_data is None:
+            return None
+        if isinstance(num_data, bool) or int(num_data) != num_data or num_data < 1:
+            raise HyperparameterError(f"num_data must be a positive integer, got {num_data!r}")
+        return int(num_data)
+
+    @staticmethod
+    def _per_layer_priors(prior, num_layers):
+        if isinstance(prior, Prior):
+            return [prior] * num_layers
+        if isinstance(prior, (list, tuple)) and all(isinstance(p, Prior) for p in prior):
+            if len(prior) != num_layers:
+                raise HyperparameterError(
+                    f"got {len(prior)} priors for a network with {num_layers} parametric layers"
+                )
+            return list(prior)
+        raise HyperparameterError(
+            f"prior must be a Prior or a sequence of Priors (one per layer), got {prior!r}"
+        )
+
+    # -- properties ----------------------------------------------------------------------
+    @property
+    def num_inputs(self) -> int:
+        """Number of input features."""
+        return self.architecture.num_inputs
+
+    @property
+    def num_outputs(self) -> int:
+        """Number of network outputs (classes or regression targets)."""
+        return self.architecture.num_outputs
+
+    @property
+    def _dtype(self):
+        return self.temperature.dtype
+
+    @property
+    def _device(self):
+        return self.temperature.device
+
+    def set_temperature(self, temperature: float) -> None:
+        """Set the relaxation temperature of the indicators (in place, > 0)."""
+        self.temperature.fill_(check_positive("temperature", temperature))
+
+    def layer(self, name: str) -> PriorLayer:
+        """The prior layer called ``name`` (e.g. ``"net.0"``)."""
+        for layer in self.layers:
+            if layer.spec.name == name:
+                return layer
+        names = [layer.spec.name for layer in self.layers]
+        raise KeyError(f"no layer {name!r}; layers are {names}")
+
+    def _fingerprint(self):
+        params = [p.detach().double() for layer in self.layers for p in layer.parameters()]
+        return tuple(float(v) for p in params for v in (p.sum(), p.abs().sum()))
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether the guide has been trained: by :func:`~pyro_sparse_bnn.fit.fit`, or by any
+        other optimiser (its parameters have moved from their initial values)."""
+        return int(self.num_steps) > 0 or self._fingerprint() != self._initial_fingerprint
+
+    # -- data checks ---------------------------------------------------------------------
+    def check_data(self, x, y=None):
+        """Validate ``x`` (and ``y``) against the network; return them ready for the model.
+
+        :raises InputError: on wrong shapes, dtypes, devices, NaN/inf or labels out of range.
+        """
+        check_features(x, self.num_inputs, self._dtype, self._device)
+        if y is not None:
+            y = self.likelihood.check_targets(y, self.num_outputs)
+            if y.is_floating_point():
+                y = y.to(self._dtype)
+            check_same_length([x, y], ["x", "y"])
+            if y.device != x.device:
+                raise InputError(f"y is on {y.device} but x is on {x.device}")
+        return x, y
+
+    def as_data(self, x, y=None):
+        """Convert numpy arrays / sequences to tensors of the network's dtype and device."""
+        x = as_tensor(x, "x", self._dtype, self._device)
+        if y is not None:
+            y = as_tensor(y, "y", self._dtype, self._device)
+        return x, y
+
+    # -- Pyro model and guide ------------------------------------------------------------
+    def network_forward(self, x, draws):
+        """Run the network on ``x`` with one :class:`LayerDraw` per parametric layer."""
+        h = x
+        for stage in self.architecture.stages:
+            if stage.is_parametric:
+                h = apply_layer(h, self.layers[stage.layer_index].spec, draws[stage.layer_index])
+            else:
+                h = stage.module(h)
+        return h
+
+    def model(self, x, y=None):
+        """Pyro model: priors on every layer, then ``obs ~ likelihood(f(x))`` in a data plate.
+
+        :param torch.Tensor x: inputs ``(batch, in_features)``.
+        :param y: targets (see class docstring) or ``None`` to sample them.
+        :returns: network outputs ``(batch, outputs)`` (logits or regression means).
+        """
+        x, y = self.check_data(x, y)
+        draws = [layer.model() for layer in self.layers]
+        outputs = self.network_forward(x, draws)
+        batch = x.shape[0]
+        size = self.num_data if self.num_data is not None else batch
+        with pyro.plate("data", size=max(size, batch), subsample=torch.arange(batch, device=x.device)):
+            self.likelihood.sample(outputs, y)
+        return outputs
+
+    def guide(self, x=None, y=None):
+        """Pyro guide: samples every layer's guide sites (the data are not needed)."""
+        for layer in self.layers:
+            layer.guide(self.temperature)
+
+    # -- prediction ----------------------------------------------------------------------
+    def forward(self, x):
+        """One posterior draw of the network outputs: sample the guide, run the model on it.
+
+        :param torch.Tensor x: ``(batch, in_features)``.
+        :returns: outputs ``(batch, outputs)``.
+        """
+        guide_trace = poutine.trace(self.guide).get_trace(x)
+        return poutine.replay(self.model, trace=guide_trace)(x)
+
+    @torch.no_grad()
+    def predict(self, x, num_samples: int = 100, batch_size: Optional[int] = None) -> Prediction:
+        """Posterior predictive from ``num_samples`` Monte Carlo draws of the guide.
+
+        :param x: inputs ``(batch, in_features)`` (tensor or array).
+        :param int num_samples: number of guide draws.
+        :param batch_size: split ``x`` into chunks of this size to bound memory.
+        :returns: :class:`~pyro_sparse_bnn.likelihoods.Prediction` (class probabilities, or
+            mean and standard deviation for regression).
+        """
+        if int(num_samples) != num_samples or num_samples < 1:
+            raise InputError(f"num_samples must be a positive integer, got {num_samples!r}")
+        x, _ = self.as_data(x)
+        self.check_data(x)
+        chunks = [x] if batch_size is None else torch.split(x, int(batch_size))
+        draws = torch.cat(
+            [torch.stack([self(chunk) for _ in range(int(num_samples))]) for chunk in chunks], dim=1
+        )
+        return self.likelihood.summarize(draws)
+
+    def extra_repr(self):
+        widths = "-".join(map(str, self.architecture.widths))
+        priors = {type(p).__name__ for p in self.priors}
+        return f"architecture={widths}, prior={'/'.join(sorted(priors))}, num_data={self.num_data}"

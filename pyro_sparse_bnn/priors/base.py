@@ -1,0 +1,430 @@
+"""The prior interface shared by every sparsity prior, and the building blocks they reuse.
+
+A :class:`Prior` holds the hyperparameters of one sparsity prior. The network wrapper asks
+it to :meth:`~Prior.build` one :class:`PriorLayer` per ``nn.Linear`` (later ``nn.Conv2d``)
+of the user's network. A ``PriorLayer`` is an ``nn.Module`` that owns the guide parameters
+of that layer and knows
+
+* which sample sites the **model** has and how the weight is formed from them
+  (:meth:`PriorLayer.model`),
+* which sample sites the **guide** has, how they are initialised and parameterised
+  (:meth:`PriorLayer.guide`),
+* how to read inclusion probabilities, keep masks and posterior means off the fitted guide
+  (:meth:`edge_inclusion_probs`, :meth:`output_inclusion_probs`, :meth:`keep_masks`,
+  :meth:`posterior_mean`).
+
+A layer's weights and bias are handled together as one *augmented* matrix of shape
+``(out_units, fan_in + 1)`` whose row ``j`` holds the incoming weights of unit ``j``
+followed by its bias (:attr:`LayerSpec.param_shape`). Every prior in the library writes it
+as ``scale * slab``, where the slab is Gaussian given everything else and the scale collects
+indicators and group scales. :class:`LayerDraw` carries these two factors from the model to
+the layer computation, which is what lets a local reparameterisation handler replace weight
+sampling by pre-activation sampling without touching the priors.
+
+Writing a new prior means subclassing :class:`Prior` and :class:`PriorLayer` in one new
+file under ``priors/``; :class:`BernoulliGates` and :class:`GaussianSlab` supply the relaxed
+indicators and the Gaussian slab with its (optionally inclusion-weighted) KL.
+"""
+
+import math
+import weakref
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.poutine.runtime import effectful
+from torch import nn
+
+from ..distributions import ConcreteBernoulli, GatedNormal
+from ..errors import HyperparameterError
+
+__all__ = [
+    "LayerSpec",
+    "NetworkInfo",
+    "LayerDraw",
+    "Prior",
+    "PriorLayer",
+    "BernoulliGates",
+    "GaussianSlab",
+    "SpikeSlabBlock",
+    "emit_param",
+    "check_positive",
+    "check_probability",
+]
+
+
+# --------------------------------------------------------------------------------------
+# Descriptions of a layer and of the network it sits in
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerSpec:
+    """What a prior needs to know about one parametric layer.
+
+    :ivar str name: site-name prefix, e.g. ``"net.0"`` (the layer's path in the network).
+    :ivar int index: position among the network's parametric layers (0 = first).
+    :ivar str kind: ``"linear"`` (``"conv2d"`` is reserved for convolutional layers).
+    :ivar torch.Size weight_shape: ``(out_units, in_units)`` for linear layers.
+    :ivar bool has_bias: whether the layer has a bias of shape ``(out_units,)``.
+    :ivar bool is_output: whether this is the network's last parametric layer.
+    :ivar nn.Module module: the user's original layer (initial means, conv hyperparameters).
+    """
+
+    name: str
+    index: int
+    kind: str
+    weight_shape: torch.Size
+    has_bias: bool
+    is_output: bool
+    module: nn.Module
+
+    @property
+    def out_units(self) -> int:
+        """Number of output nodes (linear) or channels (conv)."""
+        return self.weight_shape[0]
+
+    @property
+    def in_units(self) -> int:
+        """Number of input nodes (linear) or channels (conv)."""
+        return self.weight_shape[1]
+
+    @property
+    def fan_in(self) -> int:
+        """Number of incoming weights of one output unit."""
+        return math.prod(self.weight_shape[1:])
+
+    @property
+    def num_params(self) -> int:
+        """Number of weights plus biases."""
+        return math.prod(self.weight_shape) + (self.out_units if self.has_bias else 0)
+
+    @property
+    def param_shape(self) -> Tuple[int, int]:
+        """Shape ``(out_units, fan_in + has_bias)`` of the layer's *augmented* parameter
+        matrix: row ``j`` holds the incoming weights of unit ``j`` followed by its bias."""
+        return (self.out_units, self.fan_in + int(self.has_bias))
+
+    def augment(self, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """Pack ``weight`` and ``bias`` into the augmented ``param_shape`` matrix."""
+        rows = weight.reshape(self.out_units, self.fan_in)
+        return torch.cat([rows, bias.reshape(-1, 1)], dim=1) if self.has_bias else rows
+
+    def split(self, params: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Inverse of :meth:`augment`: ``(weight, bias)`` views of an augmented matrix
+        (``bias`` is ``None`` without bias)."""
+        weight = params[:, : self.fan_in].reshape(self.weight_shape)
+        return weight, (params[:, self.fan_in] if self.has_bias else None)
+
+    def apply(self, x, weight, bias):
+        """The layer's deterministic operation with the given weight and bias."""
+        if self.kind == "linear":
+            return F.linear(x, weight, bias)
+        raise NotImplementedError(f"layer kind {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    """Network-level quantities that some priors use to set defaults.
+
+    :ivar int num_weights: total number of weights and biases ``T``.
+    :ivar int num_hidden_layers: number of hidden layers ``L``.
+    :ivar int hidden_width: largest hidden width ``N_w``.
+    :ivar int num_inputs: input dimension ``p``.
+    :ivar num_data: training-set size ``n`` (``None`` when not known yet).
+    """
+
+    num_weights: int
+    num_hidden_layers: int
+    hidden_width: int
+    num_inputs: int
+    num_data: Optional[int]
+
+
+@dataclass
+class LayerDraw:
+    """One draw of a layer's parameters in factored form.
+
+    The augmented parameter matrix (see :attr:`LayerSpec.param_shape`) is
+    ``scale * slab``: ``slab`` is the value of a Gaussian sample site of shape
+    ``param_shape`` and ``scale`` (``None`` meaning 1) collects indicators and group scales,
+    broadcastable against it.
+    """
+
+    slab: torch.Tensor
+    scale: Optional[torch.Tensor] = None
+
+    @property
+    def params(self) -> torch.Tensor:
+        """The augmented parameter matrix ``scale * slab``."""
+        return self.slab if self.scale is None else self.scale * self.slab
+
+
+def _apply_layer(x, spec: LayerSpec, draw: LayerDraw):
+    return spec.apply(x, *spec.split(draw.params))
+
+
+#: The layer computation of the model, as a Pyro effect of type ``"sparse_layer"``: its
+#: default forms the weight from the draw and applies the layer; an effect handler (local
+#: reparameterisation) may compute the pre-activations differently from the same draw.
+apply_layer = effectful(_apply_layer, type="sparse_layer")
+
+
+# --------------------------------------------------------------------------------------
+# Small shared helpers
+# --------------------------------------------------------------------------------------
+def emit_param(name: str, param: torch.Tensor) -> torch.Tensor:
+    """Announce a module-owned parameter to Pyro and return an alias of it to compute with.
+
+    Pyro's ``SVI`` finds the parameters to optimise through ``param`` messages. The
+    parameters of this library live in ``nn.Module`` objects (never in Pyro's global param
+    store, so two networks can never collide); this helper sends the message without
+    touching the store, the way ``PyroModule`` does with ``module_local_params``.
+    """
+    alias = param.view_as(param)
+    alias.unconstrained = weakref.ref(param)
+    return effectful(type="param")(lambda *_, **__: alias)(
+        name, alias, constraint=dist.constraints.real, name=name
+    )
+
+
+def check_positive(name: str, value) -> float:
+    """Return ``float(value)`` or raise :class:`HyperparameterError` unless it is > 0 and finite."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise HyperparameterError(f"{name} must be a positive number, got {value!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise HyperparameterError(f"{name} must be positive and finite, got {value}")
+    return value
+
+
+def check_probability(name: str, value) -> float:
+    """Return ``float(value)`` or raise :class:`HyperparameterError` unless 0 < value < 1."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise HyperparameterError(
+            f"{name} must be a probability in (0, 1), got {value!r}"
+        ) from None
+    if not 0 < value < 1:
+        raise HyperparameterError(f"{name} must lie strictly between 0 and 1, got {value}")
+    return value
+
+
+def _logit(p: float) -> float:
+    return math.log(p) - math.log1p(-p)
+
+
+# --------------------------------------------------------------------------------------
+# Reusable pieces of guides
+# --------------------------------------------------------------------------------------
+class BernoulliGates(nn.Module):
+    """Bernoulli indicators with a binary Concrete guide.
+
+    Model side ``Bernoulli(prior_probs)``; guide side
+    ``ConcreteBernoulli(logits, temperature, hard)`` with ``gamma = sigmoid(logits)``
+    initialised to ``init_probs``. The pair's KL is the closed-form Bernoulli KL.
+
+    :param shape: shape of the indicator tensor (e.g. the weight shape for edge-level
+        indicators, ``(out_units,)`` for node-level ones).
+    :param prior_probs: prior inclusion probability ``lambda`` (float or tensor
+        broadcastable to ``shape``).
+    :param float init_probs: initial inclusion probability ``gamma``.
+    """
+
+    def __init__(self, shape, prior_probs, init_probs: float):
+        super().__init__()
+        self.shape = torch.Size(shape)
+        self.logits = nn.Parameter(torch.full(self.shape, _logit(init_probs)))
+        self.register_buffer("prior_probs", torch.as_tensor(prior_probs, dtype=torch.float32))
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """Posterior inclusion probabilities ``gamma`` (no gradient)."""
+        return torch.sigmoid(self.logits.detach())
+
+    def prior_dist(self):
+        return dist.Bernoulli(probs=self.prior_probs).expand(self.shape).to_event(len(self.shape))
+
+    def guide_dist(self, logits, temperature, hard: bool):
+        return ConcreteBernoulli(logits, temperature, hard=hard, validate_args=False).to_event(
+            len(self.shape)
+        )
+
+
+class GaussianSlab(nn.Module):
+    """A Gaussian slab ``beta`` with prior ``Normal(0, prior_scale)``.
+
+    Guide ``Normal(loc, softplus(rho))``, or -- when gated by a spike-and-slab indicator --
+    :class:`~pyro_sparse_bnn.distributions.GatedNormal`, whose KL is weighted by the gate's
+    inclusion probability.
+
+    :param torch.Tensor init_loc: initial posterior mean (its shape is the slab's shape).
+    :param float prior_scale: prior standard deviation ``sigma_0``.
+    :param float init_rho: initial ``rho``; the posterior scale is ``softplus(rho)``.
+    """
+
+    def __init__(self, init_loc: torch.Tensor, prior_scale: float, init_rho: float):
+        super().__init__()
+        self.loc = nn.Parameter(init_loc.detach().clone().float())
+        self.rho = nn.Parameter(torch.full_like(self.loc, init_rho))
+        self.register_buffer("prior_scale", torch.tensor(float(prior_scale)))
+
+    @property
+    def shape(self):
+        return self.loc.shape
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """Posterior standard deviation ``softplus(rho)`` (no gradient)."""
+        return F.softplus(self.rho.detach())
+
+    def prior_dist(self):
+        return dist.Normal(torch.zeros_like(self.prior_scale), self.prior_scale).expand(
+            self.shape
+        ).to_event(self.loc.dim())
+
+    def guide_dist(self, loc, rho, gate=None, gate_probs=None):
+        scale = F.softplus(rho)
+        if gate is None:
+            base = dist.Normal(loc, scale, validate_args=False)
+        else:
+            base = GatedNormal(loc, scale, gate, gate_probs, self.prior_scale, validate_args=False)
+        return base.to_event(self.loc.dim())
+
+
+class SpikeSlabBlock(nn.Module):
+    """Bernoulli indicators, each switching a group of entries of a Gaussian slab.
+
+    The edge-level prior has one indicator per entry of the augmented parameter matrix;
+    node-level priors have one indicator per row (unit). In the model the indicator site is
+    ``Bernoulli(prior_probs)`` and the slab site ``Normal(0, prior_scale)``; in the guide the
+    indicator is a :class:`~pyro_sparse_bnn.distributions.ConcreteBernoulli` and the slab a
+    :class:`~pyro_sparse_bnn.distributions.GatedNormal`, so the KL of the block is
+    ``sum KL_Bernoulli(gamma || lambda) + sum gamma * KL_slab``.
+
+    :param str gate_site: site suffix of the indicators (e.g. ``"edge_indicator"``).
+    :param gate_shape: shape of the indicator tensor; it is padded with trailing ones to
+        broadcast against the slab (``(out_units,)`` switches whole rows).
+    :param torch.Tensor init_loc: initial slab mean (its shape is the slab's shape).
+    :param prior_probs: prior inclusion probability ``lambda``.
+    :param float prior_scale: prior slab standard deviation ``sigma_0``.
+    :param float init_probs: initial inclusion probability ``gamma``.
+    :param float init_rho: initial slab ``rho`` (``sigma = softplus(rho)``).
+    :param bool hard: straight-through hard indicators in the guide.
+    :param str slab_site: site suffix of the slab.
+    """
+
+    def __init__(self, gate_site, gate_shape, init_loc, prior_probs, prior_scale, init_probs,
+                 init_rho, hard=True, slab_site="slab"):
+        super().__init__()
+        self.gate_site, self.slab_site = gate_site, slab_site
+        self.hard = hard
+        self.gates = BernoulliGates(gate_shape, prior_probs, init_probs)
+        self.slab = GaussianSlab(init_loc, prior_scale, init_rho)
+        self.gate_view = tuple(gate_shape) + (1,) * (init_loc.dim() - len(gate_shape))
+
+    def model(self, layer: "PriorLayer") -> "LayerDraw":
+        """Sample the prior sites; return the draw ``slab`` scaled by the indicators."""
+        gate = pyro.sample(layer.site(self.gate_site), self.gates.prior_dist())
+        slab = pyro.sample(layer.site(self.slab_site), self.slab.prior_dist())
+        return LayerDraw(slab=slab, scale=gate.view(self.gate_view))
+
+    def guide(self, layer: "PriorLayer", temperature) -> None:
+        """Sample the guide sites (same order as :meth:`model`)."""
+        logits = layer.param(self.gate_site + "_logits", self.gates.logits)
+        gate = pyro.sample(
+            layer.site(self.gate_site), self.gates.guide_dist(logits, temperature, self.hard)
+        )
+        loc = layer.param(self.slab_site + "_loc", self.slab.loc)
+        rho = layer.param(self.slab_site + "_rho", self.slab.rho)
+        gate_probs = torch.sigmoid(logits).view(self.gate_view)
+        pyro.sample(
+            layer.site(self.slab_site),
+            self.slab.guide_dist(loc, rho, gate=gate.view(self.gate_view), gate_probs=gate_probs),
+        )
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """Posterior inclusion probabilities of the indicators (no gradient)."""
+        return self.gates.probs
+
+
+# --------------------------------------------------------------------------------------
+# The interface
+# --------------------------------------------------------------------------------------
+class Prior:
+    """Hyperparameters of a sparsity prior; builds one :class:`PriorLayer` per layer.
+
+    Subclasses validate their hyperparameters in ``__init__`` (raising
+    :class:`~pyro_sparse_bnn.errors.HyperparameterError`) and implement :meth:`build`.
+    """
+
+    #: Keep-rule threshold used by ``compress`` and the summaries when none is given.
+    threshold: float = 0.5
+
+    def build(self, spec: LayerSpec, network: NetworkInfo) -> "PriorLayer":
+        """Create the per-layer module for ``spec`` inside a network described by ``network``."""
+        raise NotImplementedError
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+class PriorLayer(nn.Module):
+    """One layer's prior (model side) and guide, with readouts of the fitted guide.
+
+    Subclasses implement :meth:`model`, :meth:`guide`, :meth:`edge_inclusion_probs`,
+    :meth:`keep_masks` and :meth:`posterior_mean`; :meth:`output_inclusion_probs` is
+    optional (node-level priors).
+    """
+
+    def __init__(self, spec: LayerSpec, threshold: float):
+        super().__init__()
+        self.spec = spec
+        self.default_threshold = threshold
+
+    # -- sample sites ------------------------------------------------------------------
+    def site(self, kind: str) -> str:
+        """Full name of this layer's site or parameter ``kind`` (e.g. ``net.0.weight_slab``)."""
+        return f"{self.spec.name}.{kind}"
+
+    def param(self, kind: str, tensor: torch.Tensor) -> torch.Tensor:
+        """Announce parameter ``tensor`` to Pyro under :meth:`site` ``(kind)`` (see :func:`emit_param`)."""
+        return emit_param(self.site(kind), tensor)
+
+    def model(self) -> LayerDraw:
+        """Sample this layer's prior sites (``pyro.sample``) and return the weight factors."""
+        raise NotImplementedError
+
+    def guide(self, temperature: torch.Tensor) -> None:
+        """Sample this layer's guide sites, in the same order as :meth:`model`.
+
+        :param torch.Tensor temperature: scalar relaxation temperature of the indicators.
+        """
+        raise NotImplementedError
+
+    # -- readouts of the fitted guide ---------------------------------------------------
+    def edge_inclusion_probs(self) -> torch.Tensor:
+        """Probability that each weight is non-zero under the guide; shape ``weight_shape``."""
+        raise NotImplementedError
+
+    def output_inclusion_probs(self) -> Optional[torch.Tensor]:
+        """Probability that each output unit's incoming group is switched on, shape
+        ``(out_units,)``; ``None`` for priors without node indicators."""
+        return None
+
+    def keep_masks(self, threshold: Optional[float] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Boolean masks ``(weight_mask, bias_mask)`` of the median-probability model
+        (weights kept under the prior's keep rule at ``threshold``)."""
+        raise NotImplementedError
+
+    def posterior_mean(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Posterior means ``(weight, bias)`` of the weights given that they are kept."""
+        raise NotImplementedError
+
+    def extra_repr(self):
+        return f"name={self.spec.name!r}, weight_shape={tuple(self.spec.weight_shape)}"

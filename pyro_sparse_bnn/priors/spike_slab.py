@@ -1,0 +1,161 @@
+"""Edge-level spike-and-slab prior (Bai, Song & Cheng 2020; node PIPs of Saha, Liu & Liang 2024).
+
+Every weight and bias has its own indicator (weights and bias of a layer form one augmented
+matrix, see :class:`~pyro_sparse_bnn.priors.base.LayerSpec`)::
+
+    w_i | z_i ~ z_i N(0, sigma_0^2) + (1 - z_i) delta_0,      z_i ~ Bernoulli(lambda)
+    q:  w_i | z_i ~ z_i N(mu_i, sigma_i^2) + (1 - z_i) delta_0, z_i ~ Bernoulli(gamma_i)
+
+written non-centred as ``w = z * beta``. The KL per weight is
+``KL_Bernoulli(gamma_i || lambda) + gamma_i KL(N(mu_i, sigma_i^2) || N(0, sigma_0^2))``.
+"""
+
+import math
+from typing import Optional
+
+import torch
+
+from ..errors import HyperparameterError
+from .base import (
+    LayerDraw,
+    LayerSpec,
+    NetworkInfo,
+    Prior,
+    PriorLayer,
+    SpikeSlabBlock,
+    check_positive,
+    check_probability,
+)
+
+__all__ = ["SpikeSlab", "SpikeSlabLayer", "theory_prior_inclusion"]
+
+
+def theory_prior_inclusion(
+    num_weights: int,
+    num_hidden_layers: int,
+    hidden_width: int,
+    num_data: int,
+    num_inputs: int,
+    delta: float = 0.1,
+) -> float:
+    """Theory-driven prior inclusion probability of Bai et al. (2020).
+
+    ``-log(lambda) = log(T) + delta * ((L + 1) log(N_w) + log(sqrt(n) * p))``
+
+    :param int num_weights: number of weights (and biases) ``T`` in the network.
+    :param int num_hidden_layers: number of hidden layers ``L``.
+    :param int hidden_width: hidden width ``N_w`` (the largest one for uneven widths).
+    :param int num_data: training-set size ``n``.
+    :param int num_inputs: input dimension ``p``.
+    :param float delta: the constant ``delta`` (0.1 in the authors' code).
+    :returns: ``lambda`` in (0, 1).
+    """
+    for name, value in [("num_weights", num_weights), ("hidden_width", hidden_width),
+                        ("num_data", num_data), ("num_inputs", num_inputs)]:
+        if value is None or value < 1:
+            raise HyperparameterError(f"{name} must be a positive integer, got {value!r}")
+    if num_hidden_layers < 0:
+        raise HyperparameterError(f"num_hidden_layers must be >= 0, got {num_hidden_layers}")
+    delta = check_positive("delta", delta)
+    neg_log_lambda = math.log(num_weights) + delta * (
+        (num_hidden_layers + 1) * math.log(hidden_width) + math.log(math.sqrt(num_data) * num_inputs)
+    )
+    return math.exp(-neg_log_lambda)
+
+
+class SpikeSlab(Prior):
+    """Edge-level spike-and-slab prior with relaxed Bernoulli indicators.
+
+    Each weight and each bias gets an indicator ``z ~ Bernoulli(lambda)`` and a Gaussian slab
+    ``N(0, prior_scale^2)``. Edge PIPs are the guide's ``gamma``; node PIPs (a node is used
+    iff at least one of its outgoing edges is active) and input-feature PIPs follow from
+    them (see :mod:`pyro_sparse_bnn.inclusion`).
+
+    :param float prior_scale: slab standard deviation ``sigma_0`` (1.3 in Bai et al.'s code).
+    :param prior_inclusion: prior inclusion probability ``lambda`` in (0, 1); ``None`` (the
+        default) uses :func:`theory_prior_inclusion` for the network it is applied to, which
+        needs the training-set size.
+    :param float delta: ``delta`` of the theory-driven ``lambda``.
+    :param float init_inclusion: initial ``gamma`` (0.99).
+    :param float init_rho: initial slab ``rho``; ``sigma = softplus(rho)`` (-6).
+    :param bool hard: straight-through hard indicators (default) or soft relaxed ones.
+    :param float threshold: default PIP threshold of the median-probability model (0.5).
+    """
+
+    def __init__(
+        self,
+        prior_scale: float = 1.3,
+        prior_inclusion: Optional[float] = None,
+        delta: float = 0.1,
+        init_inclusion: float = 0.99,
+        init_rho: float = -6.0,
+        hard: bool = True,
+        threshold: float = 0.5,
+    ):
+        self.prior_scale = check_positive("prior_scale", prior_scale)
+        self.prior_inclusion = (
+            None if prior_inclusion is None else check_probability("prior_inclusion", prior_inclusion)
+        )
+        self.delta = check_positive("delta", delta)
+        self.init_inclusion = check_probability("init_inclusion", init_inclusion)
+        if not math.isfinite(init_rho):
+            raise HyperparameterError(f"init_rho must be finite, got {init_rho}")
+        self.init_rho = float(init_rho)
+        self.hard = bool(hard)
+        self.threshold = check_probability("threshold", threshold)
+
+    def resolve_prior_inclusion(self, network: NetworkInfo) -> float:
+        """``lambda`` for a network: the given value, or the theory-driven one."""
+        if self.prior_inclusion is not None:
+            return self.prior_inclusion
+        if network.num_data is None:
+            raise HyperparameterError(
+                "SpikeSlab(prior_inclusion=None) uses the theory-driven lambda, which needs the "
+                "training-set size: pass num_data to SparseBNN or give prior_inclusion"
+            )
+        return theory_prior_inclusion(
+            network.num_weights, network.num_hidden_layers, max(network.hidden_width, 1),
+            network.num_data, network.num_inputs, self.delta,
+        )
+
+    def build(self, spec: LayerSpec, network: NetworkInfo) -> "SpikeSlabLayer":
+        return SpikeSlabLayer(spec, self, self.resolve_prior_inclusion(network))
+
+
+class SpikeSlabLayer(PriorLayer):
+    """Per-layer module of :class:`SpikeSlab`.
+
+    Sample sites (``<layer>`` is the layer's name, e.g. ``net.0``), both of the augmented
+    shape ``(out_units, fan_in + 1)`` (row ``j``: incoming weights of unit ``j``, then its
+    bias): ``<layer>.edge_indicator`` and ``<layer>.slab``.
+    """
+
+    def __init__(self, spec: LayerSpec, prior: SpikeSlab, prior_inclusion: float):
+        super().__init__(spec, prior.threshold)
+        self.prior_inclusion = prior_inclusion
+        self.block = SpikeSlabBlock(
+            "edge_indicator", spec.param_shape,
+            init_loc=spec.augment(spec.module.weight, spec.module.bias),
+            prior_probs=prior_inclusion, prior_scale=prior.prior_scale,
+            init_probs=prior.init_inclusion, init_rho=prior.init_rho, hard=prior.hard,
+        )
+
+    def model(self) -> LayerDraw:
+        return self.block.model(self)
+
+    def guide(self, temperature) -> None:
+        self.block.guide(self, temperature)
+
+    def edge_inclusion_probs(self) -> torch.Tensor:
+        return self.spec.split(self.block.probs)[0]
+
+    def bias_inclusion_probs(self) -> Optional[torch.Tensor]:
+        """PIPs of the biases, shape ``(out_units,)`` (``None`` without bias)."""
+        return self.spec.split(self.block.probs)[1]
+
+    def keep_masks(self, threshold=None):
+        threshold = self.default_threshold if threshold is None else threshold
+        return self.spec.split(self.block.probs > threshold)
+
+    def posterior_mean(self):
+        return self.spec.split(self.block.slab.loc.detach())

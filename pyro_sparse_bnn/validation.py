@@ -1,0 +1,80 @@
+"""Input checks shared by the public entry points.
+
+Each check raises :class:`~pyro_sparse_bnn.errors.InputError` with a message that names the
+argument and what was expected, instead of letting a shape or NaN problem surface deep
+inside torch or as a silent NaN loss.
+"""
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+__all__ = ["as_tensor", "check_features", "check_finite", "check_same_length"]
+
+
+def as_tensor(value, name: str, dtype: Optional[torch.dtype] = None, device=None) -> torch.Tensor:
+    """Convert numpy arrays and sequences to tensors; pass tensors through unchanged.
+
+    :param dtype: dtype for converted (non-tensor) data; tensors keep theirs.
+    :raises InputError: for ``None`` or data that cannot be converted.
+    """
+    if value is None:
+        raise InputError(f"{name} is None")
+    if isinstance(value, torch.Tensor):
+        return value if device is None else value.to(device)
+    try:
+        array = np.asarray(value)
+    except Exception as exc:  # pragma: no cover - numpy's message is informative enough
+        raise InputError(f"{name} could not be converted to an array: {exc}") from None
+    if array.dtype == object:
+        raise InputError(f"{name} must be numeric, got an array of Python objects")
+    if dtype is not None and np.issubdtype(array.dtype, np.floating):
+        return torch.as_tensor(array, dtype=dtype, device=device)
+    return torch.as_tensor(array, device=device)
+
+
+def check_finite(value: torch.Tensor, name: str) -> None:
+    """Raise :class:`InputError` if ``value`` contains NaN or +/-inf (naming the first row)."""
+    if value.is_floating_point():
+        finite = torch.isfinite(value)
+        if not bool(finite.all()):
+            rows = (~finite).reshape(max(finite.shape[0] if finite.dim() else 1, 1), -1).any(dim=1)
+            bad = int(rows.nonzero()[0, 0])
+            kind = "NaN" if bool(torch.isnan(value).any()) else "inf"
+            raise InputError(f"{name} contains {kind} values (first in row {bad})")
+
+
+def check_features(x: torch.Tensor, num_features: int, dtype: torch.dtype, device, name="x") -> None:
+    """Check that ``x`` is a finite floating-point ``(batch, num_features)`` tensor matching the
+    network's dtype and device."""
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise InputError(
+            f"{name} must be a floating-point tensor, got dtype {x.dtype} (use {name}.float())"
+        )
+    if x.dtype != dtype:
+        raise InputError(
+            f"{name} has dtype {x.dtype} but the network's parameters are {dtype}; "
+            f"convert the data with {name}.to({dtype}) or the network with .to({dtype})"
+        )
+    if x.device != device:
+        raise InputError(f"{name} is on {x.device} but the network is on {device}")
+    if x.dim() != 2 or x.shape[1] != num_features:
+        raise InputError(
+            f"{name} has shape {tuple(x.shape)} but the network expects (batch, {num_features})"
+        )
+    if x.shape[0] == 0:
+        raise InputError(f"{name} is empty (batch size 0)")
+    check_finite(x, name)
+
+
+def check_same_length(tensors: Sequence[torch.Tensor], names: Sequence[str]) -> None:
+    """Raise :class:`InputError` unless all tensors share their first dimension."""
+    lengths = [t.shape[0] if t.dim() else 1 for t in tensors]
+    if len(set(lengths)) > 1:
+        described = ", ".join(f"{n} has {k}" for n, k in zip(names, lengths))
+        raise InputError(f"mismatched number of examples: {described}")

@@ -1,0 +1,129 @@
+"""ConcreteBernoulli, GatedNormal and the closed-form KLs, checked against Monte Carlo."""
+
+import math
+
+import pyro.distributions as dist
+import pytest
+import torch
+from torch.distributions import kl_divergence
+
+from pyro_sparse_bnn.distributions import ConcreteBernoulli, GatedNormal, bernoulli_kl, normal_kl
+
+NUM_MC = 200_000
+
+
+def mc_tolerance(samples: torch.Tensor, sigmas: float = 5.0) -> torch.Tensor:
+    """``sigmas`` standard errors of the mean of ``samples`` along dim 0."""
+    return sigmas * samples.std(0) / math.sqrt(samples.shape[0])
+
+
+class TestConcreteBernoulli:
+    def test_hard_samples_are_binary_with_straight_through_gradient(self):
+        logits = torch.tensor([-2.0, 0.0, 3.0], requires_grad=True)
+        value = ConcreteBernoulli(logits, torch.tensor(0.5)).rsample((1000,))
+        assert set(value.unique().tolist()) <= {0.0, 1.0}
+        value.sum().backward()
+        assert torch.all(logits.grad > 0), "the relaxed draw must pass gradient to the logits"
+
+    def test_hard_sample_mean_is_the_inclusion_probability(self):
+        logits = torch.tensor([-3.0, -0.5, 0.0, 1.0, 4.0])
+        draws = ConcreteBernoulli(logits, torch.tensor(0.5)).sample((NUM_MC,))
+        p = torch.sigmoid(logits)
+        # binomial standard error of the mean, 5 sigma
+        tolerance = 5 * torch.sqrt(p * (1 - p) / NUM_MC)
+        assert torch.all((draws.mean(0) - p).abs() < tolerance)
+
+    def test_soft_samples_lie_strictly_inside_the_unit_interval_even_for_extreme_logits(self):
+        logits = torch.tensor([-60.0, 60.0])
+        d = ConcreteBernoulli(logits, torch.tensor(0.1), hard=False)
+        value = d.rsample((10_000,))
+        assert torch.all((value >= 0) & (value <= 1))
+        log_p = d.log_prob(value)
+        assert torch.isfinite(log_p).all(), "log-densities must never see exact 0/1"
+        assert torch.isfinite(d.log_prob(torch.tensor([0.0, 1.0]))).all()
+
+    def test_soft_density_integrates_to_one(self):
+        for logit, tau in [(0.0, 0.5), (1.5, 1.0), (-1.0, 2.0)]:
+            d = ConcreteBernoulli(torch.tensor(logit), torch.tensor(tau), hard=False)
+            # integrate in logit space, where the density is smooth: x = sigmoid(u)
+            u = torch.linspace(-40, 40, 400_001, dtype=torch.float64)
+            x = torch.sigmoid(u)
+            density = torch.exp(d.log_prob(x.float()).double()) * x * (1 - x)
+            integral = torch.trapezoid(density, u)
+            assert abs(float(integral) - 1.0) < 1e-3
+
+    def test_hard_log_prob_is_bernoulli(self):
+        logits = torch.tensor([-1.0, 0.3, 2.0])
+        d = ConcreteBernoulli(logits, torch.tensor(0.5))
+        value = torch.tensor([1.0, 0.0, 1.0])
+        expected = dist.Bernoulli(logits=logits).log_prob(value)
+        assert torch.allclose(d.log_prob(value), expected)
+
+    def test_expand_and_temperature_tensor(self):
+        temperature = torch.tensor(0.5)
+        d = ConcreteBernoulli(torch.zeros(3), temperature).expand((2, 3))
+        assert d.batch_shape == (2, 3)
+        temperature.fill_(2.0)  # annealing in place reaches the distribution
+        assert float(d.temperature) == 2.0
+
+
+class TestBernoulliKL:
+    @pytest.mark.parametrize("prior", [1e-4, 0.1, 0.5])
+    def test_closed_form_against_monte_carlo(self, prior):
+        logits = torch.tensor([-4.0, -1.0, 0.0, 2.0, 4.6])
+        q = ConcreteBernoulli(logits, torch.tensor(0.5))
+        p = dist.Bernoulli(probs=torch.tensor(prior)).expand(logits.shape)
+        z = q.sample((NUM_MC,))
+        log_ratio = q.log_prob(z) - p.log_prob(z)
+        closed = kl_divergence(q, p)
+        assert torch.all((log_ratio.mean(0) - closed).abs() < mc_tolerance(log_ratio) + 1e-6)
+
+    def test_matches_textbook_formula_and_is_finite_at_extremes(self):
+        gamma = torch.tensor([1e-6, 0.2, 0.5, 0.99])
+        lam = 0.05
+        textbook = gamma * torch.log(gamma / lam) + (1 - gamma) * torch.log((1 - gamma) / (1 - lam))
+        assert torch.allclose(bernoulli_kl(torch.logit(gamma), lam), textbook, atol=1e-5)
+        assert torch.isfinite(bernoulli_kl(torch.tensor([-200.0, 200.0]), 1e-5)).all()
+
+
+class TestGatedNormalKL:
+    def test_inclusion_weighted_slab_kl_against_monte_carlo(self):
+        """E_q[log q(beta | z) - log p(beta)] over z ~ Bernoulli(gamma), beta ~ q(beta | z)
+        equals gamma * KL(N(mu, sigma^2) || N(0, sigma0^2))."""
+        loc = torch.tensor([0.0, 1.0, -2.0, 0.5])
+        scale = torch.tensor([0.5, 0.1, 1.0, 2.0])
+        gamma = torch.tensor([0.9, 0.3, 0.5, 0.05])
+        prior_scale = 1.3
+        z = torch.bernoulli(gamma.expand(NUM_MC, 4))
+        # draw beta from the conditional the density describes (prior where z = 0)
+        beta = torch.where(z > 0.5, loc + scale * torch.randn(NUM_MC, 4), prior_scale * torch.randn(NUM_MC, 4))
+        q = GatedNormal(loc, scale, z, gamma, prior_scale)
+        p = dist.Normal(0.0, prior_scale)
+        log_ratio = q.log_prob(beta) - p.log_prob(beta)
+        closed = kl_divergence(q, p.expand(loc.shape))
+        assert torch.allclose(closed, gamma * normal_kl(loc, scale, 0.0, prior_scale))
+        assert torch.all((log_ratio.mean(0) - closed).abs() < mc_tolerance(log_ratio))
+
+    def test_off_entries_contribute_exactly_zero_log_ratio(self):
+        q = GatedNormal(torch.ones(3), torch.ones(3) * 0.1, torch.zeros(3), torch.full((3,), 0.5), 2.0)
+        value = torch.tensor([-3.0, 0.0, 5.0])
+        assert torch.allclose(q.log_prob(value), dist.Normal(0.0, 2.0).log_prob(value))
+
+    def test_samples_come_from_the_slab_everywhere(self):
+        q = GatedNormal(torch.full((2,), 3.0), torch.full((2,), 0.01), torch.tensor([1.0, 0.0]),
+                        torch.full((2,), 0.5), 1.0)
+        draws = q.rsample((1000,))
+        assert torch.allclose(draws.mean(0), torch.full((2,), 3.0), atol=0.01)
+
+    def test_kl_dispatches_through_independent(self):
+        loc, scale = torch.zeros(2, 3), torch.ones(2, 3)
+        gate, probs = torch.ones(2, 3), torch.full((2, 3), 0.25)
+        q = GatedNormal(loc + 1, scale, gate, probs, 1.0).to_event(2)
+        p = dist.Normal(0.0, 1.0).expand((2, 3)).to_event(2)
+        assert torch.allclose(kl_divergence(q, p), torch.tensor(6 * 0.25 * 0.5))
+
+
+def test_normal_kl_matches_torch():
+    loc, scale = torch.randn(10), torch.rand(10) + 0.05
+    expected = kl_divergence(dist.Normal(loc, scale), dist.Normal(0.3, 1.7))
+    assert torch.allclose(normal_kl(loc, scale, 0.3, 1.7), expected, atol=1e-6)
