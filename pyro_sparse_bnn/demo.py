@@ -143,7 +143,7 @@ def _save_figure(path, history, feature_pips, summary):
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     axes[0].plot(range(1, len(history.elbo) + 1), history.elbo)
     axes[0].set(xlabel="epoch", ylabel="ELBO", title="ELBO per epoch", yscale="symlog")
-    image = axes[1].imshow(feature_pips.reshape(8, 8).cpu(), vmin=0, vmax=1, cmap="viridis")
+    image = axes[1].imshow(feature_pips.reshape(8, 8).cpu().numpy(), vmin=0, vmax=1, cmap="viridis")
     axes[1].set(title="pixel inclusion probability", xticks=[], yticks=[])
     fig.colorbar(image, ax=axes[1])
     hidden = summary[summary.layer != "input"]

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from pyro.distributions import TorchDistribution, constraints
 from torch.distributions import Bernoulli, Normal, register_kl
-from torch.distributions.utils import broadcast_all
+from torch.distributions.utils import broadcast_all, lazy_property
 
 __all__ = [
     "ConcreteBernoulli",
@@ -50,7 +50,7 @@ def _compact(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def bernoulli_kl(logits, prior_probs):
+def bernoulli_kl(logits, prior_probs, probs=None):
     """KL(Bernoulli(sigmoid(logits)) || Bernoulli(prior_probs)), elementwise.
 
     ``gamma log(gamma / lambda) + (1 - gamma) log((1 - gamma) / (1 - lambda))``, evaluated
@@ -59,11 +59,13 @@ def bernoulli_kl(logits, prior_probs):
 
     :param torch.Tensor logits: posterior logits ``theta``, any shape.
     :param prior_probs: prior inclusion probability ``lambda`` in (0, 1), broadcastable.
+    :param probs: ``sigmoid(logits)`` if already computed.
     :returns: tensor of the broadcast shape.
     """
     prior_probs = _compact(torch.as_tensor(prior_probs, dtype=logits.dtype, device=logits.device))
     prior_logit = torch.log(prior_probs) - torch.log1p(-prior_probs)
-    return torch.sigmoid(logits) * (logits - prior_logit) - F.softplus(logits) - torch.log1p(-prior_probs)
+    probs = torch.sigmoid(logits) if probs is None else probs
+    return probs * (logits - prior_logit) - F.softplus(logits) - torch.log1p(-prior_probs)
 
 
 def normal_kl(loc, scale, prior_loc, prior_scale):
@@ -111,9 +113,9 @@ class ConcreteBernoulli(TorchDistribution):
         self.hard = bool(hard)
         super().__init__(_broadcast_shape(logits, temperature), validate_args=validate_args)
 
-    @property
+    @lazy_property
     def probs(self):
-        """Inclusion probability ``gamma = sigmoid(logits)``."""
+        """Inclusion probability ``gamma = sigmoid(logits)`` (computed once per instance)."""
         return torch.sigmoid(self.logits)
 
     @property
@@ -241,7 +243,7 @@ class GatedNormal(TorchDistribution):
 
 @register_kl(ConcreteBernoulli, Bernoulli)
 def _kl_concrete_bernoulli(p, q):
-    return bernoulli_kl(p.logits, q.probs).expand(p.batch_shape)
+    return bernoulli_kl(p.logits, q.probs, probs=p.probs).expand(p.batch_shape)
 
 
 @register_kl(GatedNormal, Normal)

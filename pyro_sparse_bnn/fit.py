@@ -91,6 +91,10 @@ def _scale_learning_rate(optim: pyro.optim.PyroOptim, factor: float) -> None:
                 group["lr"] *= factor
 
 
+def _non_finite_parameters(bnn: SparseBNN) -> List[str]:
+    return [name for name, p in bnn.named_parameters() if not bool(torch.isfinite(p).all())]
+
+
 def _check_positive_int(name, value):
     if isinstance(value, bool) or int(value) != value or value < 1:
         raise HyperparameterError(f"{name} must be a positive integer, got {value!r}")
@@ -210,11 +214,21 @@ def fit(
             start, total, steps = time.perf_counter(), 0.0, 0
             batches = loader if loader is not None else _batches(x, y, batch_size, shuffle)
             for x_batch, y_batch in batches:
-                loss = svi.step(x_batch, y_batch)
+                where = f"at epoch {epoch}, step {steps} (step {history.num_steps + steps} overall)"
+                try:
+                    loss = svi.step(x_batch, y_batch)
+                except ValueError as error:  # distribution validation saw NaN/inf parameters
+                    bad = _non_finite_parameters(bnn)
+                    if bad:
+                        raise NonFiniteLossError(
+                            f"non-finite parameters {where}: {', '.join(bad)}"
+                        ) from error
+                    raise
                 if not math.isfinite(loss):
+                    bad = _non_finite_parameters(bnn)
                     raise NonFiniteLossError(
-                        f"the loss became {loss} at epoch {epoch}, step {steps} "
-                        f"(step {history.num_steps + steps} overall)"
+                        f"the loss became {loss} {where}"
+                        + (f"; non-finite parameters: {', '.join(bad)}" if bad else "")
                     )
                 total += loss
                 steps += 1

@@ -335,12 +335,11 @@ class SpikeSlabBlock(nn.Module):
     def guide(self, layer: "PriorLayer", temperature) -> None:
         """Sample the guide sites (same order as :meth:`model`)."""
         logits = layer.param(self.gate_site + "_logits", self.gates.logits)
-        gate = pyro.sample(
-            layer.site(self.gate_site), self.gates.guide_dist(logits, temperature, self.hard)
-        )
+        gate_dist = self.gates.guide_dist(logits, temperature, self.hard)
+        gate = pyro.sample(layer.site(self.gate_site), gate_dist)
         loc = layer.param(self.slab_site + "_loc", self.slab.loc)
         rho = layer.param(self.slab_site + "_rho", self.slab.rho)
-        gate_probs = torch.sigmoid(logits).view(self.gate_view)
+        gate_probs = gate_dist.base_dist.probs.view(self.gate_view)
         pyro.sample(
             layer.site(self.slab_site),
             self.slab.guide_dist(loc, rho, gate=gate.view(self.gate_view), gate_probs=gate_probs),

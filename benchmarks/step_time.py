@@ -1,0 +1,130 @@
+"""Time of one training step: SVI on a sparse BNN against a deterministic network and against a
+hand-written PyTorch step of the same objective, measured in one process (medians).
+
+    python benchmarks/step_time.py                       # 784-300-100-10, batch 128
+    python benchmarks/step_time.py --widths 64-64-32-10
+
+The hand-written step computes exactly the estimator the library's SVI step computes for the
+edge-level spike-and-slab prior (straight-through binary Concrete indicators, slab draws,
+w = z * beta, minibatch log-likelihood scaled to N, closed-form Bernoulli and
+inclusion-weighted slab KLs) with plain tensors and one Adam optimiser, so the ratio is
+the price of the Pyro model/guide machinery.
+"""
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import pyro
+import torch
+import torch.nn.functional as F
+from pyro.infer import SVI
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import median_time, write  # noqa: E402
+
+from pyro_sparse_bnn import MeanFieldELBO, SparseBNN, SpikeSlab  # noqa: E402
+from pyro_sparse_bnn.optim import JointAdam  # noqa: E402
+
+
+def mlp(widths):
+    layers = []
+    for a, b in zip(widths, widths[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+class HandWrittenSpikeSlab(nn.Module):
+    """The same objective as SparseBNN + SpikeSlab + MeanFieldELBO, without Pyro."""
+
+    def __init__(self, net, prior_inclusion, prior_scale=1.3, temperature=0.5, num_data=60000):
+        super().__init__()
+        linears = [m for m in net if isinstance(m, nn.Linear)]
+        self.logits = nn.ParameterList([nn.Parameter(torch.full((m.out_features, m.in_features + 1), math.log(99.0))) for m in linears])
+        self.loc = nn.ParameterList([nn.Parameter(torch.cat([m.weight, m.bias[:, None]], 1).detach().clone()) for m in linears])
+        self.rho = nn.ParameterList([nn.Parameter(torch.full_like(p, -6.0)) for p in self.loc])
+        self.lam, self.s0, self.tau, self.n = prior_inclusion, prior_scale, temperature, num_data
+
+    def loss(self, x, y):
+        h, kl = x, 0.0
+        logit_lam = math.log(self.lam) - math.log1p(-self.lam)
+        for i, (theta, mu, rho) in enumerate(zip(self.logits, self.loc, self.rho)):
+            u = torch.rand_like(theta)
+            noisy = theta + torch.logit(u, eps=1.19e-7)
+            soft = torch.sigmoid(noisy / self.tau)
+            z = (noisy > 0).float() + soft - soft.detach()
+            sigma = F.softplus(rho)
+            beta = mu + sigma * torch.randn_like(mu)
+            w = z * beta
+            h = F.linear(h, w[:, :-1], w[:, -1])
+            if i < len(self.logits) - 1:
+                h = torch.relu(h)
+            gamma = torch.sigmoid(theta)
+            kl = kl + (gamma * (theta - logit_lam) - F.softplus(theta) - math.log1p(-self.lam)).sum()
+            kl = kl + (gamma * ((sigma**2 + mu**2) / (2 * self.s0**2) - torch.log(sigma) + math.log(self.s0) - 0.5)).sum()
+        nll = F.cross_entropy(h, y, reduction="sum") * (self.n / len(y))
+        return nll + kl
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--widths", default="784-300-100-10")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=9)
+    args = parser.parse_args(argv)
+    widths = [int(w) for w in args.widths.split("-")]
+    torch.manual_seed(0)
+    x = torch.randn(args.batch_size, widths[0])
+    y = torch.randint(0, widths[-1], (args.batch_size,))
+
+    deterministic = mlp(widths)
+    det_optim = torch.optim.Adam(deterministic.parameters(), lr=1e-3)
+
+    def deterministic_step():
+        det_optim.zero_grad(set_to_none=True)
+        F.cross_entropy(deterministic(x), y).backward()
+        det_optim.step()
+
+    bnn = SparseBNN(mlp(widths), SpikeSlab(prior_inclusion=1e-3), num_data=60000)
+    svi = SVI(bnn.model, bnn.guide, JointAdam({"lr": 5e-3}), MeanFieldELBO())
+
+    def svi_step():
+        svi.step(x, y)
+
+    hand = HandWrittenSpikeSlab(mlp(widths), prior_inclusion=1e-3)
+    hand_optim = torch.optim.Adam(hand.parameters(), lr=5e-3, foreach=True)
+
+    def hand_step():
+        hand_optim.zero_grad(set_to_none=True)
+        hand.loss(x, y).backward()
+        hand_optim.step()
+
+    # interleave the three so machine noise hits them alike
+    times = {"deterministic": [], "hand_written": [], "svi": []}
+    for _ in range(args.repeats):
+        times["deterministic"].append(median_time(deterministic_step, repeats=1, number=20))
+        times["hand_written"].append(median_time(hand_step, repeats=1, number=20))
+        times["svi"].append(median_time(svi_step, repeats=1, number=20))
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    result = {
+        "widths": args.widths,
+        "batch_size": args.batch_size,
+        "median_ms": {k: 1e3 * v for k, v in med.items()},
+        "svi_over_deterministic": med["svi"] / med["deterministic"],
+        "svi_over_hand_written": med["svi"] / med["hand_written"],
+        "hand_written_over_deterministic": med["hand_written"] / med["deterministic"],
+    }
+    print(f"{args.widths}, batch {args.batch_size}, {torch.get_num_threads()} threads, "
+          f"median ms per step: " + ", ".join(f"{k} {v:.2f}" for k, v in result["median_ms"].items()))
+    print(f"SVI / deterministic {result['svi_over_deterministic']:.2f}x; SVI / hand-written "
+          f"{result['svi_over_hand_written']:.2f}x; hand-written / deterministic "
+          f"{result['hand_written_over_deterministic']:.2f}x")
+    path = write(f"step_time_{args.widths}", result)
+    print(f"wrote {path}")
+    pyro.clear_param_store()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The contract every prior passes: subclass :class:`PriorContract` and define ``make_prior``.
+
+A new prior gets the whole battery (site structure, a finite and decreasing ELBO, closed-form
+KLs against Monte Carlo, PIPs that are probabilities, compress exactness, prior predictive)
+by adding a test class of three lines.
+"""
+
+import math
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import Predictive
+from torch.distributions import kl_divergence
+
+from pyro_sparse_bnn import (
+    SparseBNN,
+    compress,
+    edge_inclusion_probs,
+    feature_inclusion_probs,
+    fit,
+    masked_posterior_mean,
+    node_inclusion_probs,
+)
+
+from ..conftest import mlp, randomize_guide
+
+
+class PriorContract:
+    """Shared tests; subclasses implement :meth:`make_prior`."""
+
+    widths = (4, 6, 3)
+    num_data = 120
+
+    def make_prior(self):
+        raise NotImplementedError
+
+    def randomize(self, bnn, seed=0):
+        """Set the guide to an arbitrary 'fitted' state (override for unusual parameters)."""
+        return randomize_guide(bnn, seed=seed)
+
+    def build(self, widths=None, activation=torch.nn.ReLU):
+        torch.manual_seed(0)
+        return SparseBNN(mlp(widths or self.widths, activation), self.make_prior(), num_data=self.num_data)
+
+    def data(self):
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(self.num_data, self.widths[0], generator=generator)
+        y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+        return x, y
+
+    # -- structure -------------------------------------------------------------------------
+    def test_model_and_guide_share_sites_in_the_same_order(self):
+        bnn = self.build()
+        x, y = self.data()
+        guide = poutine.trace(bnn.guide).get_trace(x, y)
+        model = poutine.trace(poutine.replay(bnn.model, trace=guide)).get_trace(x, y)
+        latent = lambda tr: [n for n, s in tr.nodes.items() if s["type"] == "sample" and not s["is_observed"] and n != "data"]  # noqa: E731
+        assert latent(model) == latent(guide)
+        assert "obs" in model.nodes and model.nodes["obs"]["is_observed"]
+
+    def test_site_values_have_their_distributions_shapes(self):
+        bnn = self.build()
+        x, y = self.data()
+        guide = poutine.trace(bnn.guide).get_trace(x, y)
+        model = poutine.trace(poutine.replay(bnn.model, trace=guide)).get_trace(x, y)
+        for name, site in guide.nodes.items():
+            if site["type"] == "sample":
+                assert site["value"].shape == site["fn"].shape(), name
+                assert model.nodes[name]["fn"].shape() == site["fn"].shape(), name
+
+    # -- objective -------------------------------------------------------------------------
+    def test_elbo_is_finite_and_decreases_on_a_toy_problem(self):
+        bnn = self.build()
+        x, y = self.data()
+        history = fit(bnn, x, y, epochs=60, batch_size=40, lr=1e-2, seed=0, progress=False)
+        assert all(math.isfinite(v) for v in history.loss)
+        first, last = sum(history.loss[:5]) / 5, sum(history.loss[-5:]) / 5
+        assert last < 0.8 * first
+
+    def test_closed_form_kls_match_monte_carlo(self):
+        """Per latent site: mean of log q(v) - log p(v) over guide draws = mean closed-form KL."""
+        bnn = self.randomize(self.build(), seed=3)
+        x, y = self.data()
+        num_draws = 2000
+        differences = {}
+        for _ in range(num_draws):
+            guide = poutine.trace(bnn.guide).get_trace(x, y)
+            model = poutine.trace(poutine.replay(bnn.model, trace=guide)).get_trace(x, y)
+            for name, site in guide.nodes.items():
+                if site["type"] != "sample":
+                    continue
+                p = model.nodes[name]["fn"]
+                value = site["value"].detach()
+                log_ratio = site["fn"].log_prob(value) - p.log_prob(value)
+                closed = kl_divergence(site["fn"], p)
+                differences.setdefault(name, []).append(float((log_ratio - closed).sum().detach()))
+        for name, diffs in differences.items():
+            d = torch.tensor(diffs, dtype=torch.float64)
+            assert abs(float(d.mean())) < 5 * float(d.std()) / math.sqrt(num_draws) + 1e-6, name
+
+    # -- readouts --------------------------------------------------------------------------
+    def test_inclusion_probabilities_are_probabilities_with_the_right_shapes(self):
+        bnn = self.randomize(self.build())
+        for layer, probs in zip(bnn.layers, edge_inclusion_probs(bnn).values()):
+            assert probs.shape == layer.spec.weight_shape
+            assert torch.all((probs >= 0) & (probs <= 1))
+        for layer, probs in zip(bnn.layers, node_inclusion_probs(bnn).values()):
+            assert probs.shape == (layer.spec.out_units,)
+            assert torch.all((probs >= 0) & (probs <= 1))
+        features = feature_inclusion_probs(bnn)
+        assert features.shape == (self.widths[0],) and torch.all((features >= 0) & (features <= 1))
+
+    @pytest.mark.parametrize("activation", [torch.nn.ReLU, torch.nn.Tanh, torch.nn.Sigmoid])
+    @pytest.mark.parametrize("seed", [0, 1, 2])
+    def test_compress_equals_the_masked_posterior_mean_network(self, activation, seed):
+        bnn = self.randomize(self.build((6, 8, 7, 3), activation), seed=seed)
+        x = torch.randn(32, 6)
+        module, report = compress(bnn)
+        with torch.no_grad():
+            expected = masked_posterior_mean(bnn)(x)
+            assert torch.allclose(module(x), expected, atol=1e-5, rtol=1e-5)
+        assert report.params_after <= report.params_before + sum(l.spec.out_units for l in bnn.layers)
+        assert not any(type(m).__module__.split(".")[0] == "pyro" for m in module.modules())
+
+    def test_prior_predictive_runs_without_a_guide(self):
+        bnn = self.build()
+        x, _ = self.data()
+        samples = Predictive(bnn.model, num_samples=3, return_sites=["obs", "_RETURN"])(x)
+        assert samples["_RETURN"].shape == (3, len(x), self.widths[-1])
+        assert torch.isfinite(samples["_RETURN"]).all()

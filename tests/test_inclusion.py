@@ -1,0 +1,79 @@
+"""Edge, node and feature PIPs and the inclusion summary."""
+
+import pytest
+import torch
+
+from pyro_sparse_bnn import (
+    InputError,
+    SparseBNN,
+    SpikeSlab,
+    compress,
+    edge_inclusion_probs,
+    feature_inclusion_probs,
+    inclusion_summary,
+    node_inclusion_probs,
+)
+
+from .conftest import mlp, randomize_guide
+
+
+@pytest.fixture
+def bnn():
+    torch.manual_seed(0)
+    model = SparseBNN(mlp([4, 5, 3, 2]), SpikeSlab(prior_inclusion=0.1), num_data=10)
+    return randomize_guide(model, seed=2, logit_scale=2.0)
+
+
+def test_edge_pips_are_the_guide_inclusion_probabilities(bnn):
+    for layer, pips in zip(bnn.layers, edge_inclusion_probs(bnn).values()):
+        gamma = torch.sigmoid(layer.block.gates.logits.detach())
+        assert torch.equal(pips, gamma[:, :-1])
+
+
+def test_node_pip_is_probability_of_at_least_one_active_outgoing_edge(bnn):
+    nodes = node_inclusion_probs(bnn)
+    assert list(nodes) == ["net.0", "net.2"]
+    for name, following in [("net.0", bnn.layers[1]), ("net.2", bnn.layers[2])]:
+        gamma = torch.sigmoid(following.block.gates.logits.detach())[:, :-1]
+        for j in range(gamma.shape[1]):
+            none_active = 1.0
+            for k in range(gamma.shape[0]):
+                none_active *= float(1 - gamma[k, j])
+            assert float(nodes[name][j]) == pytest.approx(1 - none_active, abs=1e-6)
+
+
+def test_feature_pips_use_the_first_layer(bnn):
+    gamma = torch.sigmoid(bnn.layers[0].block.gates.logits.detach())[:, :-1]
+    expected = 1 - torch.prod(1 - gamma, dim=0)
+    assert torch.allclose(feature_inclusion_probs(bnn), expected, atol=1e-6)
+
+
+def test_node_pips_stay_accurate_for_near_certain_edges():
+    torch.manual_seed(0)
+    model = SparseBNN(mlp([2, 3, 2]), SpikeSlab(prior_inclusion=0.1), num_data=10)
+    with torch.no_grad():
+        model.layers[1].block.gates.logits.fill_(-30.0)  # gamma ~ 1e-13
+    pips = node_inclusion_probs(model)["net.0"]
+    assert torch.all(pips > 0) and torch.allclose(pips, torch.full((3,), 2 * torch.sigmoid(torch.tensor(-30.0)).item()), rtol=1e-3)
+
+
+def test_summary_matches_the_guide_and_compress(bnn):
+    names = [f"f{i}" for i in range(4)]
+    summary = inclusion_summary(bnn, feature_names=names)
+    assert list(summary.columns) == ["layer", "unit", "name", "pip", "kept"]
+    features = summary[summary.layer == "input"]
+    assert features.name.tolist() == names
+    assert torch.allclose(torch.tensor(features.pip.values), feature_inclusion_probs(bnn))
+    for name, pips in node_inclusion_probs(bnn).items():
+        rows = summary[summary.layer == name]
+        assert torch.allclose(torch.tensor(rows.pip.values), pips)
+    _, report = compress(bnn)
+    assert features.unit[features.kept].tolist() == report.kept_features.tolist()
+    for name, kept in report.kept_nodes.items():
+        rows = summary[summary.layer == name]
+        assert rows.unit[rows.kept].tolist() == kept.tolist()
+
+
+def test_summary_rejects_wrong_number_of_feature_names(bnn):
+    with pytest.raises(InputError, match="feature_names has 2 names"):
+        inclusion_summary(bnn, feature_names=["a", "b"])
