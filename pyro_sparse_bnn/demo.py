@@ -38,6 +38,7 @@ class DemoConfig:
     prior_inclusion: Optional[float] = None
     hidden: tuple = (64, 32)
     num_samples: int = 100
+    thresholds: tuple = (0.3, 0.5, 0.7)
     seed: int = 0
     progress: bool = True
     output: Optional[str] = None
@@ -113,12 +114,23 @@ def run_demo(config: DemoConfig = DemoConfig(), echo=print) -> dict:
          f"network of the original shape, same epochs, {dense_accuracy:.3f}")
     echo(f"compressed module vs masked posterior-mean network: max |difference| "
          f"{float((compressed_out - masked_out).abs().max()):.2e}")
+    sweep = []
+    for threshold in config.thresholds:
+        swept_module, swept_report = compress(bnn, threshold=threshold)
+        with torch.no_grad():
+            swept_accuracy = _accuracy(swept_module(data.x_test), data.y_test)
+        sweep.append({"threshold": threshold, "accuracy": swept_accuracy,
+                      "nonzero_params": swept_report.nonzero_params_after})
+    echo("PIP threshold of the kept weights (0.5 = median-probability model): "
+         + "; ".join(f"{r['threshold']:.1f}: accuracy {r['accuracy']:.3f} with "
+                     f"{r['nonzero_params']} non-zero parameters" for r in sweep))
     echo(f"compressed module:\n{module}")
 
     results = {
         "bnn_accuracy": bnn_accuracy,
         "compressed_accuracy": compressed_accuracy,
         "dense_accuracy": dense_accuracy,
+        "threshold_sweep": sweep,
         "report": report.as_dict(),
         "fit_seconds": fit_seconds,
         "total_seconds": time.perf_counter() - start,

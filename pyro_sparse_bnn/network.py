@@ -47,6 +47,9 @@ class SparseBNN(nn.Module):
         ``N / batch_size``. ``None`` treats every call as the full data set (``fit`` sets it).
     :param float temperature: initial relaxation temperature of the indicators (0.5).
 
+    The wrapper lives on the device and in the floating-point dtype of ``net``; move it
+    afterwards with ``bnn.to(...)`` like any module.
+
     Shapes: ``x`` is ``(batch, in_features)``; ``y`` is ``(batch,)`` integer labels for
     classification, ``(batch,)`` or ``(batch, outputs)`` floats for regression.
     """
@@ -75,6 +78,9 @@ class SparseBNN(nn.Module):
         self.register_buffer("temperature", torch.tensor(check_positive("temperature", temperature)))
         #: number of optimisation steps taken by :func:`~pyro_sparse_bnn.fit.fit`
         self.register_buffer("num_steps", torch.tensor(0, dtype=torch.long))
+        # follow the user's network: its device and floating-point dtype
+        reference = self.architecture.specs[0].module.weight
+        self.to(device=reference.device, dtype=reference.dtype)
         self._initial_fingerprint = self._fingerprint()
 
     # -- construction helpers ------------------------------------------------------------

@@ -122,3 +122,13 @@ def test_is_fitted_tracks_parameter_changes(small_bnn):
 
 def test_repr_shows_architecture_and_prior(small_bnn):
     assert "architecture=5-4-3" in repr(small_bnn) and "SpikeSlab" in repr(small_bnn)
+
+
+def test_wrapper_follows_the_dtype_of_the_network():
+    torch.manual_seed(0)
+    bnn = SparseBNN(mlp([3, 4, 2]).double(), SpikeSlab(prior_inclusion=0.1), num_data=8)
+    assert all(p.dtype == torch.float64 for p in bnn.parameters())
+    assert bnn.temperature.dtype == torch.float64
+    x = torch.randn(8, 3, dtype=torch.float64)
+    assert bnn(x).dtype == torch.float64
+    assert bnn.predict(x, num_samples=3).probs.dtype == torch.float64

@@ -268,7 +268,7 @@ class GaussianSlab(nn.Module):
 
     def __init__(self, init_loc: torch.Tensor, prior_scale: float, init_rho: float):
         super().__init__()
-        self.loc = nn.Parameter(init_loc.detach().clone().float())
+        self.loc = nn.Parameter(init_loc.detach().clone())
         self.rho = nn.Parameter(torch.full_like(self.loc, init_rho))
         self.register_buffer("prior_scale", torch.tensor(float(prior_scale)))
 
