@@ -27,18 +27,30 @@ from .fit import FitHistory, fit, geometric_temperature
 from .inclusion import (
     edge_inclusion_probs,
     feature_inclusion_probs,
+    group_scale_summary,
     inclusion_summary,
     node_inclusion_probs,
 )
 from .likelihoods import CategoricalLikelihood, GaussianLikelihood, Prediction
 from .network import SparseBNN
-from .priors import Prior, PriorLayer, SpikeSlab, theory_prior_inclusion
+from .priors import (
+    Prior,
+    PriorLayer,
+    SpikeSlab,
+    SpikeSlabGroupHorseshoe,
+    SpikeSlabGroupLasso,
+    SpikeSlabNode,
+    theory_prior_inclusion,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SparseBNN",
     "SpikeSlab",
+    "SpikeSlabNode",
+    "SpikeSlabGroupLasso",
+    "SpikeSlabGroupHorseshoe",
     "Prior",
     "PriorLayer",
     "theory_prior_inclusion",
@@ -53,6 +65,7 @@ __all__ = [
     "node_inclusion_probs",
     "feature_inclusion_probs",
     "inclusion_summary",
+    "group_scale_summary",
     "compress",
     "Compressed",
     "CompressionReport",

@@ -23,7 +23,7 @@ from numbers import Number
 import torch
 import torch.nn.functional as F
 from pyro.distributions import TorchDistribution, constraints
-from torch.distributions import Bernoulli, Normal, register_kl
+from torch.distributions import Bernoulli, Gamma, InverseGamma, LogNormal, Normal, register_kl
 from torch.distributions.utils import broadcast_all, lazy_property
 
 __all__ = [
@@ -31,6 +31,8 @@ __all__ = [
     "GatedNormal",
     "bernoulli_kl",
     "normal_kl",
+    "lognormal_gamma_kl",
+    "lognormal_inverse_gamma_kl",
 ]
 
 
@@ -79,6 +81,43 @@ def normal_kl(loc, scale, prior_loc, prior_scale):
         (scale.square() + centred.square()) / (2 * prior_scale.square())
         - torch.log(scale)
         + (torch.log(prior_scale) - 0.5)
+    )
+
+
+_HALF_LOG_2PI_E = 0.5 * (1.0 + math.log(2 * math.pi))
+
+
+def lognormal_gamma_kl(loc, scale, concentration, rate):
+    """KL(LogNormal(loc, scale^2) || Gamma(concentration, rate)), elementwise.
+
+    With ``x = exp(y)``, ``y ~ N(mu, s^2)``: ``E[log x] = mu`` and ``E[x] = exp(mu + s^2 / 2)``, so
+    ``KL = -a mu - a log b + lgamma(a) + b exp(mu + s^2/2) - log s - (1 + log 2 pi) / 2``.
+    The expression is linear in ``log b`` and ``b``: with a random rate, replacing them by
+    their expectations gives the expected KL.
+    """
+    concentration, rate = _compact(torch.as_tensor(concentration)), _compact(torch.as_tensor(rate))
+    return (
+        rate * torch.exp(loc + 0.5 * scale.square())
+        - concentration * (loc + torch.log(rate))
+        + torch.lgamma(concentration)
+        - torch.log(scale)
+        - _HALF_LOG_2PI_E
+    )
+
+
+def lognormal_inverse_gamma_kl(loc, scale, concentration, rate):
+    """KL(LogNormal(loc, scale^2) || InverseGamma(concentration, rate)), elementwise.
+
+    ``KL = a mu - a log b + lgamma(a) + b exp(s^2/2 - mu) - log s - (1 + log 2 pi) / 2``
+    (``E[1/x] = exp(s^2/2 - mu)``).
+    """
+    concentration, rate = _compact(torch.as_tensor(concentration)), _compact(torch.as_tensor(rate))
+    return (
+        rate * torch.exp(0.5 * scale.square() - loc)
+        + concentration * (loc - torch.log(rate))
+        + torch.lgamma(concentration)
+        - torch.log(scale)
+        - _HALF_LOG_2PI_E
     )
 
 
@@ -249,3 +288,14 @@ def _kl_concrete_bernoulli(p, q):
 @register_kl(GatedNormal, Normal)
 def _kl_gated_normal_normal(p, q):
     return p.gate_probs * normal_kl(p.loc, p.scale, q.loc, q.scale)
+
+
+@register_kl(LogNormal, Gamma)
+def _kl_lognormal_gamma(p, q):
+    return lognormal_gamma_kl(p.loc, p.scale, q.concentration, q.rate).expand(p.batch_shape)
+
+
+@register_kl(LogNormal, InverseGamma)
+def _kl_lognormal_inverse_gamma(p, q):
+    base = q.base_dist  # InverseGamma(a, b) is 1 / Gamma(a, b)
+    return lognormal_inverse_gamma_kl(p.loc, p.scale, base.concentration, base.rate).expand(p.batch_shape)

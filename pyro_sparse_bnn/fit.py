@@ -91,6 +91,13 @@ def _scale_learning_rate(optim: pyro.optim.PyroOptim, factor: float) -> None:
                 group["lr"] *= factor
 
 
+def _logit_multiplier(bnn: SparseBNN, lr: float, logit_lr: Optional[float]):
+    if logit_lr is None or logit_lr == lr:
+        return None
+    logits = {id(p) for name, p in bnn.named_parameters() if name.endswith("logits")}
+    return lambda p: logit_lr / lr if id(p) in logits else 1.0
+
+
 def _non_finite_parameters(bnn: SparseBNN) -> List[str]:
     return [name for name, p in bnn.named_parameters() if not bool(torch.isfinite(p).all())]
 
@@ -110,6 +117,7 @@ def fit(
     batch_size: int = 128,
     lr: float = 5e-3,
     lr_decay: float = 1.0,
+    logit_lr: Optional[float] = None,
     seed: Optional[int] = None,
     temperature: TemperatureSchedule = None,
     kl_warmup: int = 0,
@@ -135,6 +143,12 @@ def fit(
     :param float lr_decay: factor by which the learning rate has shrunk after the last
         epoch, applied geometrically epoch by epoch (1.0: constant; 0.01: a hundredfold
         decay, which stabilises the indicators late in training).
+    :param logit_lr: learning rate of the indicator logits (default ``lr``). A logit has to
+        travel about 5 to 10 units (from ``gamma = 0.99`` to below 0.5 and on to ``lambda``)
+        while a weight moves by hundredths, and Adam moves each parameter by at most about
+        its learning rate per step, so on large data sets a larger ``logit_lr`` lets the
+        prior prune within a practical number of steps. It changes the optimiser, not the
+        objective.
     :param seed: seed for ``pyro.set_rng_seed`` (torch, numpy and ``random``).
     :param temperature: relaxation temperature schedule: ``None`` keeps the network's, a
         number fixes it, ``(start, end)`` anneals geometrically, a callable maps the epoch
@@ -160,6 +174,10 @@ def fit(
     batch_size = _check_positive_int("batch_size", batch_size)
     num_particles = _check_positive_int("num_particles", num_particles)
     lr = check_positive("lr", lr)
+    if logit_lr is not None:
+        logit_lr = check_positive("logit_lr", logit_lr)
+        if optim is not None:
+            raise HyperparameterError("logit_lr applies to the default optimiser; set it in your own optim")
     lr_decay = check_positive("lr_decay", lr_decay)
     if lr_decay != 1.0 and isinstance(optim, pyro.optim.lr_scheduler.PyroLRScheduler):
         raise HyperparameterError("lr_decay cannot be combined with a Pyro learning-rate scheduler")
@@ -199,7 +217,7 @@ def fit(
     svi = SVI(
         bnn.model,
         bnn.guide,
-        optim if optim is not None else JointAdam({"lr": lr}),
+        optim if optim is not None else JointAdam({"lr": lr}, _logit_multiplier(bnn, lr, logit_lr)),
         elbo,
     )
     history = FitHistory()

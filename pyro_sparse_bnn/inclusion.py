@@ -24,6 +24,7 @@ __all__ = [
     "node_inclusion_probs",
     "feature_inclusion_probs",
     "inclusion_summary",
+    "group_scale_summary",
 ]
 
 
@@ -103,3 +104,31 @@ def inclusion_summary(
             "kept": kept.cpu().numpy(),
         }))
     return pd.concat(frames, ignore_index=True)
+
+
+@torch.no_grad()
+def group_scale_summary(bnn: SparseBNN) -> pd.DataFrame:
+    """Posterior of the per-node group scales of the layers whose prior has them (SS-GL's
+    ``tau_j``, SS-GHS's regularised ``s~_j``), with each node's indicator PIP.
+
+    :returns: DataFrame with columns ``layer``, ``unit``, ``pip`` (the node indicator's
+        ``gamma``), ``scale_mean``, ``scale_std``, ``scale_q05`` and ``scale_q95``; empty when
+        no layer has group scales.
+    """
+    frames = []
+    for layer in bnn.layers:
+        group_scales = getattr(layer, "group_scales", None)
+        if group_scales is None or layer.log_scale_moments() is None:
+            continue
+        scales = group_scales()
+        frames.append(pd.DataFrame({
+            "layer": layer.spec.name,
+            "unit": range(layer.spec.out_units),
+            "pip": layer.output_inclusion_probs().cpu().numpy(),
+            "scale_mean": scales.mean.cpu().numpy(),
+            "scale_std": scales.std.cpu().numpy(),
+            "scale_q05": scales.lower.cpu().numpy(),
+            "scale_q95": scales.upper.cpu().numpy(),
+        }))
+    columns = ["layer", "unit", "pip", "scale_mean", "scale_std", "scale_q05", "scale_q95"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)

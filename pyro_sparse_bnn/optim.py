@@ -8,7 +8,7 @@ optimiser, which updates them together with its multi-tensor (``foreach``) kerne
 update rule is the same: Adam's state is per element either way.
 """
 
-from typing import Callable, Dict, Union
+from typing import Callable, Dict, Optional, Union
 
 import torch
 from pyro.optim import PyroOptim
@@ -21,23 +21,40 @@ class JointOptim(PyroOptim):
 
     :param optim_constructor: a ``torch.optim.Optimizer`` class.
     :param dict optim_args: its keyword arguments (e.g. ``{"lr": 5e-3}``).
+    :param lr_multiplier: optional function ``parameter -> float``; parameters with a
+        multiplier other than 1 get their own parameter group with ``lr * multiplier``.
     """
 
-    def __init__(self, optim_constructor, optim_args: Union[Dict, Callable[..., Dict]]):
+    def __init__(self, optim_constructor, optim_args: Union[Dict, Callable[..., Dict]],
+                 lr_multiplier: Optional[Callable[[torch.Tensor], float]] = None):
         if callable(optim_args):
             raise TypeError("JointOptim takes a dictionary of optimiser arguments")
         super().__init__(optim_constructor, optim_args)
+        self.lr_multiplier = lr_multiplier
         self.optimizer = None
         self._known = set()
+
+    def _groups(self, params):
+        groups: Dict[float, list] = {}
+        for p in params:
+            factor = 1.0 if self.lr_multiplier is None else float(self.lr_multiplier(p))
+            groups.setdefault(factor, []).append(p)
+        lr = self.pt_optim_args.get("lr")
+        return [
+            {"params": members} if factor == 1.0 or lr is None else {"params": members, "lr": lr * factor}
+            for factor, members in groups.items()
+        ]
 
     def __call__(self, params, *args, **kwargs) -> None:
         new = [p for p in params if p not in self._known]
         if new:
             self._known.update(new)
+            groups = self._groups(new)
             if self.optimizer is None:
-                self.optimizer = self.pt_optim_constructor(new, **self.pt_optim_args)
+                self.optimizer = self.pt_optim_constructor(groups, **self.pt_optim_args)
             else:
-                self.optimizer.add_param_group({"params": new})
+                for group in groups:
+                    self.optimizer.add_param_group(group)
         if self.optimizer is not None:
             self.optimizer.step()
 
@@ -50,9 +67,9 @@ class JointOptim(PyroOptim):
         self.optimizer.load_state_dict(state_dict["joint"])
 
 
-def JointAdam(optim_args: Dict) -> JointOptim:
+def JointAdam(optim_args: Dict, lr_multiplier=None) -> JointOptim:
     """Adam over all parameters at once: ``JointAdam({"lr": 5e-3})``.
 
     Uses the multi-tensor (``foreach``) implementation unless ``optim_args`` says otherwise.
     """
-    return JointOptim(torch.optim.Adam, {"foreach": True, **optim_args})
+    return JointOptim(torch.optim.Adam, {"foreach": True, **optim_args}, lr_multiplier)

@@ -47,3 +47,41 @@ def test_bai_simulation_is_seeded_and_validated():
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
     with pytest.raises(HyperparameterError, match="at least 5 features"):
         bai_simulation(num_features=4)
+
+
+def test_planted_teacher_noise_and_shapes():
+    from pyro_sparse_bnn.datasets import planted_teacher
+
+    data = planted_teacher(num_inputs=10, hidden=3, n_train=3000, n_test=3000, noise_scale=0.7, seed=2)
+    teacher = data.info["teacher"]
+    assert data.x_train.shape == (3000, 10) and teacher[0].weight.shape == (3, 10)
+    with torch.no_grad():
+        residual = torch.cat([data.y_train, data.y_test]) - teacher(torch.cat([data.x_train, data.x_test]))[:, 0]
+    assert abs(float(residual.std()) - 0.7) < 5 * 0.7 / math.sqrt(2 * 6000)
+    # every hidden unit of the teacher carries output weight of magnitude 1 to 2
+    assert torch.all(teacher[2].weight.abs() >= 1) and torch.all(teacher[2].weight.abs() <= 2)
+
+
+def test_idx_round_trip_and_missing_files(tmp_path):
+    import gzip
+    import struct
+
+    from pyro_sparse_bnn import InputError
+    from pyro_sparse_bnn.datasets import fashion_mnist, read_idx
+
+    images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    labels = np.array([3, 7], dtype=np.uint8)
+    for prefix in ("train", "t10k"):
+        with gzip.open(tmp_path / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">BBBB", 0, 0, 0x08, 3) + struct.pack(">III", 2, 28, 28) + images.tobytes())
+        with open(tmp_path / f"{prefix}-labels-idx1-ubyte", "wb") as f:
+            f.write(struct.pack(">BBBB", 0, 0, 0x08, 1) + struct.pack(">I", 2) + labels.tobytes())
+    assert np.array_equal(read_idx(tmp_path / "train-images-idx3-ubyte.gz"), images)
+    data = fashion_mnist(tmp_path)
+    assert data.x_train.shape == (2, 784) and data.y_test.tolist() == [3, 7]
+    assert fashion_mnist(tmp_path, flatten=False).x_train.shape == (2, 1, 28, 28)
+    with pytest.raises(InputError, match="apt-get install -y dataset-fashion-mnist"):
+        fashion_mnist(tmp_path / "missing")
+    (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04")
+    with pytest.raises(InputError, match="not an IDX file"):
+        read_idx(tmp_path / "bad")

@@ -127,3 +127,34 @@ def test_normal_kl_matches_torch():
     loc, scale = torch.randn(10), torch.rand(10) + 0.05
     expected = kl_divergence(dist.Normal(loc, scale), dist.Normal(0.3, 1.7))
     assert torch.allclose(normal_kl(loc, scale, 0.3, 1.7), expected, atol=1e-6)
+
+
+class TestLogNormalScaleKLs:
+    """The closed forms used for group scales (SS-GL, SS-GHS, BC-GHS) against Monte Carlo."""
+
+    loc = torch.tensor([-1.0, 0.0, 0.7, 2.0])
+    scale = torch.tensor([0.1, 0.5, 1.0, 0.3])
+
+    @pytest.mark.parametrize("prior", [
+        dist.Gamma(0.5, 1.0),            # half-Cauchy factor a
+        dist.Gamma(4.0, 2.0),            # SS-GL lambda^2
+        dist.Gamma(3.5, 0.8),            # SS-GL tau^2 | lambda^2
+        dist.InverseGamma(0.5, 1.0),     # half-Cauchy factor b
+        dist.InverseGamma(2.0, 3.0),
+    ])
+    def test_against_monte_carlo(self, prior):
+        q = dist.LogNormal(self.loc, self.scale)
+        p = prior.expand(self.loc.shape)
+        x = q.sample((NUM_MC,))
+        log_ratio = q.log_prob(x) - p.log_prob(x)
+        closed = kl_divergence(q, p)
+        assert torch.all((log_ratio.mean(0) - closed).abs() < mc_tolerance(log_ratio))
+
+    def test_methods_md_formulas_for_the_half_cauchy_factors(self):
+        from pyro_sparse_bnn.distributions import lognormal_gamma_kl, lognormal_inverse_gamma_kl
+
+        mu, s = self.loc, self.scale
+        gamma_form = torch.exp(mu + s**2 / 2) - (mu + 2 * torch.log(s) + 1 + math.log(2)) / 2
+        inverse_form = torch.exp(s**2 / 2 - mu) - (2 * torch.log(s) - mu + 1 + math.log(2)) / 2
+        assert torch.allclose(lognormal_gamma_kl(mu, s, torch.tensor(0.5), torch.tensor(1.0)), gamma_form, atol=1e-5)
+        assert torch.allclose(lognormal_inverse_gamma_kl(mu, s, torch.tensor(0.5), torch.tensor(1.0)), inverse_form, atol=1e-5)

@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from pyro_sparse_bnn import NonFiniteLossError, SparseBNN, SpikeSlab, fit, geometric_temperature
+from pyro_sparse_bnn import (
+    HyperparameterError,
+    NonFiniteLossError,
+    SparseBNN,
+    SpikeSlab,
+    fit,
+    geometric_temperature,
+)
 from pyro_sparse_bnn.optim import JointAdam
 
 from .conftest import mlp
@@ -113,3 +120,17 @@ def test_progress_bar_shows_the_elbo(classification_data, capsys):
     fit(make(), x, y, epochs=2, progress=True)
     err = capsys.readouterr().err
     assert "SVI" in err and "elbo=" in err
+
+
+def test_logit_lr_gives_the_indicator_logits_their_own_learning_rate(classification_data):
+    """Adam's first step moves every entry by its learning rate (the gradient's sign times
+    lr), so one full-batch step reveals each parameter's rate."""
+    x, y = classification_data
+    initial = {name: p.detach().clone() for name, p in make().named_parameters()}
+    bnn = make()
+    fit(bnn, x, y, epochs=1, batch_size=60, lr=1e-3, logit_lr=2e-2, progress=False)
+    for name, p in bnn.named_parameters():
+        step = (p.detach() - initial[name]).abs().max()
+        assert step == pytest.approx(2e-2 if name.endswith("logits") else 1e-3, rel=1e-3), name
+    with pytest.raises(HyperparameterError, match="logit_lr applies to the default optimiser"):
+        fit(make(), x, y, epochs=1, logit_lr=1e-2, optim=JointAdam({"lr": 1e-3}), progress=False)

@@ -77,3 +77,19 @@ def test_summary_matches_the_guide_and_compress(bnn):
 def test_summary_rejects_wrong_number_of_feature_names(bnn):
     with pytest.raises(InputError, match="feature_names has 2 names"):
         inclusion_summary(bnn, feature_names=["a", "b"])
+
+
+def test_group_scale_summary_reads_the_node_priors():
+    from pyro_sparse_bnn import SpikeSlabGroupHorseshoe, SpikeSlabNode, group_scale_summary
+
+    torch.manual_seed(0)
+    ghs = randomize_guide(SparseBNN(mlp([4, 5, 2]), SpikeSlabGroupHorseshoe(), num_data=10), seed=1)
+    table = group_scale_summary(ghs)
+    assert list(table.layer.unique()) == ["net.0", "net.2"] and len(table) == 7
+    scales = ghs.layers[0].group_scales()
+    rows = table[table.layer == "net.0"]
+    assert torch.allclose(torch.tensor(rows.scale_mean.values), scales.mean)
+    assert torch.allclose(torch.tensor(rows.pip.values), ghs.layers[0].output_inclusion_probs())
+    assert (rows.scale_q05 <= rows.scale_mean).all() and (rows.scale_mean <= rows.scale_q95).all()
+    plain = SparseBNN(mlp([4, 5, 2]), SpikeSlabNode(), num_data=10)
+    assert group_scale_summary(plain).empty

@@ -1,15 +1,35 @@
-"""Sparsity priors: one module per prior, all on the interface of :mod:`.base`."""
+"""Sparsity priors: one module per prior, all on the interface of :mod:`.base`.
 
-from .base import LayerDraw, LayerSpec, NetworkInfo, Prior, PriorLayer
+==========================  =====================================================  =================
+prior                       paper                                                  level
+==========================  =====================================================  =================
+``SpikeSlab``               Bai et al. 2020; node PIPs of Saha et al. 2024          edge
+``SpikeSlabNode`` (SS-IG)   Jantre et al. 2023                                     node
+``SpikeSlabGroupLasso``     Jantre et al. 2023 (SS-GL)                             node + group scale
+``SpikeSlabGroupHorseshoe`` Jantre et al. 2023 (SS-GHS)                            node + group scale
+==========================  =====================================================  =================
+"""
+
+from .base import IndicatorPrior, LayerDraw, LayerSpec, NetworkInfo, Prior, PriorLayer
+from .group_horseshoe import SpikeSlabGroupHorseshoe
+from .group_lasso import SpikeSlabGroupLasso
 from .spike_slab import SpikeSlab, SpikeSlabLayer, theory_prior_inclusion
+from .spike_slab_node import GroupScales, NodeSpikeSlabLayer, SpikeSlabNode, layerwise_prior_inclusion
 
 __all__ = [
     "Prior",
     "PriorLayer",
+    "IndicatorPrior",
     "LayerSpec",
     "LayerDraw",
     "NetworkInfo",
     "SpikeSlab",
     "SpikeSlabLayer",
     "theory_prior_inclusion",
+    "SpikeSlabNode",
+    "SpikeSlabGroupLasso",
+    "SpikeSlabGroupHorseshoe",
+    "NodeSpikeSlabLayer",
+    "GroupScales",
+    "layerwise_prior_inclusion",
 ]

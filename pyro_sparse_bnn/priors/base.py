@@ -50,9 +50,13 @@ __all__ = [
     "BernoulliGates",
     "GaussianSlab",
     "SpikeSlabBlock",
+    "LogNormalScale",
+    "IndicatorPrior",
     "emit_param",
+    "cached_prior",
     "check_positive",
     "check_probability",
+    "check_finite",
 ]
 
 
@@ -89,6 +93,11 @@ class LayerSpec:
     def in_units(self) -> int:
         """Number of input nodes (linear) or channels (conv)."""
         return self.weight_shape[1]
+
+    @property
+    def row_shape(self) -> Tuple[int, ...]:
+        """Shape that broadcasts one value per output unit against the weight."""
+        return (self.out_units,) + (1,) * (len(self.weight_shape) - 1)
 
     @property
     def fan_in(self) -> int:
@@ -189,6 +198,22 @@ def emit_param(name: str, param: torch.Tensor) -> torch.Tensor:
     )
 
 
+def cached_prior(module: nn.Module, name: str, key: torch.Tensor, build):
+    """Return the distribution ``build()`` made from ``module``'s fixed hyperparameter buffers,
+    building it once per device, dtype and storage of the buffer ``key``.
+
+    Model-side priors with fixed hyperparameters are the same object at every step; caching
+    them (and building them with ``validate_args=False``: the hyperparameters were validated
+    when the prior was created) removes most of the per-step Python cost of a model run.
+    """
+    cache = module.__dict__.setdefault("_prior_cache", {})
+    stamp = (key.device, key.dtype, key.data_ptr())
+    entry = cache.get(name)
+    if entry is None or entry[0] != stamp:
+        entry = cache[name] = (stamp, build())
+    return entry[1]
+
+
 def check_positive(name: str, value) -> float:
     """Return ``float(value)`` or raise :class:`HyperparameterError` unless it is > 0 and finite."""
     try:
@@ -210,6 +235,17 @@ def check_probability(name: str, value) -> float:
         ) from None
     if not 0 < value < 1:
         raise HyperparameterError(f"{name} must lie strictly between 0 and 1, got {value}")
+    return value
+
+
+def check_finite(name: str, value) -> float:
+    """Return ``float(value)`` or raise :class:`HyperparameterError` unless it is finite."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise HyperparameterError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(value):
+        raise HyperparameterError(f"{name} must be finite, got {value}")
     return value
 
 
@@ -246,7 +282,8 @@ class BernoulliGates(nn.Module):
         return torch.sigmoid(self.logits.detach())
 
     def prior_dist(self):
-        return dist.Bernoulli(probs=self.prior_probs).expand(self.shape).to_event(len(self.shape))
+        return cached_prior(self, "prior", self.prior_probs, lambda: dist.Bernoulli(
+            probs=self.prior_probs, validate_args=False).expand(self.shape).to_event(len(self.shape)))
 
     def guide_dist(self, logits, temperature, hard: bool):
         return ConcreteBernoulli(logits, temperature, hard=hard, validate_args=False).to_event(
@@ -282,9 +319,9 @@ class GaussianSlab(nn.Module):
         return F.softplus(self.rho.detach())
 
     def prior_dist(self):
-        return dist.Normal(torch.zeros_like(self.prior_scale), self.prior_scale).expand(
-            self.shape
-        ).to_event(self.loc.dim())
+        return cached_prior(self, "prior", self.prior_scale, lambda: dist.Normal(
+            torch.zeros_like(self.prior_scale), self.prior_scale, validate_args=False
+        ).expand(self.shape).to_event(self.loc.dim()))
 
     def guide_dist(self, loc, rho, gate=None, gate_probs=None):
         scale = F.softplus(rho)
@@ -293,6 +330,38 @@ class GaussianSlab(nn.Module):
         else:
             base = GatedNormal(loc, scale, gate, gate_probs, self.prior_scale, validate_args=False)
         return base.to_event(self.loc.dim())
+
+
+class LogNormalScale(nn.Module):
+    """A positive latent scale (or squared scale) with a ``LogNormal(loc, softplus(rho))`` guide.
+
+    :param shape: shape of the latent (``()`` for a layer-wide scale, ``(out_units,)`` per node).
+    :param float init_loc: initial ``loc`` (``exp(init_loc)`` is the initial median).
+    :param float init_rho: initial ``rho``; the log-scale's standard deviation is ``softplus(rho)``.
+    """
+
+    def __init__(self, shape, init_loc: float, init_rho: float):
+        super().__init__()
+        self.loc = nn.Parameter(torch.full(tuple(shape), float(init_loc)))
+        self.rho = nn.Parameter(torch.full(tuple(shape), float(init_rho)))
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """Standard deviation of the log of the latent (no gradient)."""
+        return F.softplus(self.rho.detach())
+
+    def guide_dist(self, loc, rho):
+        return dist.LogNormal(loc, F.softplus(rho), validate_args=False).to_event(self.loc.dim())
+
+    def guide_sample(self, layer: "PriorLayer", site: str) -> torch.Tensor:
+        """Sample the guide site ``site`` of ``layer`` from its LogNormal."""
+        loc = layer.param(site + "_loc", self.loc)
+        rho = layer.param(site + "_rho", self.rho)
+        return pyro.sample(layer.site(site), self.guide_dist(loc, rho))
+
+    def log_moments(self):
+        """``(mean, variance)`` of the log of the latent under the guide (no gradient)."""
+        return self.loc.detach(), self.scale.square()
 
 
 class SpikeSlabBlock(nn.Module):
@@ -371,6 +440,41 @@ class Prior:
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({args})"
+
+
+class IndicatorPrior(Prior):
+    """Shared hyperparameters of the spike-and-slab priors (Bernoulli indicators with a
+    binary Concrete guide and a Gaussian slab).
+
+    :param float prior_scale: slab standard deviation ``sigma_0``.
+    :param prior_inclusion: prior inclusion probability ``lambda`` in (0, 1), or ``None`` for
+        the prior's default rule.
+    :param float init_inclusion: initial ``gamma`` (0.99, the authors' initialisation).
+    :param float init_rho: initial slab ``rho``; ``sigma = softplus(rho)`` (-6).
+    :param bool hard: straight-through hard indicators (default) or soft relaxed ones.
+    :param float threshold: PIP threshold of the median-probability model (0.5).
+    """
+
+    def __init__(self, prior_scale, prior_inclusion, init_inclusion, init_rho, hard, threshold):
+        self.prior_scale = check_positive("prior_scale", prior_scale)
+        self.prior_inclusion = (
+            None if prior_inclusion is None else check_probability("prior_inclusion", prior_inclusion)
+        )
+        self.init_inclusion = check_probability("init_inclusion", init_inclusion)
+        self.init_rho = check_finite("init_rho", init_rho)
+        self.hard = bool(hard)
+        self.threshold = check_probability("threshold", threshold)
+
+    def resolve_prior_inclusion(self, spec: LayerSpec, network: NetworkInfo) -> float:
+        """``lambda`` for the layer ``spec``: the given value or the prior's default rule."""
+        raise NotImplementedError
+
+    def block_arguments(self, prior_inclusion: float) -> dict:
+        """Keyword arguments of :class:`SpikeSlabBlock` for these hyperparameters."""
+        return dict(
+            prior_probs=prior_inclusion, prior_scale=self.prior_scale,
+            init_probs=self.init_inclusion, init_rho=self.init_rho, hard=self.hard,
+        )
 
 
 class PriorLayer(nn.Module):

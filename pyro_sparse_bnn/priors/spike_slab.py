@@ -17,14 +17,13 @@ import torch
 
 from ..errors import HyperparameterError
 from .base import (
+    IndicatorPrior,
     LayerDraw,
     LayerSpec,
     NetworkInfo,
-    Prior,
     PriorLayer,
     SpikeSlabBlock,
     check_positive,
-    check_probability,
 )
 
 __all__ = ["SpikeSlab", "SpikeSlabLayer", "theory_prior_inclusion"]
@@ -63,7 +62,7 @@ def theory_prior_inclusion(
     return math.exp(-neg_log_lambda)
 
 
-class SpikeSlab(Prior):
+class SpikeSlab(IndicatorPrior):
     """Edge-level spike-and-slab prior with relaxed Bernoulli indicators.
 
     Each weight and each bias gets an indicator ``z ~ Bernoulli(lambda)`` and a Gaussian slab
@@ -92,20 +91,11 @@ class SpikeSlab(Prior):
         hard: bool = True,
         threshold: float = 0.5,
     ):
-        self.prior_scale = check_positive("prior_scale", prior_scale)
-        self.prior_inclusion = (
-            None if prior_inclusion is None else check_probability("prior_inclusion", prior_inclusion)
-        )
+        super().__init__(prior_scale, prior_inclusion, init_inclusion, init_rho, hard, threshold)
         self.delta = check_positive("delta", delta)
-        self.init_inclusion = check_probability("init_inclusion", init_inclusion)
-        if not math.isfinite(init_rho):
-            raise HyperparameterError(f"init_rho must be finite, got {init_rho}")
-        self.init_rho = float(init_rho)
-        self.hard = bool(hard)
-        self.threshold = check_probability("threshold", threshold)
 
-    def resolve_prior_inclusion(self, network: NetworkInfo) -> float:
-        """``lambda`` for a network: the given value, or the theory-driven one."""
+    def resolve_prior_inclusion(self, spec: LayerSpec, network: NetworkInfo) -> float:
+        """``lambda``: the given value, or the theory-driven one of the whole network."""
         if self.prior_inclusion is not None:
             return self.prior_inclusion
         if network.num_data is None:
@@ -119,7 +109,7 @@ class SpikeSlab(Prior):
         )
 
     def build(self, spec: LayerSpec, network: NetworkInfo) -> "SpikeSlabLayer":
-        return SpikeSlabLayer(spec, self, self.resolve_prior_inclusion(network))
+        return SpikeSlabLayer(spec, self, self.resolve_prior_inclusion(spec, network))
 
 
 class SpikeSlabLayer(PriorLayer):
@@ -136,8 +126,7 @@ class SpikeSlabLayer(PriorLayer):
         self.block = SpikeSlabBlock(
             "edge_indicator", spec.param_shape,
             init_loc=spec.augment(spec.module.weight, spec.module.bias),
-            prior_probs=prior_inclusion, prior_scale=prior.prior_scale,
-            init_probs=prior.init_inclusion, init_rho=prior.init_rho, hard=prior.hard,
+            **prior.block_arguments(prior_inclusion),
         )
 
     def model(self) -> LayerDraw:

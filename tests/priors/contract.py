@@ -83,7 +83,7 @@ class PriorContract:
         """Per latent site: mean of log q(v) - log p(v) over guide draws = mean closed-form KL."""
         bnn = self.randomize(self.build(), seed=3)
         x, y = self.data()
-        num_draws = 2000
+        num_draws = 1000
         differences = {}
         for _ in range(num_draws):
             guide = poutine.trace(bnn.guide).get_trace(x, y)

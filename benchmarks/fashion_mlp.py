@@ -1,0 +1,111 @@
+"""Node-level priors on an MLP 784-400-400-10 for Fashion-MNIST, against a dense deterministic
+MLP trained with the same budget (same epochs, batch size and optimiser).
+
+Needs the Debian package ``dataset-fashion-mnist`` (``apt-get install -y dataset-fashion-mnist``)
+or ``--data DIR`` with the four IDX files.
+
+    python benchmarks/fashion_mlp.py --prior ssgl ssghs --epochs 30
+
+Reports test accuracy of the Bayesian posterior predictive and of the compressed module
+(median-probability model), the fraction of parameters and FLOPs kept, the kept
+architecture and the training time; the dense network's accuracy is the reference.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write  # noqa: E402
+
+import pyro_sparse_bnn as psb  # noqa: E402
+from pyro_sparse_bnn.baselines import train_deterministic  # noqa: E402
+from pyro_sparse_bnn.datasets import fashion_mnist  # noqa: E402
+
+PRIORS = {
+    "ssig": psb.SpikeSlabNode,
+    "ssgl": psb.SpikeSlabGroupLasso,
+    "ssghs": psb.SpikeSlabGroupHorseshoe,
+}
+
+
+def mlp(widths, activation=nn.SiLU):
+    layers = []
+    for a, b in zip(widths, widths[1:]):
+        layers += [nn.Linear(a, b), activation()]
+    return nn.Sequential(*layers[:-1])
+
+
+def accuracy(logits, labels):
+    return float((logits.argmax(-1) == labels).float().mean())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prior", nargs="+", default=["ssgl", "ssghs"], choices=sorted(PRIORS))
+    parser.add_argument("--widths", default="784-400-400-10")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr-decay", type=float, default=0.1)
+    parser.add_argument("--logit-lr", type=float, default=None, help="learning rate of the indicator logits")
+    parser.add_argument("--kl-warmup", type=int, default=0, help="epochs of KL annealing")
+    parser.add_argument("--init-rho", type=float, default=-6.0, help="initial rho of slab and scales")
+    parser.add_argument("--dense-lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", default=None, help="directory with the Fashion-MNIST IDX files")
+    parser.add_argument("--n-train", type=int, default=None, help="use only this many training images")
+    args = parser.parse_args(argv)
+
+    data = fashion_mnist(args.data, n_train=args.n_train)
+    widths = [int(w) for w in args.widths.split("-")]
+    results = {"settings": vars(args), "runs": {}}
+
+    torch.manual_seed(args.seed)
+    dense = train_deterministic(mlp(widths), data.x_train, data.y_train, epochs=args.epochs,
+                                batch_size=args.batch_size, lr=args.dense_lr, seed=args.seed)
+    with torch.no_grad():
+        dense_accuracy = accuracy(dense.module(data.x_test), data.y_test)
+    results["dense"] = {"accuracy": dense_accuracy, "seconds": dense.seconds}
+    print(f"dense {args.widths}: test accuracy {dense_accuracy:.4f} ({dense.seconds:.0f} s)", flush=True)
+
+    for name in args.prior:
+        torch.manual_seed(args.seed)
+        prior = PRIORS[name](init_rho=args.init_rho)
+        bnn = psb.SparseBNN(mlp(widths), prior, likelihood="categorical", num_data=len(data.x_train))
+        start = time.perf_counter()
+        history = psb.fit(bnn, data.x_train, data.y_train, epochs=args.epochs, batch_size=args.batch_size,
+                          lr=args.lr, lr_decay=args.lr_decay, logit_lr=args.logit_lr,
+                          kl_warmup=args.kl_warmup, seed=args.seed, progress=False)
+        seconds = time.perf_counter() - start
+        prediction = bnn.predict(data.x_test, num_samples=20, batch_size=2000)
+        module, report = psb.compress(bnn)
+        with torch.no_grad():
+            compressed_accuracy = accuracy(module(data.x_test), data.y_test)
+        run = {
+            "bnn_accuracy": accuracy(prediction.probs, data.y_test),
+            "compressed_accuracy": compressed_accuracy,
+            "accuracy_lost_points": 100 * (dense_accuracy - compressed_accuracy),
+            "params_kept_fraction": report.nonzero_params_after / report.params_before,
+            "flops_kept_fraction": report.nonzero_flops_after / report.flops_before,
+            "architecture_after": report.as_dict()["architecture_after"],
+            "fit_seconds": seconds,
+            "seconds_per_step": seconds / history.num_steps,
+            "final_elbo": history.elbo[-1],
+        }
+        results["runs"][name] = run
+        print(f"{name}: BNN {run['bnn_accuracy']:.4f}, compressed {compressed_accuracy:.4f} "
+              f"({run['accuracy_lost_points']:+.2f} points vs dense), architecture "
+              f"{run['architecture_after']}, parameters kept {100 * run['params_kept_fraction']:.2f} %, "
+              f"FLOPs kept {100 * run['flops_kept_fraction']:.2f} % ({seconds / 60:.1f} min, "
+              f"{1e3 * run['seconds_per_step']:.1f} ms/step)", flush=True)
+    path = write(f"fashion_mlp_{args.widths}", results)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""SS-GHS: spike-and-slab group horseshoe (Jantre, Bhattacharya & Maiti 2023).
+
+::
+
+    w_j = z_j s~_j beta_j,   s~_j = c s_j / sqrt(c^2 + s_j^2),   s_j = tau_0 tau_j
+    tau_j ~ C+(0, 1),  tau_0 ~ C+(0, global_scale),  beta_j ~ N(0, sigma_0^2 I)
+
+Each half-Cauchy is written through its square, ``tau^2 = a b`` with ``a ~ Gamma(1/2, 1)``
+and ``b ~ InvGamma(1/2, 1)`` (a ratio of two chi-squared variables), and the guide puts
+LogNormals on every ``a`` and ``b``, whose KLs against Gamma(1/2, 1) and InvGamma(1/2, 1) are
+closed form. ``c`` (1 by default) caps the effective scale: the regularised horseshoe.
+"""
+
+import math
+from typing import Optional
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+
+from .base import LogNormalScale, cached_prior, check_positive
+from .spike_slab_node import NodePrior, NodeSpikeSlabLayer
+
+__all__ = ["SpikeSlabGroupHorseshoe", "GroupHorseshoeLayer", "regularized_scale"]
+
+
+def regularized_scale(log_scale: torch.Tensor, c: float) -> torch.Tensor:
+    """``c s / sqrt(c^2 + s^2)`` from ``log s``, computed as ``c sqrt(sigmoid(2 log(s / c)))``."""
+    return c * torch.exp(0.5 * F.logsigmoid(2 * (log_scale - math.log(c))))
+
+
+class GroupHorseshoeLayer(NodeSpikeSlabLayer):
+    """Per-layer module of :class:`SpikeSlabGroupHorseshoe`.
+
+    Sample sites: ``<layer>.tau0_a``, ``<layer>.tau0_b`` (scalars; ``tau_0^2 =
+    global_scale^2 a b``), ``<layer>.tau_a``, ``<layer>.tau_b`` ``(out_units,)``
+    (``tau_j^2 = a_j b_j``), ``<layer>.node_indicator`` ``(out_units,)`` and ``<layer>.slab``.
+    """
+
+    def __init__(self, spec, prior: "SpikeSlabGroupHorseshoe", prior_inclusion: float):
+        self.c = prior.c
+        self.log_global_scale = math.log(prior.global_scale)
+        # the guide starts at a = b = 1 for every half-Cauchy: s = global_scale
+        init_scale = float(regularized_scale(torch.tensor(self.log_global_scale), self.c))
+        super().__init__(spec, prior, prior_inclusion, init_scale=init_scale)
+        self.register_buffer("prior_half", torch.tensor(0.5))
+        self.register_buffer("prior_one", torch.tensor(1.0))
+        shape = (spec.out_units,)
+        self.tau0_a = LogNormalScale((), 0.0, prior.init_rho)
+        self.tau0_b = LogNormalScale((), 0.0, prior.init_rho)
+        self.tau_a = LogNormalScale(shape, 0.0, prior.init_rho)
+        self.tau_b = LogNormalScale(shape, 0.0, prior.init_rho)
+
+    def _scale_from(self, tau0_a, tau0_b, tau_a, tau_b):
+        log_scale = 0.5 * (tau0_a.log() + tau0_b.log() + tau_a.log() + tau_b.log()) + self.log_global_scale
+        return regularized_scale(log_scale, self.c)
+
+    def _priors(self):
+        def build():
+            gamma = dist.Gamma(self.prior_half, self.prior_one, validate_args=False)
+            inverse_gamma = dist.InverseGamma(self.prior_half, self.prior_one, validate_args=False)
+            n = self.spec.out_units
+            return gamma, inverse_gamma, gamma.expand((n,)).to_event(1), inverse_gamma.expand((n,)).to_event(1)
+
+        return cached_prior(self, "scales", self.prior_half, build)
+
+    def model_scale(self):
+        priors = self._priors()
+        tau0_a, tau0_b, tau_a, tau_b = (
+            pyro.sample(self.site(name), prior)
+            for name, prior in zip(("tau0_a", "tau0_b", "tau_a", "tau_b"), priors)
+        )
+        return self._scale_from(tau0_a, tau0_b, tau_a, tau_b)
+
+    def guide_scale(self):
+        for name in ("tau0_a", "tau0_b", "tau_a", "tau_b"):
+            getattr(self, name).guide_sample(self, name)
+
+    def log_scale_moments(self):
+        mean, var = 0.0, 0.0
+        for latent in (self.tau0_a, self.tau0_b, self.tau_a, self.tau_b):
+            m, v = latent.log_moments()
+            mean, var = mean + m, var + v
+        return mean / 2 + self.log_global_scale, var / 4
+
+    def effective_scale(self, log_scale):
+        return regularized_scale(log_scale, self.c)
+
+
+class SpikeSlabGroupHorseshoe(NodePrior):
+    """SS-GHS: node-level spike-and-slab with a regularised group-horseshoe scale per node.
+
+    :param float prior_scale: slab standard deviation ``sigma_0`` (1).
+    :param prior_inclusion: ``lambda`` for every layer, or ``None`` for the layer-wise ``1/k_l``.
+    :param float c: regularisation of the horseshoe scale, ``s~ = c s / sqrt(c^2 + s^2)`` (1).
+    :param float global_scale: scale of the half-Cauchy prior of ``tau_0`` (1).
+    :param float init_inclusion: initial ``gamma`` (0.99).
+    :param float init_rho: initial ``rho`` of the slab and of the LogNormal scales.
+    :param bool hard: straight-through hard indicators.
+    :param float threshold: PIP threshold for keeping a node (0.5).
+    """
+
+    layer_class = GroupHorseshoeLayer
+
+    def __init__(self, prior_scale: float = 1.0, prior_inclusion: Optional[float] = None,
+                 c: float = 1.0, global_scale: float = 1.0, init_inclusion: float = 0.99,
+                 init_rho: float = -6.0, hard: bool = True, threshold: float = 0.5):
+        super().__init__(prior_scale, prior_inclusion, init_inclusion, init_rho, hard, threshold)
+        self.c = check_positive("c", c)
+        self.global_scale = check_positive("global_scale", global_scale)
