@@ -12,6 +12,7 @@ Typical use::
     module, report = psb.compress(bnn)
 """
 
+from .bits import LayerPrecision, compression_rates, round_to_precision, weight_moments
 from .compress import Compressed, CompressionReport, SelectInputs, compress, masked_posterior_mean
 from .distributions import ConcreteBernoulli, GatedNormal, bernoulli_kl, normal_kl
 from .elbo import MeanFieldELBO
@@ -34,6 +35,8 @@ from .inclusion import (
 from .likelihoods import CategoricalLikelihood, GaussianLikelihood, Prediction
 from .network import SparseBNN
 from .priors import (
+    GroupHorseshoe,
+    GroupNormalJeffreys,
     Prior,
     PriorLayer,
     SpikeSlab,
@@ -51,6 +54,8 @@ __all__ = [
     "SpikeSlabNode",
     "SpikeSlabGroupLasso",
     "SpikeSlabGroupHorseshoe",
+    "GroupNormalJeffreys",
+    "GroupHorseshoe",
     "Prior",
     "PriorLayer",
     "theory_prior_inclusion",
@@ -71,6 +76,10 @@ __all__ = [
     "CompressionReport",
     "SelectInputs",
     "masked_posterior_mean",
+    "weight_moments",
+    "LayerPrecision",
+    "round_to_precision",
+    "compression_rates",
     "ConcreteBernoulli",
     "GatedNormal",
     "bernoulli_kl",

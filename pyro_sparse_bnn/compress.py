@@ -27,6 +27,7 @@ from typing import Dict, List, NamedTuple, Optional
 import torch
 from torch import nn
 
+from .bits import LayerPrecision, compression_rates, layer_precision, round_to_precision
 from .errors import NotFittedError
 from .network import SparseBNN
 
@@ -195,6 +196,8 @@ class CompressionReport:
     flops_after: int
     nonzero_flops_after: int
     threshold: Optional[float] = None
+    precision: Optional[List[LayerPrecision]] = None
+    rounded: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
@@ -206,6 +209,18 @@ class CompressionReport:
     def sparse_compression(self) -> float:
         """Parameters before / non-zero parameters after."""
         return self.params_before / max(self.nonzero_params_after, 1)
+
+    @property
+    def weight_compression(self) -> Optional[float]:
+        """Louizos et al.'s architecture compression rate: weights (biases excluded) before /
+        weights of the structurally pruned network (``None`` without weight moments)."""
+        return None if self.precision is None else compression_rates(self.precision)[0]
+
+    @property
+    def bit_compression(self) -> Optional[float]:
+        """``32 * weights before / bits of the kept weights`` at each layer's precision
+        (``None`` for a prior without weight moments)."""
+        return None if self.precision is None else compression_rates(self.precision)[1]
 
     @staticmethod
     def _arch(widths):
@@ -227,6 +242,10 @@ class CompressionReport:
             "architecture_compression": self.architecture_compression,
             "sparse_compression": self.sparse_compression,
             "threshold": self.threshold,
+            "weight_compression": self.weight_compression,
+            "bit_compression": self.bit_compression,
+            "precision": None if self.precision is None else [p.as_dict() for p in self.precision],
+            "rounded": self.rounded,
             **self.extra,
         }
 
@@ -245,6 +264,14 @@ class CompressionReport:
             f"compression: {self.architecture_compression:.1f}x structural, "
             f"{self.sparse_compression:.1f}x counting non-zeros"
         )
+        if self.precision is not None:
+            lines.append("bits per weight (sign + exponent + significand): " + ", ".join(
+                f"{p.layer} 1+{p.exponent_bits}+{p.significand_bits}" for p in self.precision))
+            lines.append(
+                f"weights: {self.weight_compression:.1f}x architecture compression, "
+                f"{self.bit_compression:.1f}x bit compression"
+                + (" (weights rounded to these precisions)" if self.rounded else "")
+            )
         return "\n".join(lines)
 
 
@@ -255,13 +282,42 @@ class Compressed(NamedTuple):
     report: CompressionReport
 
 
+def _kept_rows(structure: Structure, i: int) -> torch.Tensor:
+    """Output units of layer ``i`` kept by the compressed network (all for the output layer)."""
+    if i < len(structure.kept_nodes):
+        return structure.kept_nodes[i]
+    return torch.ones(structure.weights[i].shape[0], dtype=torch.bool, device=structure.weights[i].device)
+
+
+def _precisions(bnn: SparseBNN, structure: Structure) -> Optional[List[LayerPrecision]]:
+    """Bit precision of every layer's structurally kept weights (``None`` without moments)."""
+    precisions = []
+    cols = structure.kept_features
+    for i, layer in enumerate(bnn.layers):
+        try:
+            mean, var = (layer.spec.split(m)[0] for m in layer.weight_moments())
+        except NotImplementedError:
+            return None
+        rows = _kept_rows(structure, i)
+        mask = structure.weight_masks[i][rows][:, cols]
+        precisions.append(layer_precision(
+            layer.spec.name, mean[rows][:, cols][mask], var[rows][:, cols][mask],
+            weights_before=layer.spec.weight_shape.numel(), kept_weights=mask.numel(),
+        ))
+        cols = rows
+    return precisions
+
+
 @torch.no_grad()
-def compress(bnn: SparseBNN, threshold: Optional[float] = None) -> Compressed:
+def compress(bnn: SparseBNN, threshold: Optional[float] = None, bits: bool = False) -> Compressed:
     """Build the compressed deterministic network of a fitted sparse BNN.
 
     :param bnn: a fitted :class:`~pyro_sparse_bnn.network.SparseBNN`.
     :param threshold: keep-rule threshold for every layer's prior (``None``: each prior's
         default; for spike-and-slab priors a weight is kept when its PIP exceeds it).
+    :param bool bits: round every kept weight to its layer's significand precision
+        (:mod:`pyro_sparse_bnn.bits`); the report carries the precisions and the bit
+        compression rate whether or not the weights are rounded.
     :returns: :class:`Compressed` ``(module, report)``; ``module`` is an ``nn.Sequential``
         that takes the full input ``(batch, in_features)`` and returns
         ``(batch, outputs)`` (see the module docstring).
@@ -277,11 +333,17 @@ def compress(bnn: SparseBNN, threshold: Optional[float] = None) -> Compressed:
     modules.append(SelectInputs(kept_features, bnn.num_inputs))
     cols = structure.kept_features
     kept_weights = 0
-    for i in range(num_layers):
-        rows = structure.kept_nodes[i] if i < num_layers - 1 else torch.ones(
-            structure.weights[i].shape[0], dtype=torch.bool, device=cols.device
+    precision = _precisions(bnn, structure)
+    if bits and precision is None:
+        raise NotImplementedError(
+            f"compress(bits=True): {', '.join(sorted({type(p).__name__ for p in bnn.priors}))} has no posterior weight variances to "
+            f"set the bit precision from"
         )
+    for i in range(num_layers):
+        rows = _kept_rows(structure, i)
         weight = structure.weights[i][rows][:, cols]
+        if bits:
+            weight = round_to_precision(weight, precision[i].significand_bits)
         modules.append(_linear(weight, structure.biases[i][rows]))
         modules.extend(copy.deepcopy(m) for m in between[i + 1])
         kept_weights += int(structure.weight_masks[i][rows][:, cols].sum())
@@ -307,5 +369,7 @@ def compress(bnn: SparseBNN, threshold: Optional[float] = None) -> Compressed:
         flops_after=sum(2 * m.weight.numel() for m in linear),
         nonzero_flops_after=2 * kept_weights,
         threshold=threshold,
+        precision=precision,
+        rounded=bool(bits),
     )
     return Compressed(module, report)

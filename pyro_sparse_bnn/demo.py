@@ -13,11 +13,11 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .baselines import train_deterministic
 from .compress import compress, masked_posterior_mean
 from .datasets import digits
 from .fit import fit
 from .inclusion import feature_inclusion_probs, inclusion_summary
-from .baselines import train_deterministic
 from .network import SparseBNN
 from .priors import SpikeSlab
 

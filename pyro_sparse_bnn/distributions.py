@@ -33,6 +33,8 @@ __all__ = [
     "normal_kl",
     "lognormal_gamma_kl",
     "lognormal_inverse_gamma_kl",
+    "LogUniformScale",
+    "log_uniform_kl",
 ]
 
 
@@ -119,6 +121,56 @@ def lognormal_inverse_gamma_kl(loc, scale, concentration, rate):
         - torch.log(scale)
         - _HALF_LOG_2PI_E
     )
+
+
+#: constants of Molchanov, Ashukha & Vetrov's (2017) approximation of the log-uniform KL
+MOLCHANOV_K1, MOLCHANOV_K2, MOLCHANOV_K3 = 0.63576, 1.87320, 1.48695
+
+
+def log_uniform_kl(log_alpha: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, alpha mu^2) || p(z) ~ 1/|z|), elementwise, by Molchanov et al.'s approximation.
+
+    The log-uniform prior is improper, so the KL is defined up to a constant; the
+    approximation fixes it so that the KL tends to 0 as ``alpha -> infinity``::
+
+        -KL = k1 sigmoid(k2 + k3 log_alpha) - softplus(-log_alpha) / 2 - k1
+
+    It depends on ``q`` only through the dropout rate ``alpha = sigma^2 / mu^2``.
+    """
+    return (
+        MOLCHANOV_K1
+        - MOLCHANOV_K1 * torch.sigmoid(MOLCHANOV_K2 + MOLCHANOV_K3 * log_alpha)
+        + 0.5 * F.softplus(-log_alpha)
+    )
+
+
+class LogUniformScale(TorchDistribution):
+    """The improper log-uniform (normal-Jeffreys) prior ``p(z) ~ 1/|z|`` on the real line.
+
+    It only serves as the model side of a KL against a ``Normal`` guide
+    (:func:`log_uniform_kl`, registered with :func:`torch.distributions.kl.register_kl`);
+    ``log_prob`` is ``-log|z|`` (unnormalised) and there is nothing to ``sample`` from.
+
+    :param torch.Size shape: batch shape (e.g. ``(num_groups,)``).
+    """
+
+    arg_constraints = {}
+    support = constraints.real
+
+    def __init__(self, shape=torch.Size(), validate_args=False):
+        super().__init__(torch.Size(shape), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        return LogUniformScale(batch_shape)
+
+    def log_prob(self, value):
+        return -torch.log(value.abs())
+
+    def sample(self, sample_shape=torch.Size()):
+        raise NotImplementedError(
+            "the log-uniform prior is improper and cannot be sampled; draw the scales from the guide "
+            "(e.g. Predictive(model, guide=guide)) instead"
+        )
 
 
 class ConcreteBernoulli(TorchDistribution):
@@ -288,6 +340,12 @@ def _kl_concrete_bernoulli(p, q):
 @register_kl(GatedNormal, Normal)
 def _kl_gated_normal_normal(p, q):
     return p.gate_probs * normal_kl(p.loc, p.scale, q.loc, q.scale)
+
+
+@register_kl(Normal, LogUniformScale)
+def _kl_normal_log_uniform(p, q):
+    log_alpha = 2 * (torch.log(p.scale) - torch.log(p.loc.abs()))
+    return log_uniform_kl(log_alpha).expand(p.batch_shape)
 
 
 @register_kl(LogNormal, Gamma)

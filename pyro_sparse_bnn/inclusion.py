@@ -6,7 +6,9 @@ unit is *used* iff at least one of its outgoing edges is active:
     PIP(unit j) = P(incoming group of j on) * (1 - prod_k (1 - P(edge k <- j active)))
 
 The first factor is 1 for priors without node indicators (edge-level spike-and-slab); for
-node-level priors it is the node's ``gamma``. Input-feature PIPs are the same quantity for
+node-level priors it is the node's ``gamma``. For the Bayesian Compression priors, whose
+groups are the input units of each layer, the second factor is the group's own inclusion
+probability ``1 / (1 + alpha)`` (see :mod:`pyro_sparse_bnn.priors.bayesian_compression`). Input-feature PIPs are the same quantity for
 the inputs of the first layer. All quantities are read off the fitted guide.
 """
 
@@ -34,6 +36,14 @@ def _any_active(edge_probs: torch.Tensor) -> torch.Tensor:
     return -torch.expm1(log_none.sum(dim=1))
 
 
+def _inputs_used(layer) -> torch.Tensor:
+    """Probability that each input unit of ``layer`` feeds it: the prior's own group
+    probability where the groups are input units (Bayesian Compression), otherwise the
+    probability that at least one outgoing edge is active."""
+    probs = layer.input_inclusion_probs()
+    return _any_active(layer.edge_inclusion_probs()) if probs is None else probs
+
+
 @torch.no_grad()
 def edge_inclusion_probs(bnn: SparseBNN) -> Dict[str, torch.Tensor]:
     """PIP of every weight, keyed by layer name; each of the layer's weight shape."""
@@ -48,7 +58,7 @@ def node_inclusion_probs(bnn: SparseBNN) -> Dict[str, torch.Tensor]:
     """
     result = {}
     for layer, following in zip(bnn.layers[:-1], bnn.layers[1:]):
-        used = _any_active(following.edge_inclusion_probs())
+        used = _inputs_used(following)
         incoming = layer.output_inclusion_probs()
         result[layer.spec.name] = used if incoming is None else incoming * used
     return result
@@ -57,7 +67,7 @@ def node_inclusion_probs(bnn: SparseBNN) -> Dict[str, torch.Tensor]:
 @torch.no_grad()
 def feature_inclusion_probs(bnn: SparseBNN) -> torch.Tensor:
     """PIP of every input feature: ``(in_features,)``."""
-    return _any_active(bnn.layers[0].edge_inclusion_probs())
+    return _inputs_used(bnn.layers[0])
 
 
 @torch.no_grad()

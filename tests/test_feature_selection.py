@@ -11,7 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from pyro_sparse_bnn import GaussianLikelihood, SparseBNN, SpikeSlab, compress, feature_inclusion_probs, fit
+from pyro_sparse_bnn import (
+    GaussianLikelihood,
+    SparseBNN,
+    SpikeSlab,
+    compress,
+    feature_inclusion_probs,
+    fit,
+)
 from pyro_sparse_bnn.datasets import bai_simulation
 
 

@@ -7,14 +7,24 @@ prior                       paper                                               
 ``SpikeSlabNode`` (SS-IG)   Jantre et al. 2023                                     node
 ``SpikeSlabGroupLasso``     Jantre et al. 2023 (SS-GL)                             node + group scale
 ``SpikeSlabGroupHorseshoe`` Jantre et al. 2023 (SS-GHS)                            node + group scale
+``GroupNormalJeffreys``     Louizos et al. 2017 (BC-GNJ)                           input unit (scale)
+``GroupHorseshoe``          Louizos et al. 2017 (BC-GHS)                           input unit (scale)
 ==========================  =====================================================  =================
 """
 
 from .base import IndicatorPrior, LayerDraw, LayerSpec, NetworkInfo, Prior, PriorLayer
+from .bayesian_compression import BayesianCompressionPrior, GroupScaleLayer
+from .bc_horseshoe import GroupHorseshoe
 from .group_horseshoe import SpikeSlabGroupHorseshoe
 from .group_lasso import SpikeSlabGroupLasso
+from .normal_jeffreys import GroupNormalJeffreys
 from .spike_slab import SpikeSlab, SpikeSlabLayer, theory_prior_inclusion
-from .spike_slab_node import GroupScales, NodeSpikeSlabLayer, SpikeSlabNode, layerwise_prior_inclusion
+from .spike_slab_node import (
+    GroupScales,
+    NodeSpikeSlabLayer,
+    SpikeSlabNode,
+    layerwise_prior_inclusion,
+)
 
 __all__ = [
     "Prior",
@@ -32,4 +42,8 @@ __all__ = [
     "NodeSpikeSlabLayer",
     "GroupScales",
     "layerwise_prior_inclusion",
+    "BayesianCompressionPrior",
+    "GroupScaleLayer",
+    "GroupNormalJeffreys",
+    "GroupHorseshoe",
 ]

@@ -520,6 +520,16 @@ class PriorLayer(nn.Module):
         ``(out_units,)``; ``None`` for priors without node indicators."""
         return None
 
+    def input_inclusion_probs(self) -> Optional[torch.Tensor]:
+        """Probability that each input unit's outgoing group is switched on, shape
+        ``(in_units,)``; ``None`` for priors whose groups are not input units."""
+        return None
+
+    def weight_moments(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and variance of every entry of the augmented parameter matrix
+        ``(out_units, fan_in + 1)`` given that it is kept (no gradient)."""
+        raise NotImplementedError(f"{type(self).__name__} has no weight moments")
+
     def keep_masks(self, threshold: Optional[float] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Boolean masks ``(weight_mask, bias_mask)`` of the median-probability model
         (weights kept under the prior's keep rule at ``threshold``)."""

@@ -14,12 +14,11 @@ closed form. ``c`` (1 by default) caps the effective scale: the regularised hors
 import math
 from typing import Optional
 
-import pyro
-import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 
-from .base import LogNormalScale, cached_prior, check_positive
+from .base import check_positive
+from .half_cauchy import HorseshoeScales
 from .spike_slab_node import NodePrior, NodeSpikeSlabLayer
 
 __all__ = ["SpikeSlabGroupHorseshoe", "GroupHorseshoeLayer", "regularized_scale"]
@@ -40,49 +39,19 @@ class GroupHorseshoeLayer(NodeSpikeSlabLayer):
 
     def __init__(self, spec, prior: "SpikeSlabGroupHorseshoe", prior_inclusion: float):
         self.c = prior.c
-        self.log_global_scale = math.log(prior.global_scale)
         # the guide starts at a = b = 1 for every half-Cauchy: s = global_scale
-        init_scale = float(regularized_scale(torch.tensor(self.log_global_scale), self.c))
+        init_scale = float(regularized_scale(torch.tensor(math.log(prior.global_scale)), self.c))
         super().__init__(spec, prior, prior_inclusion, init_scale=init_scale)
-        self.register_buffer("prior_half", torch.tensor(0.5))
-        self.register_buffer("prior_one", torch.tensor(1.0))
-        shape = (spec.out_units,)
-        self.tau0_a = LogNormalScale((), 0.0, prior.init_rho)
-        self.tau0_b = LogNormalScale((), 0.0, prior.init_rho)
-        self.tau_a = LogNormalScale(shape, 0.0, prior.init_rho)
-        self.tau_b = LogNormalScale(shape, 0.0, prior.init_rho)
-
-    def _scale_from(self, tau0_a, tau0_b, tau_a, tau_b):
-        log_scale = 0.5 * (tau0_a.log() + tau0_b.log() + tau_a.log() + tau_b.log()) + self.log_global_scale
-        return regularized_scale(log_scale, self.c)
-
-    def _priors(self):
-        def build():
-            gamma = dist.Gamma(self.prior_half, self.prior_one, validate_args=False)
-            inverse_gamma = dist.InverseGamma(self.prior_half, self.prior_one, validate_args=False)
-            n = self.spec.out_units
-            return gamma, inverse_gamma, gamma.expand((n,)).to_event(1), inverse_gamma.expand((n,)).to_event(1)
-
-        return cached_prior(self, "scales", self.prior_half, build)
+        self.scales = HorseshoeScales(spec.out_units, prior.global_scale, prior.init_rho)
 
     def model_scale(self):
-        priors = self._priors()
-        tau0_a, tau0_b, tau_a, tau_b = (
-            pyro.sample(self.site(name), prior)
-            for name, prior in zip(("tau0_a", "tau0_b", "tau_a", "tau_b"), priors)
-        )
-        return self._scale_from(tau0_a, tau0_b, tau_a, tau_b)
+        return regularized_scale(self.scales.model(self), self.c)
 
     def guide_scale(self):
-        for name in ("tau0_a", "tau0_b", "tau_a", "tau_b"):
-            getattr(self, name).guide_sample(self, name)
+        self.scales.guide(self)
 
     def log_scale_moments(self):
-        mean, var = 0.0, 0.0
-        for latent in (self.tau0_a, self.tau0_b, self.tau_a, self.tau_b):
-            m, v = latent.log_moments()
-            mean, var = mean + m, var + v
-        return mean / 2 + self.log_global_scale, var / 4
+        return self.scales.log_moments()
 
     def effective_scale(self, log_scale):
         return regularized_scale(log_scale, self.c)

@@ -148,3 +148,8 @@ class SpikeSlabLayer(PriorLayer):
 
     def posterior_mean(self):
         return self.spec.split(self.block.slab.loc.detach())
+
+    @torch.no_grad()
+    def weight_moments(self):
+        """``(mu, sigma^2)`` of the slab: the weight's moments given that it is kept."""
+        return self.block.slab.loc.detach().clone(), self.block.slab.scale.square()

@@ -174,6 +174,17 @@ class NodeSpikeSlabLayer(PriorLayer):
         )
 
     @torch.no_grad()
+    def weight_moments(self):
+        """Moments of ``w_j = s_j beta_j`` given ``z_j = 1``: ``E[w] = E[s] mu`` and
+        ``Var[w] = E[s^2] (mu^2 + sigma^2) - E[s]^2 mu^2`` (``s = 1`` for SS-IG)."""
+        mu, var = self.block.slab.loc.detach(), self.block.slab.scale.square()
+        moments = self.scale_moments()
+        if moments is None:
+            return mu.clone(), var
+        first, second = (m.view(self.block.gate_view) for m in moments)
+        return first * mu, second * (mu.square() + var) - first.square() * mu.square()
+
+    @torch.no_grad()
     def posterior_mean(self):
         """``E[s_j] * mu_j`` for kept units: the posterior mean of ``w_j`` given ``z_j = 1``."""
         loc = self.block.slab.loc.detach()

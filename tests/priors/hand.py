@@ -54,3 +54,44 @@ def nll_from_weights(weights, x, y, num_data, activation=torch.relu):
             h = activation(h)
     log_lik = torch.log_softmax(h, dim=-1)[torch.arange(len(y)), y].sum()
     return float(-(num_data / len(y)) * log_lik)
+
+
+def horseshoe_scales_kl(scales):
+    """KLs of the four LogNormal factors of a ``HorseshoeScales`` module against their
+    Gamma(1/2, 1) and InverseGamma(1/2, 1) priors."""
+    kl = 0.0
+    for latent in (scales.tau0_a, scales.tau_a):
+        kl += float(kl_lognormal_half_gamma(*lognormal_params(latent)).sum())
+    for latent in (scales.tau0_b, scales.tau_b):
+        kl += float(kl_lognormal_half_inverse_gamma(*lognormal_params(latent)).sum())
+    return kl
+
+
+def horseshoe_scale(value, name, global_scale):
+    """``global_scale * sqrt(tau0_a tau0_b tau_a tau_b)`` from the guide trace's values."""
+    return global_scale * (value(f"{name}.tau0_a") * value(f"{name}.tau0_b")
+                           * value(f"{name}.tau_a") * value(f"{name}.tau_b")).sqrt()
+
+
+def assert_loss_matches_hand_computation(bnn, x, y, num_data, hand, seeds=range(4)):
+    """For several seeds: the library's ELBO loss equals ``NLL + KL`` where
+    ``hand(value) -> (augmented weight matrices, KL)`` computes them from the guide's draws
+    (``value(site)`` is a drawn value in double precision)."""
+    from pyro import poutine, set_rng_seed
+
+    from pyro_sparse_bnn import MeanFieldELBO
+
+    for seed in seeds:
+        set_rng_seed(seed)
+        loss = MeanFieldELBO().loss(bnn.model, bnn.guide, x, y)
+        set_rng_seed(seed)
+        trace = poutine.trace(bnn.guide).get_trace(x, y)
+        weights, kl = hand(lambda name, nodes=trace.nodes: nodes[name]["value"].detach().double())
+        expected = nll_from_weights(weights, x, y, num_data) + kl
+        assert abs(loss - expected) <= 1e-5 * abs(expected), (seed, loss, expected)
+
+
+def standard_normal_slab_kl(layer):
+    """KL(N(mu, s^2) || N(0, 1)) summed over the layer's non-centred slab (Bayesian Compression)."""
+    mu, s = layer.slab.loc.detach().double(), F.softplus(layer.slab.rho.detach()).double()
+    return float((-torch.log(s) + (s**2 + mu**2) / 2 - 0.5).sum())

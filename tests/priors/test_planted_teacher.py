@@ -2,13 +2,21 @@
 
 Data: ``y = teacher(x) + N(0, 1)``, n = 1000 (``datasets.planted_teacher``). The student's
 median-probability model must keep at most 5 hidden nodes (at least 15 of the 17 surplus
-nodes end with PIP < 0.5) and the compressed student's test RMSE must be within 10 % of the
-noise level. For reference, with the teacher's 3 hidden units the student has 37 weights, and
+nodes end with a PIP under the prior's keep threshold: 0.5 for the spike-and-slab priors,
+``sigmoid(3) = 0.95`` -- ``log alpha > -3`` -- for Bayesian Compression) and the compressed
+student's test RMSE must be within 10 % of the noise level. For reference, with the teacher's 3 hidden units the student has 37 weights, and
 the excess RMSE of a correctly specified least-squares fit is about sqrt(1 + 37/1000) - 1 = 2 %.
 
 The schedule (2,000 epochs of 10 minibatches, learning rate 3e-2 decaying to 3e-3) is what
 node pruning needs: a redundant node is dropped only after the others have absorbed its
-share of the function. Across seeds 0-2 every prior kept 3 to 5 nodes with RMSE/noise <= 1.04.
+share of the function. Across seeds 0-2 every spike-and-slab prior kept 3 to 5 nodes with
+RMSE/noise <= 1.04; BC-GNJ and BC-GHS kept the teacher's 3 nodes with RMSE/noise 1.035 (seed 0).
+
+Why the Bayesian Compression threshold is not 0.5: a pruned group's PIP ``1 / (1 + alpha)``
+does not go to 0. For BC-GHS, ``alpha = exp(Var[log z~]) - 1`` and the LogNormals closest to
+the Gamma(1/2, 1) and InverseGamma(1/2, 1) priors (what an unused group's guide tends to) have
+``Var[log a] = Var[log b] = 2``, so ``alpha -> e - 1`` and ``PIP -> 0.37``; we measured
+0.44-0.50 for the 17 surplus nodes, all far below the 0.95 of the keep rule.
 """
 
 import pytest
@@ -17,6 +25,8 @@ from torch import nn
 
 from pyro_sparse_bnn import (
     GaussianLikelihood,
+    GroupHorseshoe,
+    GroupNormalJeffreys,
     SparseBNN,
     SpikeSlabGroupHorseshoe,
     SpikeSlabGroupLasso,
@@ -31,6 +41,8 @@ PRIORS = {
     "SS-IG": SpikeSlabNode,
     "SS-GL": SpikeSlabGroupLasso,
     "SS-GHS": SpikeSlabGroupHorseshoe,
+    "BC-GNJ": GroupNormalJeffreys,
+    "BC-GHS": GroupHorseshoe,
 }
 
 
@@ -44,7 +56,8 @@ def test_student_prunes_to_the_teacher(name):
     fit(bnn, data.x_train, data.y_train, epochs=2000, batch_size=100, lr=3e-2, lr_decay=0.1,
         seed=0, progress=False)
     pips = node_inclusion_probs(bnn)["net.0"]
-    assert int((pips < 0.5).sum()) >= 15, f"node PIPs {sorted(pips.tolist(), reverse=True)}"
+    threshold = bnn.priors[0].threshold
+    assert int((pips < threshold).sum()) >= 15, f"node PIPs {sorted(pips.tolist(), reverse=True)}"
     module, report = compress(bnn)
     assert report.architecture_after[1] <= 5
     with torch.no_grad():

@@ -1,0 +1,166 @@
+"""Shared machinery of Louizos, Ullrich & Welling's (2017) Bayesian Compression priors.
+
+A *multiplicative group scale* ``z_g`` multiplies every weight of group ``g``::
+
+    w = z_g * w~,     w~ ~ N(0, 1)      (non-centred: w | z_g ~ N(0, z_g^2))
+
+The groups are the **input units** of a linear layer (column ``i`` of the weight matrix, so
+the first layer selects input features and every other layer prunes the units feeding it)
+and, for convolutional layers, the output channels. Biases are not scaled (their group
+scale is 1) and have the same ``N(0, 1)`` prior. The guide is ``q(w~) = N(mu, sigma^2)``
+per weight and a prior-specific ``q(z_g)``.
+
+Pruning uses the group's dropout rate ``alpha_g = Var[z_g] / E[z_g]^2``: a group is kept when
+``log alpha_g < t`` with a per-layer threshold ``t`` (-3 in the authors' code). So that
+every prior in the library reports inclusion in the same form, a group's *inclusion
+probability* is ``1 / (1 + alpha_g) = sigmoid(-log alpha_g)`` (one minus the equivalent
+Gaussian-dropout rate ``alpha / (1 + alpha)``); ``log alpha < t`` is the same rule as
+``PIP > sigmoid(-t)``, which is the PIP threshold the layers use by default.
+"""
+
+import math
+from numbers import Number
+from typing import Optional, Sequence, Tuple, Union
+
+import pyro
+import torch
+
+from ..errors import HyperparameterError
+from .base import GaussianSlab, LayerDraw, LayerSpec, NetworkInfo, Prior, PriorLayer, check_finite
+
+__all__ = ["BayesianCompressionPrior", "GroupScaleLayer"]
+
+
+class GroupScaleLayer(PriorLayer):
+    """Per-layer module of a Bayesian Compression prior.
+
+    Sample sites: the group-scale sites of the subclass, then ``<layer>.slab`` of the
+    augmented shape ``(out_units, fan_in + 1)`` (the non-centred weights ``w~``).
+
+    Subclasses implement :meth:`model_scale` and :meth:`guide_scale` (sampling the scale
+    sites), :meth:`scale_moments` (``E[z_g]``, ``Var[z_g]``) and :meth:`log_alpha`.
+
+    :param float init_scale: ``E[z_g]`` at the guide's initial state; the slab's initial mean
+        is the user's initial weights divided by it, so the network starts from them.
+    """
+
+    def __init__(self, spec: LayerSpec, prior: "BayesianCompressionPrior", threshold: float,
+                 init_scale: float = 1.0):
+        super().__init__(spec, threshold)
+        if spec.kind != "linear":
+            raise NotImplementedError(f"{type(prior).__name__} on {spec.kind} layers")
+        self.num_groups = spec.in_units
+        init_loc = spec.augment(spec.module.weight, spec.module.bias)
+        init_loc[:, : spec.fan_in] /= init_scale
+        self.slab = GaussianSlab(init_loc, 1.0, prior.init_rho)
+        self.register_buffer("bias_scale", torch.ones(int(spec.has_bias)))
+
+    # -- hooks ---------------------------------------------------------------------------
+    def model_scale(self) -> torch.Tensor:
+        """Sample the model's scale sites; return ``z`` of shape ``(num_groups,)``."""
+        raise NotImplementedError
+
+    def guide_scale(self) -> None:
+        """Sample the guide's scale sites (same order as :meth:`model_scale`)."""
+        raise NotImplementedError
+
+    def scale_moments(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(E[z_g], Var[z_g])`` under the guide, each ``(num_groups,)`` (no gradient)."""
+        raise NotImplementedError
+
+    def log_alpha(self) -> torch.Tensor:
+        """Log dropout rate ``log alpha_g`` of every group, ``(num_groups,)`` (no gradient)."""
+        raise NotImplementedError
+
+    # -- model and guide --------------------------------------------------------------------
+    def _column_scale(self, z: torch.Tensor) -> torch.Tensor:
+        """``z`` per input unit, padded with 1 for the bias column: shape ``(1, fan_in + 1)``."""
+        return torch.cat([z, self.bias_scale.to(z.dtype)]).unsqueeze(0)
+
+    def model(self) -> LayerDraw:
+        z = self.model_scale()
+        slab = pyro.sample(self.site("slab"), self.slab.prior_dist())
+        return LayerDraw(slab=slab, scale=self._column_scale(z))
+
+    def guide(self, temperature=None) -> None:
+        self.guide_scale()
+        loc = self.param("slab_loc", self.slab.loc)
+        rho = self.param("slab_rho", self.slab.rho)
+        pyro.sample(self.site("slab"), self.slab.guide_dist(loc, rho))
+
+    # -- readouts -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def input_inclusion_probs(self) -> torch.Tensor:
+        """``1 / (1 + alpha_g)`` per input unit, ``(in_units,)``."""
+        return torch.sigmoid(-self.log_alpha())
+
+    def edge_inclusion_probs(self) -> torch.Tensor:
+        return self.input_inclusion_probs().unsqueeze(0).expand(self.spec.weight_shape)
+
+    def keep_masks(self, threshold=None):
+        threshold = self.default_threshold if threshold is None else threshold
+        keep = self.input_inclusion_probs() > threshold
+        return keep.unsqueeze(0).expand(self.spec.weight_shape), None
+
+    @torch.no_grad()
+    def posterior_mean(self):
+        mean, _ = self.weight_moments()
+        return self.spec.split(mean)
+
+    @torch.no_grad()
+    def weight_moments(self):
+        """Mean and variance of ``w = z w~`` (independent factors):
+        ``E[w] = E[z] mu``, ``Var[w] = E[z]^2 sigma^2 + Var[z] mu^2 + Var[z] sigma^2``."""
+        z_mean, z_var = (self._column_scale(t) for t in self.scale_moments())
+        z_var[:, self.spec.fan_in:] = 0
+        mu, var = self.slab.loc.detach(), self.slab.scale.square()
+        return z_mean * mu, z_mean.square() * var + z_var * (mu.square() + var)
+
+
+class BayesianCompressionPrior(Prior):
+    """Hyperparameters shared by the Bayesian Compression priors.
+
+    :param log_alpha_threshold: keep a group when ``log alpha < t``; one ``t`` for every
+        layer or a sequence with one per layer (-3).
+    :param float init_rho: initial ``rho`` of the weights' guide (``sigma = softplus(rho)``).
+    """
+
+    layer_class = None
+
+    def __init__(self, log_alpha_threshold: Union[float, Sequence[float]], init_rho: float):
+        if isinstance(log_alpha_threshold, Number):
+            self.log_alpha_threshold = check_finite("log_alpha_threshold", log_alpha_threshold)
+        else:
+            try:
+                values = list(log_alpha_threshold)
+            except TypeError:
+                raise HyperparameterError(
+                    f"log_alpha_threshold must be a number or a sequence of numbers (one per layer), "
+                    f"got {log_alpha_threshold!r}"
+                ) from None
+            if not values:
+                raise HyperparameterError("log_alpha_threshold must not be an empty sequence")
+            self.log_alpha_threshold = tuple(check_finite("log_alpha_threshold", v) for v in values)
+        self.init_rho = check_finite("init_rho", init_rho)
+
+    @property
+    def threshold(self) -> Optional[float]:
+        """The PIP threshold ``sigmoid(-t)`` of a single ``t`` (``None`` for per-layer ``t``)."""
+        if isinstance(self.log_alpha_threshold, tuple):
+            return None
+        return 1 / (1 + math.exp(self.log_alpha_threshold))
+
+    def layer_threshold(self, spec: LayerSpec, network: NetworkInfo) -> float:
+        """PIP threshold ``sigmoid(-t_l)`` of layer ``spec``."""
+        t = self.log_alpha_threshold
+        if isinstance(t, tuple):
+            num_layers = network.num_hidden_layers + 1
+            if len(t) != num_layers:
+                raise HyperparameterError(
+                    f"log_alpha_threshold has {len(t)} values but the network has {num_layers} layers"
+                )
+            t = t[spec.index]
+        return 1 / (1 + math.exp(t))
+
+    def build(self, spec: LayerSpec, network: NetworkInfo) -> GroupScaleLayer:
+        return self.layer_class(spec, self, self.layer_threshold(spec, network))

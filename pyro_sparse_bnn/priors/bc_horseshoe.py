@@ -1,0 +1,71 @@
+"""BC-GHS: Bayesian Compression with the group horseshoe prior (Louizos et al. 2017).
+
+::
+
+    z_g = s * z~_g,   z~_g ~ C+(0, 1),   s ~ C+(0, global_scale),   w | z_g ~ N(0, z_g^2)
+
+Both half-Cauchy scales are decomposed into ``Gamma(1/2, 1) x InverseGamma(1/2, 1)`` pairs with
+LogNormal guides (:class:`~pyro_sparse_bnn.priors.half_cauchy.HorseshoeScales`, shared with
+SS-GHS), so ``z_g`` is LogNormal under the guide and its moments are closed form. The group
+dropout rate is ``alpha_g = exp((s_a^2 + s_b^2) / 4) - 1`` where ``s_a, s_b`` are the
+standard deviations of the log of the group's own pair ``(a_g, b_g)``: the squared
+coefficient of variation of the LogNormal ``z~_g``.
+"""
+
+from typing import Sequence, Union
+
+import torch
+
+from .base import check_positive
+from .bayesian_compression import BayesianCompressionPrior, GroupScaleLayer
+from .half_cauchy import HorseshoeScales
+
+__all__ = ["GroupHorseshoe", "BCHorseshoeLayer"]
+
+
+class BCHorseshoeLayer(GroupScaleLayer):
+    """Per-layer module of :class:`GroupHorseshoe`.
+
+    Sample sites: ``<layer>.tau0_a``, ``<layer>.tau0_b`` (scalars, the layer's global scale
+    ``s``), ``<layer>.tau_a``, ``<layer>.tau_b`` ``(in_units,)`` (``z~_g^2 = a_g b_g``) and
+    ``<layer>.slab``.
+    """
+
+    def __init__(self, spec, prior: "GroupHorseshoe", threshold: float):
+        # the guide starts at a = b = 1: z_g = global_scale
+        super().__init__(spec, prior, threshold, init_scale=prior.global_scale)
+        self.scales = HorseshoeScales(spec.in_units, prior.global_scale, prior.init_rho)
+
+    def model_scale(self):
+        return torch.exp(self.scales.model(self))
+
+    def guide_scale(self):
+        self.scales.guide(self)
+
+    @torch.no_grad()
+    def scale_moments(self):
+        mean, var = self.scales.log_moments()
+        first = torch.exp(mean + var / 2)
+        return first, first.square() * torch.expm1(var)
+
+    @torch.no_grad()
+    def log_alpha(self):
+        return torch.log(torch.expm1(self.scales.local_log_variance()))
+
+
+class GroupHorseshoe(BayesianCompressionPrior):
+    """BC-GHS: a group-horseshoe scale per input unit of each layer.
+
+    :param float global_scale: scale of the half-Cauchy prior of the layer's global factor (1).
+    :param log_alpha_threshold: keep an input unit when ``log alpha < t``; one ``t`` for all
+        layers or one per layer (-3).
+    :param float init_rho: initial ``rho`` of the weights' guide and of the LogNormal scale
+        factors (-5).
+    """
+
+    layer_class = BCHorseshoeLayer
+
+    def __init__(self, global_scale: float = 1.0,
+                 log_alpha_threshold: Union[float, Sequence[float]] = -3.0, init_rho: float = -5.0):
+        super().__init__(log_alpha_threshold, init_rho)
+        self.global_scale = check_positive("global_scale", global_scale)
