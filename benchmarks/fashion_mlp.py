@@ -28,6 +28,7 @@ from common import write  # noqa: E402
 
 import pyro_sparse_bnn as psb  # noqa: E402
 from pyro_sparse_bnn.baselines import train_deterministic  # noqa: E402
+from pyro_sparse_bnn.compress import analyse_structure  # noqa: E402
 from pyro_sparse_bnn.datasets import fashion_mnist  # noqa: E402
 
 PRIORS = {
@@ -100,8 +101,8 @@ def main(argv=None):
 
         def report_nodes(epoch, history, bnn):
             if (epoch + 1) % 10 == 0:
-                kept = [int((p >= 0.5).sum()) for p in psb.node_inclusion_probs(bnn).values()]
-                print(f"  epoch {epoch + 1}: ELBO {history.elbo[-1]:.4g}, hidden nodes with PIP >= 0.5: {kept}",
+                kept = [int(k.sum()) for k in analyse_structure(bnn).kept_nodes]
+                print(f"  epoch {epoch + 1}: ELBO {history.elbo[-1]:.4g}, hidden nodes kept by compress: {kept}",
                       flush=True)
 
         history = psb.fit(bnn, data.x_train, data.y_train, epochs=args.epochs, batch_size=args.batch_size,

@@ -49,7 +49,7 @@ def significand_bits(variance: torch.Tensor) -> torch.Tensor:
         raise ValueError("variances must be non-negative")
     limit = -torch.log2(2 * variance)  # t < limit; +inf for a zero variance
     bits = torch.ceil(limit) - 1
-    return bits.clamp(0, MAX_SIGNIFICAND_BITS).nan_to_num(MAX_SIGNIFICAND_BITS).to(torch.int64)
+    return bits.clamp(0, MAX_SIGNIFICAND_BITS).to(torch.int64)
 
 
 def exponent_bits(max_abs: float) -> int:

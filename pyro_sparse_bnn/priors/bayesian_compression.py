@@ -73,9 +73,10 @@ class GroupScaleLayer(PriorLayer):
         raise NotImplementedError
 
     # -- model and guide --------------------------------------------------------------------
-    def _column_scale(self, z: torch.Tensor) -> torch.Tensor:
-        """``z`` per input unit, padded with 1 for the bias column: shape ``(1, fan_in + 1)``."""
-        return torch.cat([z, self.bias_scale.to(z.dtype)]).unsqueeze(0)
+    def _column_scale(self, z: torch.Tensor, bias_value: float = 1.0) -> torch.Tensor:
+        """``z`` per input unit, padded with ``bias_value`` for the bias column: ``(1, fan_in + 1)``."""
+        bias = self.bias_scale.to(z.dtype)
+        return torch.cat([z, bias if bias_value == 1.0 else torch.full_like(bias, bias_value)]).unsqueeze(0)
 
     def model(self) -> LayerDraw:
         z = self.model_scale()
@@ -111,8 +112,8 @@ class GroupScaleLayer(PriorLayer):
     def weight_moments(self):
         """Mean and variance of ``w = z w~`` (independent factors):
         ``E[w] = E[z] mu``, ``Var[w] = E[z]^2 sigma^2 + Var[z] mu^2 + Var[z] sigma^2``."""
-        z_mean, z_var = (self._column_scale(t) for t in self.scale_moments())
-        z_var[:, self.spec.fan_in:] = 0
+        z_mean, z_var = self.scale_moments()
+        z_mean, z_var = self._column_scale(z_mean), self._column_scale(z_var, bias_value=0.0)
         mu, var = self.slab.loc.detach(), self.slab.scale.square()
         return z_mean * mu, z_mean.square() * var + z_var * (mu.square() + var)
 

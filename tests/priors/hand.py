@@ -91,6 +91,11 @@ def assert_loss_matches_hand_computation(bnn, x, y, num_data, hand, seeds=range(
         assert abs(loss - expected) <= 1e-5 * abs(expected), (seed, loss, expected)
 
 
+def column_scaled(z, slab):
+    """Augmented weights of a Bayesian Compression layer: column ``i`` times ``z_i``, bias unscaled."""
+    return torch.cat([z, torch.ones(1, dtype=z.dtype)])[None, :] * slab
+
+
 def standard_normal_slab_kl(layer):
     """KL(N(mu, s^2) || N(0, 1)) summed over the layer's non-centred slab (Bayesian Compression)."""
     mu, s = layer.slab.loc.detach().double(), F.softplus(layer.slab.rho.detach()).double()

@@ -18,6 +18,7 @@ from ..conftest import mlp, randomize_guide
 from .contract import PriorContract
 from .hand import (
     assert_loss_matches_hand_computation,
+    column_scaled,
     horseshoe_scale,
     horseshoe_scales_kl,
     lognormal_params,
@@ -81,7 +82,7 @@ def test_loss_equals_hand_computation():
         weights, kl = [], 0.0
         for name, layer in zip(("net.0", "net.2"), bnn.layers):
             z = horseshoe_scale(value, name, 0.5)
-            weights.append(torch.cat([z, torch.ones(1, dtype=z.dtype)])[None, :] * value(f"{name}.slab"))
+            weights.append(column_scaled(z, value(f"{name}.slab")))
             kl += standard_normal_slab_kl(layer) + horseshoe_scales_kl(layer.scales)
         return weights, kl
 

@@ -20,7 +20,7 @@ from pyro_sparse_bnn import (
 
 from ..conftest import mlp, randomize_guide
 from .contract import PriorContract
-from .hand import assert_loss_matches_hand_computation, standard_normal_slab_kl
+from .hand import assert_loss_matches_hand_computation, column_scaled, standard_normal_slab_kl
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 #: E log|eps| for eps ~ N(0, 1): -(Euler gamma + log 2) / 2
@@ -120,7 +120,7 @@ def test_loss_equals_hand_computation():
         weights, kl = [], 0.0
         for name, layer in zip(("net.0", "net.2"), bnn.layers):
             z = value(f"{name}.group_scale")
-            weights.append(torch.cat([z, torch.ones(1, dtype=z.dtype)])[None, :] * value(f"{name}.slab"))
+            weights.append(column_scaled(z, value(f"{name}.slab")))
             log_alpha = layer.z_log_var.detach().double() - torch.log(layer.z_loc.detach().double() ** 2)
             kl += standard_normal_slab_kl(layer)
             kl += float(-(K1 * torch.sigmoid(K2 + K3 * log_alpha) - 0.5 * torch.log1p(torch.exp(-log_alpha)) - K1).sum())
