@@ -34,6 +34,7 @@ from .inclusion import (
 )
 from .likelihoods import CategoricalLikelihood, GaussianLikelihood, Prediction
 from .network import SparseBNN
+from .reparameterization import LocalReparameterization, local_reparameterization
 from .priors import (
     GroupHorseshoe,
     GroupNormalJeffreys,
@@ -63,6 +64,8 @@ __all__ = [
     "GaussianLikelihood",
     "Prediction",
     "MeanFieldELBO",
+    "LocalReparameterization",
+    "local_reparameterization",
     "fit",
     "FitHistory",
     "geometric_temperature",

@@ -131,7 +131,8 @@ def fit(
     """Fit the guide of ``bnn`` by stochastic variational inference (Pyro's ``SVI``).
 
     Each epoch visits every example once in minibatches; each minibatch ELBO is scaled to
-    the full training set by the model's data plate.
+    the full training set by the model's data plate. Every step runs under the local
+    reparameterisation handler when ``bnn.local_reparameterization`` is set (the default).
 
     :param bnn: the network to fit (its ``num_data`` is set to ``len(x)`` if unset).
     :param x: inputs ``(n, in_features)`` as tensor or array, or a
@@ -234,7 +235,8 @@ def fit(
             for x_batch, y_batch in batches:
                 where = f"at epoch {epoch}, step {steps} (step {history.num_steps + steps} overall)"
                 try:
-                    loss = svi.step(x_batch, y_batch)
+                    with bnn.reparameterization():
+                        loss = svi.step(x_batch, y_batch)
                 except ValueError as error:  # distribution validation saw NaN/inf parameters
                     bad = _non_finite_parameters(bnn)
                     if bad:

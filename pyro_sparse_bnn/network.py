@@ -15,6 +15,7 @@ guide sites from parameters owned by the wrapper (``bnn.parameters()``), never f
 global param store, so several networks can live in one process.
 """
 
+from contextlib import nullcontext
 from typing import Optional, Sequence, Union
 
 import pyro
@@ -26,6 +27,7 @@ from .architecture import Architecture, parse_sequential
 from .errors import HyperparameterError, InputError
 from .likelihoods import Likelihood, Prediction, make_likelihood
 from .priors.base import Prior, PriorLayer, apply_layer, check_positive
+from .reparameterization import LocalReparameterization
 from .validation import as_tensor, check_features, check_same_length
 
 __all__ = ["SparseBNN"]
@@ -46,6 +48,11 @@ class SparseBNN(nn.Module):
     :param int num_data: training-set size ``N``; minibatch log-likelihoods are scaled by
         ``N / batch_size``. ``None`` treats every call as the full data set (``fit`` sets it).
     :param float temperature: initial relaxation temperature of the indicators (0.5).
+    :param bool local_reparameterization: sample pre-activations instead of weight tensors
+        (:mod:`~pyro_sparse_bnn.reparameterization`) in :func:`~pyro_sparse_bnn.fit.fit` and
+        in :meth:`forward` / :meth:`predict` (default ``True``). Same ELBO, lower gradient
+        variance; ``False`` samples one weight tensor per step, as the model itself does
+        when run without the handler.
 
     The wrapper lives on the device and in the floating-point dtype of ``net``; move it
     afterwards with ``bnn.to(...)`` like any module.
@@ -61,6 +68,7 @@ class SparseBNN(nn.Module):
         likelihood: Union[str, Likelihood] = "categorical",
         num_data: Optional[int] = None,
         temperature: float = 0.5,
+        local_reparameterization: bool = True,
     ):
         super().__init__()
         self.architecture: Architecture = parse_sequential(net)
@@ -73,6 +81,12 @@ class SparseBNN(nn.Module):
         self.fixed = nn.ModuleList(
             [stage.module for stage in self.architecture.stages if not stage.is_parametric]
         )
+        if not isinstance(local_reparameterization, bool):
+            raise HyperparameterError(
+                f"local_reparameterization must be True or False, got {local_reparameterization!r}"
+            )
+        #: whether ``fit``, ``forward`` and ``predict`` use the local reparameterisation trick
+        self.local_reparameterization = local_reparameterization
         self.likelihood = make_likelihood(likelihood)
         self.likelihood.check_outputs(self.architecture.num_outputs)
         self.register_buffer("temperature", torch.tensor(check_positive("temperature", temperature)))
@@ -202,15 +216,22 @@ class SparseBNN(nn.Module):
         for layer in self.layers:
             layer.guide(self.temperature)
 
+    def reparameterization(self):
+        """Context manager for running guide and model: the local reparameterisation handler
+        when the ``local_reparameterization`` flag is set, else a no-op."""
+        return LocalReparameterization() if self.local_reparameterization else nullcontext()
+
     # -- prediction ----------------------------------------------------------------------
     def forward(self, x):
-        """One posterior draw of the network outputs: sample the guide, run the model on it.
+        """One posterior draw of the network outputs: sample the guide, run the model on it
+        (pre-activations sampled per example when ``local_reparameterization`` is set).
 
         :param torch.Tensor x: ``(batch, in_features)``.
         :returns: outputs ``(batch, outputs)``.
         """
-        guide_trace = poutine.trace(self.guide).get_trace(x)
-        return poutine.replay(self.model, trace=guide_trace)(x)
+        with self.reparameterization():
+            guide_trace = poutine.trace(self.guide).get_trace(x)
+            return poutine.replay(self.model, trace=guide_trace)(x)
 
     @torch.no_grad()
     def predict(self, x, num_samples: int = 100, batch_size: Optional[int] = None) -> Prediction:
@@ -235,4 +256,5 @@ class SparseBNN(nn.Module):
     def extra_repr(self):
         widths = "-".join(map(str, self.architecture.widths))
         priors = {type(p).__name__ for p in self.priors}
-        return f"architecture={widths}, prior={'/'.join(sorted(priors))}, num_data={self.num_data}"
+        return (f"architecture={widths}, prior={'/'.join(sorted(priors))}, num_data={self.num_data}, "
+                f"local_reparameterization={self.local_reparameterization}")
