@@ -61,6 +61,10 @@ def main(argv=None):
     parser.add_argument("--lr-decay", type=float, default=0.1)
     parser.add_argument("--logit-lr", type=float, default=None, help="learning rate of the indicator logits")
     parser.add_argument("--kl-warmup", type=int, default=0, help="epochs of KL annealing")
+    parser.add_argument("--indicator-warmup", type=int, default=0,
+                        help="epochs during which the indicator logits are held at their initial values")
+    parser.add_argument("--no-local-reparameterization", dest="local_reparameterization",
+                        action="store_false", help="sample weight tensors instead of pre-activations")
     parser.add_argument("--init-rho", type=float, default=None,
                         help="initial rho of slab and scales (default: the prior's own)")
     parser.add_argument("--log-alpha-threshold", type=float, nargs="+", default=None,
@@ -96,7 +100,8 @@ def main(argv=None):
             t = args.log_alpha_threshold
             options["log_alpha_threshold"] = t[0] if len(t) == 1 else t
         prior = PRIORS[name](**options)
-        bnn = psb.SparseBNN(mlp(widths), prior, likelihood="categorical", num_data=len(data.x_train))
+        bnn = psb.SparseBNN(mlp(widths), prior, likelihood="categorical", num_data=len(data.x_train),
+                            local_reparameterization=args.local_reparameterization)
         start = time.perf_counter()
 
         def report_nodes(epoch, history, bnn):
@@ -107,7 +112,8 @@ def main(argv=None):
 
         history = psb.fit(bnn, data.x_train, data.y_train, epochs=args.epochs, batch_size=args.batch_size,
                           lr=args.lr, lr_decay=args.lr_decay, logit_lr=args.logit_lr,
-                          kl_warmup=args.kl_warmup, seed=args.seed, progress=False,
+                          kl_warmup=args.kl_warmup, indicator_warmup=args.indicator_warmup,
+                          seed=args.seed, progress=False,
                           callbacks=[report_nodes])
         seconds = time.perf_counter() - start
         prediction = bnn.predict(data.x_test, num_samples=20, batch_size=2000)

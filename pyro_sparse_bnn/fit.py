@@ -121,6 +121,7 @@ def fit(
     seed: Optional[int] = None,
     temperature: TemperatureSchedule = None,
     kl_warmup: int = 0,
+    indicator_warmup: int = 0,
     num_particles: int = 1,
     optim: Optional[pyro.optim.PyroOptim] = None,
     elbo: Optional[ELBO] = None,
@@ -158,6 +159,14 @@ def fit(
         linearly from 0 to 1 (KL annealing; 0, the default, fits the ELBO throughout). The
         network first fits the data, then the prior prunes what it does not need; the
         reported loss is the annealed objective during the warm-up.
+    :param int indicator_warmup: number of epochs during which the indicator logits are held
+        at their initial values while everything else is fitted (0, the default: they move
+        from the first step). At the authors' initialisation (slab ``sigma = softplus(-6)``)
+        the inclusion-weighted slab KL of a node is thousands of nats, far more than an
+        untrained node adds to the log-likelihood, so indicators that move from the start
+        prune nodes for a cost that the slab scales would have shed within a few epochs; the
+        warm-up lets the scales adapt first. It changes the optimisation path, not the
+        objective.
     :param int num_particles: ELBO particles per step.
     :param optim: a ``pyro.optim`` optimiser (default
         :func:`~pyro_sparse_bnn.optim.JointAdam` with learning rate ``lr``).
@@ -184,8 +193,14 @@ def fit(
         raise HyperparameterError("lr_decay cannot be combined with a Pyro learning-rate scheduler")
     epoch_decay = lr_decay ** (1.0 / epochs)
     schedule = _schedule(temperature, bnn, epochs)
-    if isinstance(kl_warmup, bool) or int(kl_warmup) != kl_warmup or kl_warmup < 0:
-        raise HyperparameterError(f"kl_warmup must be a non-negative integer, got {kl_warmup!r}")
+    for name, value in (("kl_warmup", kl_warmup), ("indicator_warmup", indicator_warmup)):
+        if isinstance(value, bool) or int(value) != value or value < 0:
+            raise HyperparameterError(f"{name} must be a non-negative integer, got {value!r}")
+    logits = [p for name, p in bnn.named_parameters() if name.endswith("logits")]
+    if indicator_warmup and not logits:
+        raise HyperparameterError(
+            f"indicator_warmup needs a prior with indicators; {type(bnn.priors[0]).__name__} has none"
+        )
     if elbo is None:
         elbo = MeanFieldELBO(num_particles=num_particles)
     elif kl_warmup and not hasattr(elbo, "kl_weight"):
@@ -230,6 +245,8 @@ def fit(
             bnn.set_temperature(tau)
             if kl_warmup:
                 elbo.kl_weight = min(1.0, (epoch + 1) / (kl_warmup + 1))
+            for p in logits:  # frozen parameters get no gradient, so the optimiser skips them
+                p.requires_grad_(epoch >= indicator_warmup)
             start, total, steps = time.perf_counter(), 0.0, 0
             batches = loader if loader is not None else _batches(x, y, batch_size, shuffle)
             for x_batch, y_batch in batches:
@@ -266,4 +283,6 @@ def fit(
                 break
     finally:
         bar.close()
+        for p in logits:
+            p.requires_grad_(True)
     return history

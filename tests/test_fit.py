@@ -65,6 +65,31 @@ def test_kl_warmup_ramps_the_kl_weight(classification_data):
     assert history.kl_weight == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
 
 
+def test_indicator_warmup_holds_the_logits_then_releases_them(classification_data):
+    x, y = classification_data
+    bnn = make()
+    initial = [p.detach().clone() for name, p in bnn.named_parameters() if name.endswith("logits")]
+    loc = bnn.layers[0].block.slab.loc.detach().clone()
+    fit(bnn, x, y, epochs=3, batch_size=20, indicator_warmup=3, progress=False)
+    logits = [p for name, p in bnn.named_parameters() if name.endswith("logits")]
+    assert all(torch.equal(p, q) for p, q in zip(logits, initial))
+    assert not torch.equal(bnn.layers[0].block.slab.loc, loc)
+    assert all(p.requires_grad for p in bnn.parameters())
+    fit(bnn, x, y, epochs=2, batch_size=20, indicator_warmup=1, progress=False)
+    assert not all(torch.equal(p, q) for p, q in zip(logits, initial))
+
+
+def test_indicator_warmup_needs_indicators(classification_data):
+    from pyro_sparse_bnn import GroupNormalJeffreys
+
+    x, y = classification_data
+    bnn = SparseBNN(mlp([5, 8, 3]), GroupNormalJeffreys())
+    with pytest.raises(HyperparameterError, match="indicator_warmup needs a prior with indicators"):
+        fit(bnn, x, y, epochs=1, indicator_warmup=1, progress=False)
+    with pytest.raises(HyperparameterError, match="indicator_warmup"):
+        fit(make(), x, y, epochs=1, indicator_warmup=-1, progress=False)
+
+
 def test_lr_decay_shrinks_the_learning_rate_geometrically(classification_data):
     x, y = classification_data
     optim = JointAdam({"lr": 0.01})
