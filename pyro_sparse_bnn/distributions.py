@@ -35,6 +35,7 @@ __all__ = [
     "lognormal_inverse_gamma_kl",
     "LogUniformScale",
     "log_uniform_kl",
+    "dropout_log_alpha",
 ]
 
 
@@ -125,6 +126,16 @@ def lognormal_inverse_gamma_kl(loc, scale, concentration, rate):
 
 #: constants of Molchanov, Ashukha & Vetrov's (2017) approximation of the log-uniform KL
 MOLCHANOV_K1, MOLCHANOV_K2, MOLCHANOV_K3 = 0.63576, 1.87320, 1.48695
+
+#: added to ``mu^2`` in ``log alpha = log sigma^2 - log(mu^2 + eps)`` (Louizos et al.'s code):
+#: a pruned group's mean goes to 0, where ``log mu^2`` and its gradient ``2 / mu`` blow up
+LOG_ALPHA_EPS = 1e-8
+
+
+def dropout_log_alpha(loc: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """Log dropout rate ``log alpha = log sigma^2 - log(mu^2 + eps)`` of ``N(mu, sigma^2)``,
+    finite with a finite gradient at ``mu = 0`` (see :data:`LOG_ALPHA_EPS`)."""
+    return log_var - torch.log(loc.square() + LOG_ALPHA_EPS)
 
 
 def log_uniform_kl(log_alpha: torch.Tensor) -> torch.Tensor:
@@ -344,8 +355,7 @@ def _kl_gated_normal_normal(p, q):
 
 @register_kl(Normal, LogUniformScale)
 def _kl_normal_log_uniform(p, q):
-    log_alpha = 2 * (torch.log(p.scale) - torch.log(p.loc.abs()))
-    return log_uniform_kl(log_alpha).expand(p.batch_shape)
+    return log_uniform_kl(dropout_log_alpha(p.loc, 2 * torch.log(p.scale))).expand(p.batch_shape)
 
 
 @register_kl(LogNormal, Gamma)

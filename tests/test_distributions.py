@@ -193,3 +193,16 @@ def test_molchanov_log_uniform_kl_matches_the_numerical_kl_over_a_grid():
     loc, scale = torch.tensor([2.0, -0.5]), torch.tensor([0.1, 1.0])
     registered = kl_divergence(Normal(loc, scale), LogUniformScale((2,)))
     assert torch.allclose(registered, log_uniform_kl(torch.log(scale**2 / loc**2)))
+
+
+def test_log_uniform_kl_has_a_finite_gradient_where_a_group_mean_reaches_zero():
+    """A pruned BC-GNJ group's mean goes to 0; log alpha uses log(mu^2 + 1e-8) there (as the
+    authors' code does), so neither the KL nor its gradient is infinite or NaN at mu = 0."""
+    from pyro_sparse_bnn.distributions import LogUniformScale
+
+    loc = torch.tensor([0.0, 1e-6, 0.5], requires_grad=True)
+    scale = torch.tensor([1e-3, 1e-3, 1e-3])
+    kl = kl_divergence(dist.Normal(loc, scale), LogUniformScale((3,)))
+    (grad,) = torch.autograd.grad(kl.sum(), [loc])
+    assert torch.isfinite(kl).all() and torch.isfinite(grad).all()
+    assert float(kl[0]) < float(kl[2])  # a zero mean is the most "dropped" state: lowest KL

@@ -18,7 +18,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ..distributions import LogUniformScale
+from ..distributions import LogUniformScale, dropout_log_alpha
 from .base import cached_prior, check_finite
 from .bayesian_compression import BayesianCompressionPrior, GroupScaleLayer
 
@@ -28,7 +28,8 @@ __all__ = ["GroupNormalJeffreys", "NormalJeffreysLayer"]
 class NormalJeffreysLayer(GroupScaleLayer):
     """Per-layer module of :class:`GroupNormalJeffreys`.
 
-    Sample sites: ``<layer>.group_scale`` ``(in_units,)`` and ``<layer>.slab``
+    Sample sites: ``<layer>.group_scale`` ``(num_groups,)`` (input units of a linear layer,
+    output channels of a conv layer) and ``<layer>.slab``
     ``(out_units, fan_in + 1)``. Guide parameters ``group_scale_loc`` (``mu_z``, initially 1)
     and ``group_scale_log_var`` (``log sigma_z^2``).
     """
@@ -54,13 +55,14 @@ class NormalJeffreysLayer(GroupScaleLayer):
 
     @torch.no_grad()
     def log_alpha(self):
-        return self.z_log_var.detach() - torch.log(self.z_loc.detach().square())
+        return dropout_log_alpha(self.z_loc.detach(), self.z_log_var.detach())
 
 
 class GroupNormalJeffreys(BayesianCompressionPrior):
-    """BC-GNJ: one log-uniform (normal-Jeffreys) group scale per input unit of each layer.
+    """BC-GNJ: one log-uniform (normal-Jeffreys) group scale per input unit of each linear
+    layer and per output channel of each conv layer.
 
-    :param log_alpha_threshold: keep an input unit when ``log alpha < t``; one ``t`` for all
+    :param log_alpha_threshold: keep a group when ``log alpha < t``; one ``t`` for all
         layers or one per layer (the authors use ``[-2.8, -3, -5]`` for LeNet-300-100) (-3).
     :param float init_log_var: initial ``log sigma_z^2`` of the group scales (-9, the
         authors' initialisation).
