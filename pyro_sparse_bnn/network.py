@@ -36,11 +36,13 @@ __all__ = ["SparseBNN"]
 class SparseBNN(nn.Module):
     """Bayesian neural network with a sparsity prior on every parametric layer.
 
-    :param nn.Sequential net: the architecture: ``nn.Linear`` layers and parameter-free
-        elementwise activations (nested ``nn.Sequential`` allowed). Its current weights
-        become the initial posterior means.
+    :param nn.Sequential net: the architecture: ``nn.Linear`` and ``nn.Conv2d`` layers,
+        parameter-free elementwise activations, ``nn.MaxPool2d`` / ``nn.AvgPool2d``,
+        ``nn.Flatten`` and a leading ``nn.Unflatten`` (nested ``nn.Sequential`` allowed; see
+        :mod:`~pyro_sparse_bnn.architecture`). Its current weights become the initial
+        posterior means.
     :param prior: a :class:`~pyro_sparse_bnn.priors.base.Prior` for every layer, or a
-        sequence with one prior per ``nn.Linear`` layer.
+        sequence with one prior per parametric (``nn.Linear`` / ``nn.Conv2d``) layer.
     :param likelihood: ``"categorical"`` (integer labels, outputs are logits),
         ``"gaussian"`` (regression, unit noise), or a
         :class:`~pyro_sparse_bnn.likelihoods.Likelihood` instance such as
@@ -53,12 +55,17 @@ class SparseBNN(nn.Module):
         in :meth:`forward` / :meth:`predict` (default ``True``). Same ELBO, lower gradient
         variance; ``False`` samples one weight tensor per step, as the model itself does
         when run without the handler.
+    :param input_shape: shape of one input example without the batch dimension, e.g.
+        ``(1, 28, 28)``. Needed for a network that starts with a conv layer; inferred as
+        ``(in_features,)`` for one that starts with ``nn.Linear`` and as
+        ``(prod(unflattened_size),)`` for one that starts with ``nn.Unflatten``.
 
     The wrapper lives on the device and in the floating-point dtype of ``net``; move it
     afterwards with ``bnn.to(...)`` like any module.
 
-    Shapes: ``x`` is ``(batch, in_features)``; ``y`` is ``(batch,)`` integer labels for
-    classification, ``(batch,)`` or ``(batch, outputs)`` floats for regression.
+    Shapes: ``x`` is ``(batch, *input_shape)``, e.g. ``(batch, in_features)``; ``y`` is
+    ``(batch,)`` integer labels for classification, ``(batch,)`` or ``(batch, outputs)``
+    floats for regression.
     """
 
     def __init__(
@@ -69,14 +76,15 @@ class SparseBNN(nn.Module):
         num_data: Optional[int] = None,
         temperature: float = 0.5,
         local_reparameterization: bool = True,
+        input_shape: Optional[Sequence[int]] = None,
     ):
         super().__init__()
-        self.architecture: Architecture = parse_sequential(net)
+        self.architecture: Architecture = parse_sequential(net, input_shape)
         specs = self.architecture.specs
         self.num_data = self._check_num_data(num_data)
         priors = self._per_layer_priors(prior, len(specs))
         network = self.architecture.network_info(self.num_data)
-        self.layers = nn.ModuleList([p.build(spec, network) for p, spec in zip(priors, specs)])
+        self.layers = nn.ModuleList([p.build(spec, network) for p, spec in zip(priors, specs, strict=True)])
         self.priors = tuple(priors)
         self.fixed = nn.ModuleList(
             [stage.module for stage in self.architecture.stages if not stage.is_parametric]
@@ -123,8 +131,15 @@ class SparseBNN(nn.Module):
     # -- properties ----------------------------------------------------------------------
     @property
     def num_inputs(self) -> int:
-        """Number of input features."""
+        """Number of input units of the first layer: input features, or input channels of a
+        network that starts with a conv layer (the units that feature PIPs and ``compress``
+        select)."""
         return self.architecture.num_inputs
+
+    @property
+    def input_shape(self):
+        """Shape of one input example (no batch dimension), e.g. ``(784,)`` or ``(1, 28, 28)``."""
+        return self.architecture.input_shape
 
     @property
     def num_outputs(self) -> int:
@@ -167,7 +182,7 @@ class SparseBNN(nn.Module):
 
         :raises InputError: on wrong shapes, dtypes, devices, NaN/inf or labels out of range.
         """
-        check_features(x, self.num_inputs, self._dtype, self._device)
+        check_features(x, self.input_shape, self._dtype, self._device)
         if y is not None:
             y = self.likelihood.check_targets(y, self.num_outputs)
             if y.is_floating_point():
@@ -198,7 +213,7 @@ class SparseBNN(nn.Module):
     def model(self, x, y=None):
         """Pyro model: priors on every layer, then ``obs ~ likelihood(f(x))`` in a data plate.
 
-        :param torch.Tensor x: inputs ``(batch, in_features)``.
+        :param torch.Tensor x: inputs ``(batch, *input_shape)``.
         :param y: targets (see class docstring) or ``None`` to sample them.
         :returns: network outputs ``(batch, outputs)`` (logits or regression means).
         """
@@ -226,7 +241,7 @@ class SparseBNN(nn.Module):
         """One posterior draw of the network outputs: sample the guide, run the model on it
         (pre-activations sampled per example when ``local_reparameterization`` is set).
 
-        :param torch.Tensor x: ``(batch, in_features)``.
+        :param torch.Tensor x: ``(batch, *input_shape)``.
         :returns: outputs ``(batch, outputs)``.
         """
         with self.reparameterization():
@@ -237,7 +252,7 @@ class SparseBNN(nn.Module):
     def predict(self, x, num_samples: int = 100, batch_size: Optional[int] = None) -> Prediction:
         """Posterior predictive from ``num_samples`` Monte Carlo draws of the guide.
 
-        :param x: inputs ``(batch, in_features)`` (tensor or array).
+        :param x: inputs ``(batch, *input_shape)`` (tensor or array).
         :param int num_samples: number of guide draws.
         :param batch_size: split ``x`` into chunks of this size to bound memory.
         :returns: :class:`~pyro_sparse_bnn.likelihoods.Prediction` (class probabilities, or
@@ -256,5 +271,6 @@ class SparseBNN(nn.Module):
     def extra_repr(self):
         widths = "-".join(map(str, self.architecture.widths))
         priors = {type(p).__name__ for p in self.priors}
-        return (f"architecture={widths}, prior={'/'.join(sorted(priors))}, num_data={self.num_data}, "
+        shape = f", input_shape={self.input_shape}" if len(self.input_shape) > 1 else ""
+        return (f"architecture={widths}{shape}, prior={'/'.join(sorted(priors))}, num_data={self.num_data}, "
                 f"local_reparameterization={self.local_reparameterization}")

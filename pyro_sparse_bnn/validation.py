@@ -5,7 +5,7 @@ argument and what was expected, instead of letting a shape or NaN problem surfac
 inside torch or as a silent NaN loss.
 """
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -47,9 +47,15 @@ def check_finite(value: torch.Tensor, name: str) -> None:
             raise InputError(f"{name} contains {kind} values (first in row {bad})")
 
 
-def check_features(x: torch.Tensor, num_features: int, dtype: torch.dtype, device, name="x") -> None:
-    """Check that ``x`` is a finite floating-point ``(batch, num_features)`` tensor matching the
-    network's dtype and device."""
+def check_features(x: torch.Tensor, input_shape: Union[int, Tuple[int, ...]], dtype: torch.dtype, device,
+                   name="x") -> None:
+    """Check that ``x`` is a finite floating-point ``(batch, *input_shape)`` tensor matching
+    the network's dtype and device.
+
+    :param input_shape: shape of one example, e.g. ``(784,)`` or ``(1, 28, 28)``; an int
+        ``n`` means ``(n,)``.
+    """
+    input_shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -63,9 +69,10 @@ def check_features(x: torch.Tensor, num_features: int, dtype: torch.dtype, devic
         )
     if x.device != device:
         raise InputError(f"{name} is on {x.device} but the network is on {device}")
-    if x.dim() != 2 or x.shape[1] != num_features:
+    if x.dim() != 1 + len(input_shape) or tuple(x.shape[1:]) != input_shape:
+        expected = ", ".join(str(d) for d in input_shape)
         raise InputError(
-            f"{name} has shape {tuple(x.shape)} but the network expects (batch, {num_features})"
+            f"{name} has shape {tuple(x.shape)} but the network expects (batch, {expected})"
         )
     if x.shape[0] == 0:
         raise InputError(f"{name} is empty (batch size 0)")
@@ -76,5 +83,5 @@ def check_same_length(tensors: Sequence[torch.Tensor], names: Sequence[str]) -> 
     """Raise :class:`InputError` unless all tensors share their first dimension."""
     lengths = [t.shape[0] if t.dim() else 1 for t in tensors]
     if len(set(lengths)) > 1:
-        described = ", ".join(f"{n} has {k}" for n, k in zip(names, lengths))
+        described = ", ".join(f"{n} has {k}" for n, k in zip(names, lengths, strict=True))
         raise InputError(f"mismatched number of examples: {described}")

@@ -25,7 +25,7 @@ def _fresh_pyro_state():
 def mlp(widths, activation=nn.ReLU, bias=True):
     """``nn.Sequential`` MLP with the given layer widths."""
     layers = []
-    for i, (a, b) in enumerate(zip(widths, widths[1:])):
+    for i, (a, b) in enumerate(zip(widths, widths[1:], strict=False)):
         layers.append(nn.Linear(a, b, bias=bias))
         if i < len(widths) - 2:
             layers.append(activation())
@@ -60,3 +60,34 @@ def classification_data():
 def small_bnn():
     torch.manual_seed(0)
     return SparseBNN(mlp([5, 4, 3]), SpikeSlab(prior_inclusion=0.1), num_data=60)
+
+
+def tiny_conv_net(activation=nn.ReLU):
+    """Flat 36-pixel inputs -> 1 x 6 x 6 -> conv 3 3x3 -> pool 2 -> 12 features -> 3 outputs."""
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 6, 6)), nn.Conv2d(1, 3, 3), activation(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(12, 3),
+    )
+
+
+def conv_net(kind: str, activation=nn.ReLU):
+    """Small two-input-channel conv nets taking flat ``(batch, 72)`` inputs (2 x 6 x 6):
+
+    * ``"max-pool"``: conv 4 3x3 -> max-pool 2 -> flatten 16 -> fc 5 -> fc 3;
+    * ``"padding"``: conv 4 3x3 padding 1 -> conv 3 3x3 padding 1 stride 2 -> flatten 27 -> fc 3;
+    * ``"avg-pool"``: conv 4 3x3 padding 1 -> avg-pool 2 padding 1 (padding counted, so a
+      constant channel leaves it non-uniform) -> conv 3 3x3 dilation 1 -> flatten 12 -> fc 3.
+    """
+    head = [nn.Unflatten(1, (2, 6, 6))]
+    if kind == "max-pool":
+        body = [nn.Conv2d(2, 4, 3), activation(), nn.MaxPool2d(2), nn.Flatten(),
+                nn.Linear(16, 5), activation(), nn.Linear(5, 3)]
+    elif kind == "padding":
+        body = [nn.Conv2d(2, 4, 3, padding=1), activation(),
+                nn.Conv2d(4, 3, 3, padding=1, stride=2), activation(), nn.Flatten(), nn.Linear(27, 3)]
+    elif kind == "avg-pool":
+        body = [nn.Conv2d(2, 4, 3, padding=1), activation(), nn.AvgPool2d(2, padding=1),
+                nn.Conv2d(4, 3, 3), activation(), nn.Flatten(), nn.Linear(12, 3)]
+    else:
+        raise ValueError(kind)
+    return nn.Sequential(*head, *body)

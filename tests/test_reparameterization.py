@@ -18,7 +18,7 @@ from pyro_sparse_bnn import (
 from pyro_sparse_bnn.priors.base import LayerDraw
 from pyro_sparse_bnn.reparameterization import gaussian_layer
 
-from .conftest import mlp
+from .conftest import mlp, tiny_conv_net
 
 
 def test_gaussian_layer_has_the_moments_of_the_weight_sampled_layer():
@@ -36,6 +36,30 @@ def test_gaussian_layer_has_the_moments_of_the_weight_sampled_layer():
     x1 = torch.cat([x[0], torch.ones(1)])
     mean = (scale * loc) @ x1
     var = (scale**2 * sigma**2) @ x1**2
+    n = x.shape[0]
+    assert torch.all((out.mean(0) - mean).abs() < 5 * (var / n).sqrt())
+    assert torch.all((out.var(0) - var).abs() < 5 * var * math.sqrt(2 / n))
+
+
+def test_gaussian_layer_has_the_moments_of_the_weight_sampled_conv_layer():
+    """The same for a conv layer, Conv2d(1, 3, 3) on 6 x 6 images, with one scale per output
+    channel: at each of the 4 x 4 positions ``p`` the pre-activation of channel ``j`` has mean
+    ``sum_i scale_j mu_ji patch_pi + scale_j mu_j,bias`` and variance
+    ``sum_i scale_j^2 sigma_ji^2 patch_pi^2 + scale_j^2 sigma_j,bias^2`` (patches written out
+    with ``unfold``, independently of ``conv2d``)."""
+    torch.manual_seed(0)
+    spec = SparseBNN(tiny_conv_net(), SpikeSlabNode(), num_data=1).layers[0].spec
+    assert spec.kind == "conv2d" and spec.param_shape == (3, 10)
+    loc, sigma = torch.randn(3, 10), torch.rand(3, 10) + 0.1
+    scale = torch.tensor([[0.5], [2.0], [1.0]])
+    image = torch.randn(1, 1, 6, 6)
+    x = image.expand(20000, 1, 6, 6)
+    out = gaussian_layer(x, spec, LayerDraw(slab=torch.zeros(3, 10), scale=scale), loc, sigma)
+    assert out.shape == (20000, 3, 4, 4)
+    patches = torch.nn.functional.unfold(image, 3)[0]                    # (9, 16)
+    patches = torch.cat([patches, torch.ones(1, 16)])                    # bias input
+    mean = ((scale * loc) @ patches).view(3, 4, 4)
+    var = ((scale**2 * sigma**2) @ patches**2).view(3, 4, 4)
     n = x.shape[0]
     assert torch.all((out.mean(0) - mean).abs() < 5 * (var / n).sqrt())
     assert torch.all((out.var(0) - var).abs() < 5 * var * math.sqrt(2 / n))

@@ -1,15 +1,16 @@
 """Sparsity priors: one module per prior, all on the interface of :mod:`.base`.
 
-==========================  =====================================================  =================
-prior                       paper                                                  level
-==========================  =====================================================  =================
+==========================  =====================================================  ==================================
+prior                       paper                                                  level (a conv layer's unit is a channel)
+==========================  =====================================================  ==================================
 ``SpikeSlab``               Bai et al. 2020; node PIPs of Saha et al. 2024          edge
 ``SpikeSlabNode`` (SS-IG)   Jantre et al. 2023                                     node
 ``SpikeSlabGroupLasso``     Jantre et al. 2023 (SS-GL)                             node + group scale
 ``SpikeSlabGroupHorseshoe`` Jantre et al. 2023 (SS-GHS)                            node + group scale
-``GroupNormalJeffreys``     Louizos et al. 2017 (BC-GNJ)                           input unit (scale)
-``GroupHorseshoe``          Louizos et al. 2017 (BC-GHS)                           input unit (scale)
-==========================  =====================================================  =================
+``GroupNormalJeffreys``     Louizos et al. 2017 (BC-GNJ)                           scale per input unit (linear) or
+                                                                                   output channel (conv)
+``GroupHorseshoe``          Louizos et al. 2017 (BC-GHS)                           as BC-GNJ
+==========================  =====================================================  ==================================
 """
 
 from .base import IndicatorPrior, LayerDraw, LayerSpec, NetworkInfo, Prior, PriorLayer

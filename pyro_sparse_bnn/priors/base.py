@@ -1,8 +1,8 @@
 """The prior interface shared by every sparsity prior, and the building blocks they reuse.
 
 A :class:`Prior` holds the hyperparameters of one sparsity prior. The network wrapper asks
-it to :meth:`~Prior.build` one :class:`PriorLayer` per ``nn.Linear`` (later ``nn.Conv2d``)
-of the user's network. A ``PriorLayer`` is an ``nn.Module`` that owns the guide parameters
+it to :meth:`~Prior.build` one :class:`PriorLayer` per ``nn.Linear`` or ``nn.Conv2d`` of
+the user's network. A ``PriorLayer`` is an ``nn.Module`` that owns the guide parameters
 of that layer and knows
 
 * which sample sites the **model** has and how the weight is formed from them
@@ -10,8 +10,8 @@ of that layer and knows
 * which sample sites the **guide** has, how they are initialised and parameterised
   (:meth:`PriorLayer.guide`),
 * how to read inclusion probabilities, keep masks and posterior means off the fitted guide
-  (:meth:`edge_inclusion_probs`, :meth:`output_inclusion_probs`, :meth:`keep_masks`,
-  :meth:`posterior_mean`).
+  (:meth:`inclusion_groups`, :meth:`edge_inclusion_probs`, :meth:`output_inclusion_probs`,
+  :meth:`keep_masks`, :meth:`posterior_mean`).
 
 A layer's weights and bias are handled together as one *augmented* matrix of shape
 ``(out_units, fan_in + 1)`` whose row ``j`` holds the incoming weights of unit ``j``
@@ -69,11 +69,16 @@ class LayerSpec:
 
     :ivar str name: site-name prefix, e.g. ``"net.0"`` (the layer's path in the network).
     :ivar int index: position among the network's parametric layers (0 = first).
-    :ivar str kind: ``"linear"`` (``"conv2d"`` is reserved for convolutional layers).
-    :ivar torch.Size weight_shape: ``(out_units, in_units)`` for linear layers.
+    :ivar str kind: ``"linear"`` or ``"conv2d"``.
+    :ivar torch.Size weight_shape: ``(out_units, in_units)`` for linear layers,
+        ``(out_channels, in_channels, kernel_height, kernel_width)`` for conv layers.
     :ivar bool has_bias: whether the layer has a bias of shape ``(out_units,)``.
     :ivar bool is_output: whether this is the network's last parametric layer.
     :ivar nn.Module module: the user's original layer (initial means, conv hyperparameters).
+    :ivar in_shape: shape of one example's input to the layer, ``(in_features,)`` or
+        ``(in_channels, height, width)`` (``None`` when not known).
+    :ivar out_shape: shape of one example's output, ``(out_features,)`` or
+        ``(out_channels, out_height, out_width)`` (``None`` when not known).
     """
 
     name: str
@@ -83,6 +88,8 @@ class LayerSpec:
     has_bias: bool
     is_output: bool
     module: nn.Module
+    in_shape: Optional[Tuple[int, ...]] = None
+    out_shape: Optional[Tuple[int, ...]] = None
 
     @property
     def out_units(self) -> int:
@@ -100,14 +107,31 @@ class LayerSpec:
         return (self.out_units,) + (1,) * (len(self.weight_shape) - 1)
 
     @property
+    def column_shape(self) -> Tuple[int, ...]:
+        """Shape that broadcasts one value per input unit against the weight."""
+        return (1, self.in_units) + (1,) * (len(self.weight_shape) - 2)
+
+    @property
     def fan_in(self) -> int:
-        """Number of incoming weights of one output unit."""
+        """Number of incoming weights of one output unit (``in_channels * kh * kw`` for conv)."""
         return math.prod(self.weight_shape[1:])
 
     @property
     def num_params(self) -> int:
         """Number of weights plus biases."""
         return math.prod(self.weight_shape) + (self.out_units if self.has_bias else 0)
+
+    @property
+    def out_positions(self) -> int:
+        """Number of positions at which the layer's weights are applied per example:
+        ``out_height * out_width`` for conv layers, 1 for linear layers."""
+        return math.prod(self.out_shape[1:]) if self.out_shape is not None else 1
+
+    @property
+    def multiply_adds(self) -> int:
+        """Multiply-adds of the layer per example: ``weights * out_positions`` (for a conv
+        layer ``out_ch * H_out * W_out * in_ch * kh * kw``); biases not counted."""
+        return math.prod(self.weight_shape) * self.out_positions
 
     @property
     def param_shape(self) -> Tuple[int, int]:
@@ -127,9 +151,18 @@ class LayerSpec:
         return weight, (params[:, self.fan_in] if self.has_bias else None)
 
     def apply(self, x, weight, bias):
-        """The layer's deterministic operation with the given weight and bias."""
+        """The layer's deterministic operation with the given weight and bias.
+
+        :param x: ``(batch, in_features)`` for linear layers, ``(batch, in_channels, H, W)``
+            for conv layers.
+        :param weight: of shape ``weight_shape``. :param bias: ``(out_units,)`` or ``None``.
+        :returns: ``(batch, out_features)`` or ``(batch, out_channels, H_out, W_out)``.
+        """
         if self.kind == "linear":
             return F.linear(x, weight, bias)
+        if self.kind == "conv2d":
+            m = self.module
+            return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, 1)
         raise NotImplementedError(f"layer kind {self.kind!r}")
 
 
@@ -480,9 +513,13 @@ class IndicatorPrior(Prior):
 class PriorLayer(nn.Module):
     """One layer's prior (model side) and guide, with readouts of the fitted guide.
 
-    Subclasses implement :meth:`model`, :meth:`guide`, :meth:`edge_inclusion_probs`,
+    Subclasses implement :meth:`model`, :meth:`guide`, :meth:`inclusion_groups`,
     :meth:`keep_masks` and :meth:`posterior_mean`; :meth:`output_inclusion_probs` is
     optional (node-level priors).
+
+    For a conv layer a *unit* is a channel: output unit ``j`` is output channel ``j`` (row
+    ``j`` of the augmented matrix: its ``in_channels * kh * kw`` weights and its bias), input
+    unit ``i`` is input channel ``i``.
     """
 
     def __init__(self, spec: LayerSpec, threshold: float):
@@ -511,9 +548,19 @@ class PriorLayer(nn.Module):
         raise NotImplementedError
 
     # -- readouts of the fitted guide ---------------------------------------------------
+    def inclusion_groups(self) -> torch.Tensor:
+        """Inclusion probabilities of the layer's *independent* switches of its weights, in a
+        shape that broadcasts against ``weight_shape`` and says what each switch covers:
+        ``weight_shape`` (one per weight, edge level), :attr:`LayerSpec.row_shape` (one per
+        output unit) or :attr:`LayerSpec.column_shape` (one per input unit). A weight is
+        active iff its switch is on. :mod:`pyro_sparse_bnn.inclusion` reads node and feature
+        PIPs off this (a unit is used iff at least one switch covering its outgoing weights
+        is on)."""
+        raise NotImplementedError
+
     def edge_inclusion_probs(self) -> torch.Tensor:
         """Probability that each weight is non-zero under the guide; shape ``weight_shape``."""
-        raise NotImplementedError
+        return self.inclusion_groups().expand(self.spec.weight_shape)
 
     def output_inclusion_probs(self) -> Optional[torch.Tensor]:
         """Probability that each output unit's incoming group is switched on, shape

@@ -4,18 +4,26 @@ A *multiplicative group scale* ``z_g`` multiplies every weight of group ``g``::
 
     w = z_g * w~,     w~ ~ N(0, 1)      (non-centred: w | z_g ~ N(0, z_g^2))
 
-The groups are the **input units** of a linear layer (column ``i`` of the weight matrix, so
-the first layer selects input features and every other layer prunes the units feeding it)
-and, for convolutional layers, the output channels. Biases are not scaled (their group
-scale is 1) and have the same ``N(0, 1)`` prior. The guide is ``q(w~) = N(mu, sigma^2)``
-per weight and a prior-specific ``q(z_g)``.
+The groups are
+
+* for a **linear** layer, its **input units** (column ``i`` of the weight matrix, so the first
+  layer selects input features and every other layer prunes the units feeding it). Biases
+  are not scaled (their group scale is 1) and have the same ``N(0, 1)`` prior;
+* for a **conv** layer, its **output channels** (row ``j`` of the augmented matrix: the
+  ``in_channels * kh * kw`` weights of filter ``j``). The channel's bias is scaled with it,
+  ``b_j = z_j b~_j``, as in the authors' code, where the conv layer multiplies its whole
+  output (bias included) by ``z``: a pruned channel then outputs exactly zero before its
+  activation, and its bias prior is ``N(0, z_j^2)`` like its weights.
+
+The guide is ``q(w~) = N(mu, sigma^2)`` per weight and a prior-specific ``q(z_g)``.
 
 Pruning uses the group's dropout rate ``alpha_g = Var[z_g] / E[z_g]^2``: a group is kept when
 ``log alpha_g < t`` with a per-layer threshold ``t`` (-3 in the authors' code). So that
 every prior in the library reports inclusion in the same form, a group's *inclusion
 probability* is ``1 / (1 + alpha_g) = sigmoid(-log alpha_g)`` (one minus the equivalent
 Gaussian-dropout rate ``alpha / (1 + alpha)``); ``log alpha < t`` is the same rule as
-``PIP > sigmoid(-t)``, which is the PIP threshold the layers use by default.
+``PIP > sigmoid(-t)``, which is the PIP threshold the layers use by default. A pruned conv
+channel drops its weights and its bias.
 """
 
 import math
@@ -34,7 +42,8 @@ __all__ = ["BayesianCompressionPrior", "GroupScaleLayer"]
 class GroupScaleLayer(PriorLayer):
     """Per-layer module of a Bayesian Compression prior.
 
-    Sample sites: the group-scale sites of the subclass, then ``<layer>.slab`` of the
+    Sample sites: the group-scale sites of the subclass (``num_groups`` scales: ``in_units``
+    for a linear layer, ``out_units`` for a conv layer), then ``<layer>.slab`` of the
     augmented shape ``(out_units, fan_in + 1)`` (the non-centred weights ``w~``).
 
     Subclasses implement :meth:`model_scale` and :meth:`guide_scale` (sampling the scale
@@ -47,11 +56,15 @@ class GroupScaleLayer(PriorLayer):
     def __init__(self, spec: LayerSpec, prior: "BayesianCompressionPrior", threshold: float,
                  init_scale: float = 1.0):
         super().__init__(spec, threshold)
-        if spec.kind != "linear":
-            raise NotImplementedError(f"{type(prior).__name__} on {spec.kind} layers")
-        self.num_groups = spec.in_units
-        init_loc = spec.augment(spec.module.weight, spec.module.bias)
-        init_loc[:, : spec.fan_in] /= init_scale
+        #: whether the groups are output units (conv channels, bias scaled too) rather than
+        #: input units (linear layers)
+        self.groups_are_outputs = spec.kind != "linear"
+        self.num_groups = spec.out_units if self.groups_are_outputs else spec.in_units
+        init_loc = spec.augment(spec.module.weight, spec.module.bias).detach()
+        if self.groups_are_outputs:
+            init_loc = init_loc / init_scale
+        else:
+            init_loc = torch.cat([init_loc[:, : spec.fan_in] / init_scale, init_loc[:, spec.fan_in:]], dim=1)
         self.slab = GaussianSlab(init_loc, 1.0, prior.init_rho)
         self.register_buffer("bias_scale", torch.ones(int(spec.has_bias)))
 
@@ -73,15 +86,20 @@ class GroupScaleLayer(PriorLayer):
         raise NotImplementedError
 
     # -- model and guide --------------------------------------------------------------------
-    def _column_scale(self, z: torch.Tensor, bias_value: float = 1.0) -> torch.Tensor:
-        """``z`` per input unit, padded with ``bias_value`` for the bias column: ``(1, fan_in + 1)``."""
+    def _group_scale(self, z: torch.Tensor, bias_value: float = 1.0) -> torch.Tensor:
+        """``z`` per group as a factor of the augmented matrix ``(out_units, fan_in + 1)``:
+        ``(out_units, 1)`` for output groups (the whole row, bias included), or
+        ``(1, fan_in + 1)`` for input groups, padded with ``bias_value`` for the unscaled
+        bias column."""
+        if self.groups_are_outputs:
+            return z.unsqueeze(1)
         bias = self.bias_scale.to(z.dtype)
         return torch.cat([z, bias if bias_value == 1.0 else torch.full_like(bias, bias_value)]).unsqueeze(0)
 
     def model(self) -> LayerDraw:
         z = self.model_scale()
         slab = pyro.sample(self.site("slab"), self.slab.prior_dist())
-        return LayerDraw(slab=slab, scale=self._column_scale(z))
+        return LayerDraw(slab=slab, scale=self._group_scale(z))
 
     def guide(self, temperature=None) -> None:
         self.guide_scale()
@@ -91,17 +109,31 @@ class GroupScaleLayer(PriorLayer):
 
     # -- readouts -----------------------------------------------------------------------------
     @torch.no_grad()
-    def input_inclusion_probs(self) -> torch.Tensor:
-        """``1 / (1 + alpha_g)`` per input unit, ``(in_units,)``."""
+    def group_inclusion_probs(self) -> torch.Tensor:
+        """``1 / (1 + alpha_g)`` per group, ``(num_groups,)``."""
         return torch.sigmoid(-self.log_alpha())
 
-    def edge_inclusion_probs(self) -> torch.Tensor:
-        return self.input_inclusion_probs().unsqueeze(0).expand(self.spec.weight_shape)
+    def input_inclusion_probs(self) -> Optional[torch.Tensor]:
+        """``1 / (1 + alpha_g)`` per input unit, ``(in_units,)``, for a linear layer; ``None``
+        for a conv layer (whose groups are output channels)."""
+        return None if self.groups_are_outputs else self.group_inclusion_probs()
+
+    def output_inclusion_probs(self) -> Optional[torch.Tensor]:
+        """``1 / (1 + alpha_g)`` per output channel, ``(out_units,)``, for a conv layer;
+        ``None`` for a linear layer."""
+        return self.group_inclusion_probs() if self.groups_are_outputs else None
+
+    def inclusion_groups(self) -> torch.Tensor:
+        shape = self.spec.row_shape if self.groups_are_outputs else self.spec.column_shape
+        return self.group_inclusion_probs().view(shape)
 
     def keep_masks(self, threshold=None):
         threshold = self.default_threshold if threshold is None else threshold
-        keep = self.input_inclusion_probs() > threshold
-        return keep.unsqueeze(0).expand(self.spec.weight_shape), None
+        keep = self.group_inclusion_probs() > threshold
+        shape = self.spec.row_shape if self.groups_are_outputs else self.spec.column_shape
+        weight_mask = keep.view(shape).expand(self.spec.weight_shape)
+        bias_mask = keep if self.groups_are_outputs and self.spec.has_bias else None
+        return weight_mask, bias_mask
 
     @torch.no_grad()
     def posterior_mean(self):
@@ -111,9 +143,10 @@ class GroupScaleLayer(PriorLayer):
     @torch.no_grad()
     def weight_moments(self):
         """Mean and variance of ``w = z w~`` (independent factors):
-        ``E[w] = E[z] mu``, ``Var[w] = E[z]^2 sigma^2 + Var[z] mu^2 + Var[z] sigma^2``."""
+        ``E[w] = E[z] mu``, ``Var[w] = E[z]^2 sigma^2 + Var[z] mu^2 + Var[z] sigma^2``
+        (an unscaled bias of a linear layer has ``z = 1``, ``Var[z] = 0``)."""
         z_mean, z_var = self.scale_moments()
-        z_mean, z_var = self._column_scale(z_mean), self._column_scale(z_var, bias_value=0.0)
+        z_mean, z_var = self._group_scale(z_mean), self._group_scale(z_var, bias_value=0.0)
         mu, var = self.slab.loc.detach(), self.slab.scale.square()
         return z_mean * mu, z_mean.square() * var + z_var * (mu.square() + var)
 

@@ -27,14 +27,14 @@ class BCHorseshoeLayer(GroupScaleLayer):
     """Per-layer module of :class:`GroupHorseshoe`.
 
     Sample sites: ``<layer>.tau0_a``, ``<layer>.tau0_b`` (scalars, the layer's global scale
-    ``s``), ``<layer>.tau_a``, ``<layer>.tau_b`` ``(in_units,)`` (``z~_g^2 = a_g b_g``) and
+    ``s``), ``<layer>.tau_a``, ``<layer>.tau_b`` ``(num_groups,)`` (``z~_g^2 = a_g b_g``) and
     ``<layer>.slab``.
     """
 
     def __init__(self, spec, prior: "GroupHorseshoe", threshold: float):
         # the guide starts at a = b = 1: z_g = global_scale
         super().__init__(spec, prior, threshold, init_scale=prior.global_scale)
-        self.scales = HorseshoeScales(spec.in_units, prior.global_scale, prior.init_rho)
+        self.scales = HorseshoeScales(self.num_groups, prior.global_scale, prior.init_rho)
 
     def model_scale(self):
         return torch.exp(self.scales.model(self))
@@ -54,10 +54,11 @@ class BCHorseshoeLayer(GroupScaleLayer):
 
 
 class GroupHorseshoe(BayesianCompressionPrior):
-    """BC-GHS: a group-horseshoe scale per input unit of each layer.
+    """BC-GHS: a group-horseshoe scale per input unit of each linear layer and per output
+    channel of each conv layer.
 
     :param float global_scale: scale of the half-Cauchy prior of the layer's global factor (1).
-    :param log_alpha_threshold: keep an input unit when ``log alpha < t``; one ``t`` for all
+    :param log_alpha_threshold: keep a group when ``log alpha < t``; one ``t`` for all
         layers or one per layer (-3).
     :param float init_rho: initial ``rho`` of the weights' guide and of the LogNormal scale
         factors (-5).

@@ -135,7 +135,8 @@ class SpikeSlabLayer(PriorLayer):
     def guide(self, temperature) -> None:
         self.block.guide(self, temperature)
 
-    def edge_inclusion_probs(self) -> torch.Tensor:
+    def inclusion_groups(self) -> torch.Tensor:
+        """One independent indicator per weight: the edge PIPs, shape ``weight_shape``."""
         return self.spec.split(self.block.probs)[0]
 
     def bias_inclusion_probs(self) -> Optional[torch.Tensor]:

@@ -1,8 +1,8 @@
 """Node-level spike-and-slab priors (Jantre, Bhattacharya & Maiti 2023): shared machinery and SS-IG.
 
-One indicator ``z_j ~ Bernoulli(lambda_l)`` per output unit ``j`` switches the whole group
-``w_j`` -- the incoming weights of unit ``j`` and its bias, row ``j`` of the augmented
-parameter matrix -- on or off::
+One indicator ``z_j ~ Bernoulli(lambda_l)`` per output unit ``j`` (for a conv layer: per
+output channel, i.e. filter) switches the whole group ``w_j`` -- the incoming weights of unit
+``j`` and its bias, row ``j`` of the augmented parameter matrix -- on or off::
 
     w_j = z_j * s_j * beta_j,    beta_j ~ N(0, sigma_0^2 I)
 
@@ -136,8 +136,9 @@ class NodeSpikeSlabLayer(PriorLayer):
     def output_inclusion_probs(self) -> torch.Tensor:
         return self.block.probs
 
-    def edge_inclusion_probs(self) -> torch.Tensor:
-        return self.block.probs.view(self.spec.row_shape).expand(self.spec.weight_shape)
+    def inclusion_groups(self) -> torch.Tensor:
+        """One indicator per output unit (conv: output channel), shape ``row_shape``."""
+        return self.block.probs.view(self.spec.row_shape)
 
     def keep_masks(self, threshold=None):
         threshold = self.default_threshold if threshold is None else threshold
