@@ -13,7 +13,14 @@ Typical use::
 """
 
 from .bits import LayerPrecision, compression_rates, round_to_precision, weight_moments
-from .compress import Compressed, CompressionReport, SelectInputs, compress, masked_posterior_mean
+from .compress import (
+    Compressed,
+    CompressionReport,
+    ConstantOutput,
+    SelectInputs,
+    compress,
+    masked_posterior_mean,
+)
 from .distributions import ConcreteBernoulli, GatedNormal, bernoulli_kl, normal_kl
 from .elbo import MeanFieldELBO
 from .errors import (
@@ -33,8 +40,8 @@ from .inclusion import (
     node_inclusion_probs,
 )
 from .likelihoods import CategoricalLikelihood, GaussianLikelihood, Prediction
+from .nets import lenet5_caffe, lenet_300_100, mlp
 from .network import SparseBNN
-from .reparameterization import LocalReparameterization, local_reparameterization
 from .priors import (
     GroupHorseshoe,
     GroupNormalJeffreys,
@@ -46,11 +53,15 @@ from .priors import (
     SpikeSlabNode,
     theory_prior_inclusion,
 )
+from .reparameterization import LocalReparameterization, local_reparameterization
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SparseBNN",
+    "lenet5_caffe",
+    "lenet_300_100",
+    "mlp",
     "SpikeSlab",
     "SpikeSlabNode",
     "SpikeSlabGroupLasso",
@@ -78,6 +89,7 @@ __all__ = [
     "Compressed",
     "CompressionReport",
     "SelectInputs",
+    "ConstantOutput",
     "masked_posterior_mean",
     "weight_moments",
     "LayerPrecision",

@@ -5,19 +5,37 @@ inside) built from posterior means, in which
 
 * weights outside the median-probability model (the prior's keep rule, e.g. PIP > 0.5) are
   zero,
-* hidden nodes with no kept outgoing edge are physically removed,
-* hidden nodes with no kept incoming edge output a constant (the activation of their bias);
-  that constant is folded into the next layer's bias and the node is removed,
-* input features with no kept outgoing edge are dropped.
+* hidden units -- nodes of linear layers, channels of conv layers -- with no kept outgoing
+  edge are physically removed: smaller ``nn.Linear`` / ``nn.Conv2d`` modules, where a removed
+  channel also removes its slice of input channels of the next conv layer, or its block of
+  ``H * W`` columns of the linear layer after ``nn.Flatten`` (channel-major, after pooling),
+* hidden units with no kept incoming edge from a unit that varies with the input output a
+  constant; that constant is folded into the next layer's bias and the unit removed *when
+  the fold is exact*: always before a linear layer, and before a conv layer when the
+  constant's contribution is the same at every output position (see below); otherwise the
+  constant unit is kept (its bias, with the constants folded into it, computes it),
+* input features with no kept outgoing edge are dropped (input channels for a network that
+  starts with a conv layer).
+
+Folding into a conv layer. A constant channel feeds the next conv layer a constant map
+(``act(b)`` everywhere after an elementwise activation and max pooling; not uniform after an
+average pooling with zero padding counted). Its contribution to the next layer is a per-
+channel bias only if it is the same at every output position; zero padding breaks that at
+the border (the border windows see fewer copies of the constant), unless the constant is 0
+(a pruned ReLU channel) or the kept kernel taps that fall on the padding are zero. The rule
+is checked numerically per unit -- the contribution's spread over positions must stay below
+a float round-off bound -- so it covers stride, dilation, padding and pooling alike.
 
 The compressed module computes exactly what the *masked posterior-mean network*
 (:func:`masked_posterior_mean`: same architecture, posterior means, dropped weights set to
 zero) computes, up to float round-off.
 
-The compressed module takes the **full** input ``(batch, in_features)``: its first module,
-:class:`SelectInputs`, picks the kept columns itself, so it is a drop-in replacement of the
-original network. ``module[1:]`` (after any leading parameter-free modules) takes the reduced
-input ``x[:, report.kept_features]``.
+The compressed module takes the **full** input ``(batch, *input_shape)``: after the modules
+that precede the first layer (e.g. ``nn.Unflatten``) a :class:`SelectInputs` picks the kept
+input features (or channels) itself, so it is a drop-in replacement of the original network.
+For a network that starts with a linear layer, ``module[1:]`` (after any leading
+parameter-free modules) takes the reduced input ``x[:, report.kept_features]``. A network
+whose output depends on no input at all compresses to a :class:`ConstantOutput`.
 """
 
 import copy
@@ -25,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .bits import LayerPrecision, compression_rates, layer_precision, round_to_precision
@@ -36,6 +55,7 @@ __all__ = [
     "Compressed",
     "CompressionReport",
     "SelectInputs",
+    "ConstantOutput",
     "Structure",
     "analyse_structure",
     "masked_posterior_mean",
@@ -43,31 +63,53 @@ __all__ = [
 
 
 class SelectInputs(nn.Module):
-    """Select input columns ``indices`` of a ``(batch, num_inputs)`` tensor."""
+    """Select entries ``indices`` along dimension ``dim`` of the input: the kept columns of a
+    ``(batch, num_inputs)`` tensor (``dim=-1``), or the kept channels of a
+    ``(batch, num_inputs, H, W)`` tensor (``dim=1``)."""
 
-    def __init__(self, indices: torch.Tensor, num_inputs: int):
+    def __init__(self, indices: torch.Tensor, num_inputs: int, dim: int = -1):
         super().__init__()
         self.register_buffer("indices", torch.as_tensor(indices, dtype=torch.long))
         self.num_inputs = int(num_inputs)
+        self.dim = int(dim)
 
     def forward(self, x):
-        return x.index_select(-1, self.indices)
+        return x.index_select(self.dim, self.indices)
 
     def extra_repr(self):
-        return f"{len(self.indices)} of {self.num_inputs} inputs"
+        return f"{len(self.indices)} of {self.num_inputs} inputs" + ("" if self.dim == -1 else f", dim={self.dim}")
+
+
+class ConstantOutput(nn.Module):
+    """The same output ``value`` for every example: ``(batch, *value.shape)`` from any
+    ``(batch, ...)`` input (a compressed network whose output depends on no input)."""
+
+    def __init__(self, value: torch.Tensor):
+        super().__init__()
+        self.register_buffer("value", value.detach().clone())
+
+    def forward(self, x):
+        return self.value.expand((x.shape[0],) + tuple(self.value.shape))
+
+    def extra_repr(self):
+        return f"shape={tuple(self.value.shape)}"
 
 
 @dataclass
 class Structure:
-    """The median-probability model of a fitted network, node by node.
+    """The median-probability model of a fitted network, unit by unit (a unit is a node of a
+    linear layer or a channel of a conv layer).
 
     :ivar weights: masked posterior-mean weights per layer (dropped weights zero).
-    :ivar biases: masked posterior-mean biases per layer, with the constants of constant
-        nodes of the previous layer folded in.
+    :ivar biases: masked posterior-mean biases per layer, with the constants of the folded
+        units of the previous layer added.
     :ivar weight_masks: boolean masks of kept weights per layer.
-    :ivar kept_features: boolean mask ``(in_features,)`` of kept input features.
-    :ivar kept_nodes: boolean mask per hidden layer of nodes kept in the compressed network.
-    :ivar constant_nodes: boolean mask per hidden layer of nodes whose output is constant.
+    :ivar kept_features: boolean mask ``(num_inputs,)`` of kept input units of the first
+        layer (features, or channels for a network that starts with a conv layer).
+    :ivar kept_nodes: boolean mask per hidden layer of units kept in the compressed network.
+    :ivar constant_nodes: boolean mask per hidden layer of units whose output is constant.
+    :ivar folded_nodes: boolean mask per hidden layer of constant units folded into the next
+        layer's bias (the constant units not folded are kept when they are used).
     """
 
     weights: List[torch.Tensor]
@@ -76,6 +118,7 @@ class Structure:
     kept_features: torch.Tensor
     kept_nodes: List[torch.Tensor]
     constant_nodes: List[torch.Tensor]
+    folded_nodes: List[torch.Tensor] = field(default_factory=list)
 
 
 def _require_fitted(bnn: SparseBNN, what: str):
@@ -110,49 +153,140 @@ def _masked_layers(bnn: SparseBNN, threshold):
         yield weight * weight_mask, bias, weight_mask
 
 
+def _units(tensor: torch.Tensor, num_units: int) -> torch.Tensor:
+    """View dim 1 of ``tensor`` (a layer's input, or the in-dim of its weight) as
+    ``num_units`` contiguous blocks: ``(dim0, num_units, block)``. A conv layer's input
+    channel is one block of ``H * W`` entries, as is a channel feeding a linear layer through
+    ``nn.Flatten``; a linear layer's node is a block of one."""
+    return tensor.reshape(tensor.shape[0], num_units, -1)
+
+
+def _input_columns(spec, kept_units: torch.Tensor) -> torch.Tensor:
+    """Boolean mask over dim 1 of the weight of layer ``spec`` selecting the inputs that
+    belong to ``kept_units`` (a mask over the previous layer's units)."""
+    return kept_units.repeat_interleave(spec.in_units // len(kept_units))
+
+
+def _connectivity(mask: torch.Tensor, num_units: int) -> torch.Tensor:
+    """``(out_units, num_units)``: whether row ``k`` has a kept weight from input unit ``c``."""
+    return _units(mask, num_units).any(dim=-1)
+
+
+def _only_units(values: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """``values`` (a ``(batch, ...)`` layer input) with every unit outside ``units`` zeroed."""
+    blocks = _units(values, len(units))
+    return torch.where(units[None, :, None], blocks, torch.zeros_like(blocks)).reshape(values.shape)
+
+
+#: largest number of output entries computed at once when checking which constant channels fold
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def _fold_constants(spec, weight: torch.Tensor, constants: torch.Tensor, constant: torch.Tensor):
+    """Which constant input units of layer ``spec`` fold exactly into its bias, and what they add.
+
+    A unit folds when its contribution to the layer's pre-activations is the same at every
+    output position up to float round-off (always for a linear layer).
+
+    :param weight: the layer's masked weights. :param constants: ``(1, *in_shape)``, the
+        layer's input where it is constant. :param constant: ``(num_units,)`` mask of the
+        constant input units.
+    :returns: ``(folded, contribution)``: mask of the units folded, ``(num_units,)``, and the
+        sum of their contributions to the layer's pre-activations, ``(out_units,)``.
+    """
+    folded = torch.zeros_like(constant)
+    contribution = torch.zeros(spec.out_units, dtype=weight.dtype, device=weight.device)
+    if not constant.any():
+        return folded, contribution
+    if spec.kind == "linear":  # a fixed input vector: its contribution is a fixed vector
+        return constant.clone(), spec.apply(_only_units(constants, constant), weight, None)[0]
+    # conv: the contribution of each constant channel on its own, as a grouped convolution
+    # (group g convolves channel index[g] with its slice W[:, index[g]]), in chunks
+    index = constant.nonzero().flatten()
+    maps = constants[:, index]                                   # (1, n, H, W)
+    taps = weight[:, index].transpose(0, 1)                      # (n, out, kh, kw)
+    m = spec.module
+    chunk = max(1, _CHUNK_ELEMENTS // (spec.out_units * spec.out_positions))
+    eps = torch.finfo(weight.dtype).eps
+    for start in range(0, len(index), chunk):
+        part = slice(start, start + chunk)
+        n = len(index[part])
+
+        def grouped(x, w, n=n):
+            out = F.conv2d(x, w.reshape((-1, 1) + w.shape[2:]), None, m.stride, m.padding, m.dilation, n)
+            return out.view((n, spec.out_units) + out.shape[2:])
+
+        outputs = grouped(maps[:, part], taps[part])             # (n, out, H', W')
+        magnitude = grouped(maps[:, part].abs(), taps[part].abs())
+        spread = outputs.amax(dim=(-2, -1)) - outputs.amin(dim=(-2, -1))
+        round_off = 4 * spec.fan_in * eps * magnitude.amax(dim=(-2, -1))
+        uniform = (spread <= round_off).all(dim=1)
+        folded[index[part][uniform]] = True
+        contribution = contribution + outputs[uniform].mean(dim=(-2, -1)).sum(dim=0)
+    return folded, contribution
+
+
 @torch.no_grad()
 def analyse_structure(bnn: SparseBNN, threshold: Optional[float] = None) -> Structure:
-    """Which nodes and features the median-probability model keeps, and the folded biases.
+    """Which units and features the median-probability model keeps, and the folded biases.
 
     :param threshold: keep-rule threshold passed to every layer's prior (``None``: each
         prior's default, 0.5 for PIPs).
     """
-    weights, biases, masks = map(list, zip(*_masked_layers(bnn, threshold)))
+    weights, biases, masks = map(list, zip(*_masked_layers(bnn, threshold), strict=True))
+    specs = [layer.spec for layer in bnn.layers]
     between = _between(bnn)
     num_layers = len(weights)
 
-    # forward: which hidden nodes vary with the input, and the value of the constant ones
-    variable_in = torch.ones(weights[0].shape[1], dtype=torch.bool, device=weights[0].device)
-    constant_values = torch.zeros(weights[0].shape[1], dtype=weights[0].dtype, device=weights[0].device)
+    # forward: which units vary with the input; the values of the constant ones (a map per
+    # channel); which constant units fold exactly into the next layer's bias
+    variable_in = torch.ones(specs[0].in_units, dtype=torch.bool, device=weights[0].device)
+    constants = torch.zeros((1,) + tuple(specs[0].in_shape), dtype=weights[0].dtype, device=weights[0].device)
     variable: List[torch.Tensor] = []
-    for i in range(num_layers):
-        constant_in = ~variable_in
-        if constant_in.any():
-            biases[i] = biases[i] + weights[i][:, constant_in] @ constant_values[constant_in]
+    folded: List[torch.Tensor] = []
+    for i, spec in enumerate(specs):
+        constant_in, bias = ~variable_in, biases[i]
+        if i > 0:
+            fold, contribution = _fold_constants(spec, weights[i], constants, constant_in)
+            biases[i] = bias + contribution
+            folded.append(fold)
         if i == num_layers - 1:
             break
-        variable_in = masks[i][:, variable_in].any(dim=1)
-        activation = biases[i].unsqueeze(0)
+        # the layer's output where it does not depend on the input (elsewhere: anything)
+        activation = spec.apply(_only_units(constants, constant_in), weights[i], bias)
         for module in between[i + 1]:
             activation = module(activation)
-        constant_values = activation[0]
+        constants = activation
+        variable_in = _connectivity(masks[i], len(variable_in))[:, variable_in].any(dim=1)
         variable.append(variable_in)
 
-    # backward: a hidden node is kept iff it varies and has a kept edge to a kept node
-    kept_rows = torch.ones(weights[-1].shape[0], dtype=torch.bool, device=weights[-1].device)
+    # backward: a hidden unit is kept iff it is needed (varies, or is a constant that could
+    # not be folded) and has a kept edge to a kept unit
+    kept_rows = torch.ones(specs[-1].out_units, dtype=torch.bool, device=weights[-1].device)
     kept_nodes: List[torch.Tensor] = [None] * (num_layers - 1)
     for i in reversed(range(num_layers - 1)):
-        kept_rows = variable[i] & masks[i + 1][kept_rows].any(dim=0)
+        needed = variable[i] | ~folded[i]
+        kept_rows = needed & _connectivity(masks[i + 1], specs[i].out_units)[kept_rows].any(dim=0)
         kept_nodes[i] = kept_rows
-    kept_features = masks[0][kept_rows].any(dim=0)
+    kept_features = _connectivity(masks[0], specs[0].in_units)[kept_rows].any(dim=0)
+    if not kept_features.any():
+        # the output depends on no input: it is the last layer's (folded) bias
+        kept_nodes = [torch.zeros_like(k) for k in kept_nodes]
     return Structure(
         weights=weights, biases=biases, weight_masks=masks, kept_features=kept_features,
-        kept_nodes=kept_nodes, constant_nodes=[~v for v in variable],
+        kept_nodes=kept_nodes, constant_nodes=[~v for v in variable], folded_nodes=folded,
     )
 
 
-def _linear(weight, bias):
-    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=True)
+def _layer_module(spec, weight: torch.Tensor, bias: torch.Tensor) -> nn.Module:
+    """A deterministic ``nn.Linear`` or ``nn.Conv2d`` (with ``spec``'s stride, padding and
+    dilation) sized after ``weight`` and holding ``weight`` and ``bias``."""
+    if spec.kind == "linear":
+        layer = nn.Linear(weight.shape[1], weight.shape[0], bias=True)
+    else:
+        m = spec.module
+        layer = nn.Conv2d(weight.shape[1], weight.shape[0], m.kernel_size, stride=m.stride,
+                          padding=m.padding, dilation=m.dilation, bias=True)
     layer = layer.to(dtype=weight.dtype, device=weight.device)
     with torch.no_grad():
         layer.weight.copy_(weight)
@@ -170,7 +304,7 @@ def masked_posterior_mean(bnn: SparseBNN, threshold: Optional[float] = None) -> 
     for stage in bnn.architecture.stages:
         if stage.is_parametric:
             weight, bias, _ = next(layers)
-            modules.append(_linear(weight, bias))
+            modules.append(_layer_module(bnn.layers[stage.layer_index].spec, weight, bias))
         else:
             modules.append(copy.deepcopy(stage.module))
     return nn.Sequential(*modules)
@@ -180,9 +314,12 @@ def masked_posterior_mean(bnn: SparseBNN, threshold: Optional[float] = None) -> 
 class CompressionReport:
     """Sizes of the network before and after compression (per example for FLOPs).
 
-    FLOPs count ``2 * in * out`` per linear layer (a multiply and an add per weight);
-    ``nonzero`` counts exclude the dropped weights that remain (as zeros) inside kept nodes
-    and count every bias of the compressed network.
+    FLOPs count a multiply and an add per weight and use of it: ``2 * in * out`` per linear
+    layer, ``2 * out_ch * H_out * W_out * in_ch * kh * kw`` per conv layer (biases,
+    activations and pooling are not counted). ``nonzero`` counts exclude the dropped weights
+    that remain (as zeros) inside kept units and count every bias of the compressed network.
+    Widths (``architecture_before`` / ``after``) count the units of the first layer's input
+    and of every layer: nodes of linear layers, channels of conv layers.
     """
 
     architecture_before: tuple
@@ -292,19 +429,19 @@ def _kept_rows(structure: Structure, i: int) -> torch.Tensor:
 def _precisions(bnn: SparseBNN, structure: Structure) -> Optional[List[LayerPrecision]]:
     """Bit precision of every layer's structurally kept weights (``None`` without moments)."""
     precisions = []
-    cols = structure.kept_features
+    kept_units = structure.kept_features
     for i, layer in enumerate(bnn.layers):
         try:
             mean, var = (layer.spec.split(m)[0] for m in layer.weight_moments())
         except NotImplementedError:
             return None
-        rows = _kept_rows(structure, i)
+        rows, cols = _kept_rows(structure, i), _input_columns(layer.spec, kept_units)
         mask = structure.weight_masks[i][rows][:, cols]
         precisions.append(layer_precision(
             layer.spec.name, mean[rows][:, cols][mask], var[rows][:, cols][mask],
             weights_before=layer.spec.weight_shape.numel(), kept_weights=mask.numel(),
         ))
-        cols = rows
+        kept_units = rows
     return precisions
 
 
@@ -319,55 +456,64 @@ def compress(bnn: SparseBNN, threshold: Optional[float] = None, bits: bool = Fal
         (:mod:`pyro_sparse_bnn.bits`); the report carries the precisions and the bit
         compression rate whether or not the weights are rounded.
     :returns: :class:`Compressed` ``(module, report)``; ``module`` is an ``nn.Sequential``
-        that takes the full input ``(batch, in_features)`` and returns
+        that takes the full input ``(batch, *input_shape)`` and returns
         ``(batch, outputs)`` (see the module docstring).
     :raises NotFittedError: if the network has not been fitted.
     """
     _require_fitted(bnn, "compress")
     structure = analyse_structure(bnn, threshold)
     between = _between(bnn)
-    num_layers = len(structure.weights)
+    specs = [layer.spec for layer in bnn.layers]
     kept_features = structure.kept_features.nonzero().flatten()
-
-    modules: List[nn.Module] = [copy.deepcopy(m) for m in between[0]]
-    modules.append(SelectInputs(kept_features, bnn.num_inputs))
-    cols = structure.kept_features
-    kept_weights = 0
     precision = _precisions(bnn, structure)
     if bits and precision is None:
         raise NotImplementedError(
             f"compress(bits=True): {', '.join(sorted({type(p).__name__ for p in bnn.priors}))} has no posterior weight variances to "
             f"set the bit precision from"
         )
-    for i in range(num_layers):
-        rows = _kept_rows(structure, i)
-        weight = structure.weights[i][rows][:, cols]
-        if bits:
-            weight = round_to_precision(weight, precision[i].significand_bits)
-        modules.append(_linear(weight, structure.biases[i][rows]))
-        modules.extend(copy.deepcopy(m) for m in between[i + 1])
-        kept_weights += int(structure.weight_masks[i][rows][:, cols].sum())
-        cols = rows
+
+    kept_weights, flops_after, nonzero_flops_after = 0, 0, 0
+    if bnn.architecture.has_conv and len(kept_features) == 0:
+        # no input reaches the output (and a conv layer cannot have zero channels)
+        modules: List[nn.Module] = [ConstantOutput(structure.biases[-1])]
+        params_after = nonzero_params_after = structure.biases[-1].numel()
+    else:
+        modules = [copy.deepcopy(m) for m in between[0]]
+        modules.append(SelectInputs(kept_features, bnn.num_inputs, dim=1 if specs[0].kind == "conv2d" else -1))
+        kept_units = structure.kept_features
+        for i, spec in enumerate(specs):
+            rows, cols = _kept_rows(structure, i), _input_columns(spec, kept_units)
+            weight = structure.weights[i][rows][:, cols]
+            if bits:
+                weight = round_to_precision(weight, precision[i].significand_bits)
+            modules.append(_layer_module(spec, weight, structure.biases[i][rows]))
+            modules.extend(copy.deepcopy(m) for m in between[i + 1])
+            kept = int(structure.weight_masks[i][rows][:, cols].sum())
+            kept_weights += kept
+            flops_after += 2 * weight.numel() * spec.out_positions
+            nonzero_flops_after += 2 * kept * spec.out_positions
+            kept_units = rows
+        parametric = [m for m in modules if isinstance(m, (nn.Linear, nn.Conv2d))]
+        params_after = sum(p.numel() for m in parametric for p in m.parameters())
+        nonzero_params_after = kept_weights + sum(m.bias.numel() for m in parametric)
     module = nn.Sequential(*modules)
 
     before = bnn.architecture.widths
     after = (len(kept_features),) + tuple(int(k.sum()) for k in structure.kept_nodes) + (before[-1],)
-    linear = [m for m in module if isinstance(m, nn.Linear)]
-    params_after = sum(p.numel() for m in linear for p in m.parameters())
     report = CompressionReport(
         architecture_before=before,
         architecture_after=after,
         kept_features=kept_features.cpu(),
         kept_nodes={
             layer.spec.name: kept.nonzero().flatten().cpu()
-            for layer, kept in zip(bnn.layers[:-1], structure.kept_nodes)
+            for layer, kept in zip(bnn.layers[:-1], structure.kept_nodes, strict=True)
         },
-        params_before=sum(layer.spec.num_params for layer in bnn.layers),
+        params_before=sum(spec.num_params for spec in specs),
         params_after=params_after,
-        nonzero_params_after=kept_weights + sum(m.bias.numel() for m in linear),
-        flops_before=sum(2 * layer.spec.weight_shape.numel() for layer in bnn.layers),
-        flops_after=sum(2 * m.weight.numel() for m in linear),
-        nonzero_flops_after=2 * kept_weights,
+        nonzero_params_after=nonzero_params_after,
+        flops_before=sum(2 * spec.multiply_adds for spec in specs),
+        flops_after=flops_after,
+        nonzero_flops_after=nonzero_flops_after,
         threshold=threshold,
         precision=precision,
         rounded=bool(bits),

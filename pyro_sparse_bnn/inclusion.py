@@ -3,13 +3,24 @@
 Under the mean-field guide the indicators are independent, so (Saha, Liu & Liang 2024) a
 unit is *used* iff at least one of its outgoing edges is active:
 
-    PIP(unit j) = P(incoming group of j on) * (1 - prod_k (1 - P(edge k <- j active)))
+    PIP(unit j) = P(incoming group of j on) * (1 - prod_s (1 - P(switch s on)))
 
-The first factor is 1 for priors without node indicators (edge-level spike-and-slab); for
-node-level priors it is the node's ``gamma``. For the Bayesian Compression priors, whose
-groups are the input units of each layer, the second factor is the group's own inclusion
-probability ``1 / (1 + alpha)`` (see :mod:`pyro_sparse_bnn.priors.bayesian_compression`). Input-feature PIPs are the same quantity for
-the inputs of the first layer. All quantities are read off the fitted guide.
+over the independent switches ``s`` of the following layer that cover an outgoing weight of
+``j`` (:meth:`~pyro_sparse_bnn.priors.base.PriorLayer.inclusion_groups`): its outgoing edges
+for the edge-level spike-and-slab, the node indicators of the following layer's units for
+node-level priors (they switch whole rows), the unit's own group scale for Bayesian
+Compression on a linear layer (whose groups are input units; inclusion probability
+``1 / (1 + alpha)``, see :mod:`pyro_sparse_bnn.priors.bayesian_compression`). The first factor
+is 1 for priors without groups of output units (edge-level spike-and-slab, Bayesian
+Compression on a linear layer), the node's ``gamma`` for node-level priors, and the channel's
+``1 / (1 + alpha)`` for Bayesian Compression on a conv layer.
+
+Units of conv layers are channels. The outgoing weights of channel ``c`` are
+``W[:, c, :, :]`` of a following conv layer and, for a linear layer after ``nn.Flatten``,
+the columns of channel ``c``'s block of ``H * W`` features (channel-major flatten order,
+after any pooling). Input-feature PIPs are the same quantity for the input units of the
+first layer: input features, or -- for a network that starts with a conv layer -- input
+channels. All quantities are read off the fitted guide.
 """
 
 from typing import Dict, Optional, Sequence
@@ -30,18 +41,26 @@ __all__ = [
 ]
 
 
-def _any_active(edge_probs: torch.Tensor) -> torch.Tensor:
-    """``1 - prod_k (1 - p[k, j])`` over all dimensions but dim 1, computed in log space."""
-    log_none = torch.log1p(-edge_probs.clamp(max=1.0)).transpose(0, 1).reshape(edge_probs.shape[1], -1)
-    return -torch.expm1(log_none.sum(dim=1))
+def _inputs_used(layer, num_units: Optional[int] = None) -> torch.Tensor:
+    """Probability that each of ``num_units`` input units of ``layer`` has at least one
+    active outgoing weight in it, ``(num_units,)``.
 
-
-def _inputs_used(layer) -> torch.Tensor:
-    """Probability that each input unit of ``layer`` feeds it: the prior's own group
-    probability where the groups are input units (Bayesian Compression), otherwise the
-    probability that at least one outgoing edge is active."""
-    probs = layer.input_inclusion_probs()
-    return _any_active(layer.edge_inclusion_probs()) if probs is None else probs
+    The layer's ``in_units`` inputs (dim 1 of its weight) are split into ``num_units``
+    contiguous blocks of equal size, one per unit (``num_units = in_units`` by default; the
+    channels of a conv layer feeding a linear layer through ``nn.Flatten`` each own a block
+    of ``H * W`` inputs). The independent switches covering a block are all switches whose
+    weights touch it, so ``P(used) = 1 - prod (1 - p)`` over them, computed in log space.
+    """
+    spec = layer.spec
+    num_units = spec.in_units if num_units is None else num_units
+    groups = layer.inclusion_groups()
+    log_off = torch.log1p(-groups.clamp(max=1.0))
+    if groups.shape[1] != spec.in_units:
+        # one switch per output unit: it covers every input unit
+        log_none = log_off.sum().expand(num_units)
+    else:
+        log_none = log_off.transpose(0, 1).reshape(num_units, -1).sum(dim=1)
+    return -torch.expm1(log_none)
 
 
 @torch.no_grad()
@@ -52,13 +71,14 @@ def edge_inclusion_probs(bnn: SparseBNN) -> Dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def node_inclusion_probs(bnn: SparseBNN) -> Dict[str, torch.Tensor]:
-    """PIP of every hidden node, keyed by the name of the layer that computes it.
+    """PIP of every hidden node (conv layers: channel), keyed by the name of the layer that
+    computes it.
 
     :returns: ``{layer_name: (out_units,)}`` for every layer but the output layer.
     """
     result = {}
-    for layer, following in zip(bnn.layers[:-1], bnn.layers[1:]):
-        used = _inputs_used(following)
+    for layer, following in zip(bnn.layers[:-1], bnn.layers[1:], strict=True):
+        used = _inputs_used(following, layer.spec.out_units)
         incoming = layer.output_inclusion_probs()
         result[layer.spec.name] = used if incoming is None else incoming * used
     return result
@@ -66,7 +86,8 @@ def node_inclusion_probs(bnn: SparseBNN) -> Dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def feature_inclusion_probs(bnn: SparseBNN) -> torch.Tensor:
-    """PIP of every input feature: ``(in_features,)``."""
+    """PIP of every input unit of the first layer: ``(num_inputs,)`` -- input features, or
+    input channels for a network that starts with a conv layer."""
     return _inputs_used(bnn.layers[0])
 
 
@@ -76,7 +97,8 @@ def inclusion_summary(
     threshold: Optional[float] = None,
     feature_names: Optional[Sequence[str]] = None,
 ) -> pd.DataFrame:
-    """One row per input feature and hidden node: its PIP and whether it is kept.
+    """One row per input feature (input channel of a conv-first network) and hidden node
+    (channel of a conv layer): its PIP and whether it is kept.
 
     ``kept`` is the decision of the median-probability model that :func:`compress` builds
     (a unit is kept when it has a kept outgoing edge -- PIP of that edge above the
@@ -84,7 +106,8 @@ def inclusion_summary(
     with many weak edges can have a high PIP yet no single kept edge.
 
     :param threshold: keep-rule threshold (``None``: the priors' defaults).
-    :param feature_names: names of the input features (default ``x0, x1, ...``).
+    :param feature_names: names of the ``bnn.num_inputs`` input features or channels
+        (default ``x0, x1, ...``).
     :returns: DataFrame with columns ``layer`` (``"input"`` or the layer name), ``unit``
         (index), ``name``, ``pip`` and ``kept``.
     """
@@ -105,7 +128,7 @@ def inclusion_summary(
             "kept": structure.kept_features.cpu().numpy(),
         })
     ]
-    for (name, pips), kept in zip(node_inclusion_probs(bnn).items(), structure.kept_nodes):
+    for (name, pips), kept in zip(node_inclusion_probs(bnn).items(), structure.kept_nodes, strict=True):
         frames.append(pd.DataFrame({
             "layer": name,
             "unit": range(len(pips)),

@@ -7,10 +7,12 @@ import torch
 from torch import nn
 
 from pyro_sparse_bnn import (
+    ConstantOutput,
     NotFittedError,
     SelectInputs,
     SparseBNN,
     SpikeSlab,
+    SpikeSlabNode,
     compress,
     masked_posterior_mean,
 )
@@ -150,3 +152,131 @@ def test_compress_before_fitting_is_refused():
         compress(bnn)
     with pytest.raises(NotFittedError):
         masked_posterior_mean(bnn)
+
+
+# -- conv layers ----------------------------------------------------------------------------
+def conv_bnn(prior, second=None, activation=nn.ReLU):
+    """Flat 36-pixel inputs -> 1 x 6 x 6 -> conv 3 3x3 -> act -> max-pool 2 -> flatten
+    (3 channels x 2 x 2 = 12 features, channel c in columns 4c..4c+3) -> fc 2; or, with
+    ``second``, a second conv layer ``second`` after the first one's activation."""
+    torch.manual_seed(0)
+    if second is None:
+        net = nn.Sequential(nn.Unflatten(1, (1, 6, 6)), nn.Conv2d(1, 3, 3), activation(),
+                            nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 2))
+    else:
+        out = 6 - 3 + 1 + 2 * second.padding[0]
+        net = nn.Sequential(nn.Unflatten(1, (1, 6, 6)), nn.Conv2d(1, 3, 3, padding=1), activation(),
+                            second, nn.Flatten(), nn.Linear(2 * out * out, 2))
+    bnn = SparseBNN(net, prior, num_data=10)
+    with torch.no_grad():
+        for layer in bnn.layers:
+            layer.block.slab.loc.normal_()
+    return bnn
+
+
+def test_a_removed_channel_removes_its_block_of_linear_columns():
+    """Node indicators [on, off, on] on the conv layer: channel 1 is switched off (its ReLU
+    outputs 0, which folds into nothing), so the compressed conv has 2 filters and the
+    linear layer keeps columns 0-3 and 8-11 (channel-major flatten order through pooling)."""
+    bnn = conv_bnn(SpikeSlabNode())
+    with torch.no_grad():
+        bnn.layers[0].block.gates.logits.copy_(torch.tensor([ON, OFF, ON]))
+        bnn.layers[1].block.gates.logits.fill_(ON)
+    module, report = compress(bnn)
+    conv, linear = [m for m in module if isinstance(m, (nn.Conv2d, nn.Linear))]
+    (w0, b0), (w1, b1) = [layer.posterior_mean() for layer in bnn.layers]
+    assert isinstance(module[0], nn.Unflatten) and isinstance(module[1], SelectInputs)
+    assert conv.weight.shape == (2, 1, 3, 3) and linear.weight.shape == (2, 8)
+    assert torch.equal(conv.weight, w0[[0, 2]]) and torch.equal(conv.bias, b0[[0, 2]])
+    assert torch.equal(linear.weight, torch.cat([w1[:, 0:4], w1[:, 8:12]], dim=1))
+    assert report.architecture_before == (1, 3, 2) and report.architecture_after == (1, 2, 2)
+    assert report.kept_nodes["net.1"].tolist() == [0, 2]
+    x = torch.randn(8, 36)
+    with torch.no_grad():
+        assert torch.allclose(module(x), masked_posterior_mean(bnn)(x), atol=1e-5)
+
+
+def test_a_channel_without_kept_outgoing_columns_is_removed():
+    """Edge level: every edge on except channel 1's block of linear columns 4-7; channel 1
+    still varies with the input but nothing reads it."""
+    bnn = conv_bnn(SpikeSlab(prior_inclusion=0.1))
+    with torch.no_grad():
+        bnn.layers[0].block.gates.logits.fill_(ON)
+        logits = torch.full((2, 13), ON)
+        logits[:, 4:8] = OFF
+        bnn.layers[1].block.gates.logits.copy_(logits)
+    module, report = compress(bnn)
+    conv, linear = [m for m in module if isinstance(m, (nn.Conv2d, nn.Linear))]
+    w1, _ = bnn.layers[1].posterior_mean()
+    assert conv.out_channels == 2 and linear.in_features == 8
+    assert torch.equal(linear.weight, torch.cat([w1[:, 0:4], w1[:, 8:12]], dim=1))
+    assert analyse_structure(bnn).constant_nodes[0].tolist() == [False, False, False]
+    x = torch.randn(8, 36)
+    with torch.no_grad():
+        assert torch.allclose(module(x), masked_posterior_mean(bnn)(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("padding, folded", [(0, True), (1, False)])
+def test_a_constant_channel_folds_only_where_padding_cannot_tell(padding, folded):
+    """Channel 0 of the first conv is switched off: it outputs sigmoid(0) = 0.5 everywhere.
+    Into a conv without padding that constant adds the same to every position and folds
+    into the bias; into a padded conv the border positions see part of it only, so folding
+    would be wrong (checked below) and compress keeps the channel. Both are exact."""
+    second = nn.Conv2d(3, 2, 3, padding=padding)
+    bnn = conv_bnn(SpikeSlabNode(), second=second, activation=nn.Sigmoid)
+    with torch.no_grad():
+        bnn.layers[0].block.gates.logits.copy_(torch.tensor([OFF, ON, ON]))
+        for layer in bnn.layers[1:]:
+            layer.block.gates.logits.fill_(ON)
+    structure = analyse_structure(bnn)
+    assert structure.constant_nodes[0].tolist() == [True, False, False]
+    assert structure.folded_nodes[0].tolist() == [folded, False, False]
+    module, report = compress(bnn)
+    convs = [m for m in module if isinstance(m, nn.Conv2d)]
+    assert convs[0].out_channels == (2 if folded else 3) and convs[1].in_channels == convs[0].out_channels
+    x = torch.randn(8, 36)
+    with torch.no_grad():
+        assert torch.allclose(module(x), masked_posterior_mean(bnn)(x), atol=1e-5)
+        # what the constant channel contributes to the second conv's pre-activations
+        w1, _ = bnn.layers[1].posterior_mean()
+        contribution = torch.nn.functional.conv2d(torch.full((1, 1, 6, 6), 0.5), w1[:, :1], padding=padding)
+        spread = contribution.amax(dim=(-2, -1)) - contribution.amin(dim=(-2, -1))
+        assert bool((spread < 1e-6).all()) == folded
+
+
+def test_conv_report_counts_parameters_and_flops_by_hand():
+    """The network of test_a_removed_channel_removes_its_block_of_linear_columns.
+
+    before: conv 3 x 1 x 3 x 3 = 27 weights + 3 biases, applied at 4 x 4 output positions:
+            432 multiply-adds = 864 FLOPs; linear 12 x 2 = 24 weights + 2 biases: 48 FLOPs.
+            56 parameters, 912 FLOPs.
+    after (channel 1 removed): conv 18 + 2, 2 x 16 x 9 = 288 multiply-adds = 576 FLOPs;
+            linear 8 x 2 = 16 + 2, 32 FLOPs. 38 parameters, 608 FLOPs.
+    With one more conv weight dropped inside a kept filter: 37 non-zero parameters and
+    608 - 2 x 16 = 576 non-zero FLOPs.
+    """
+    bnn = conv_bnn(SpikeSlab(prior_inclusion=0.1))
+    with torch.no_grad():
+        logits = torch.full((3, 10), ON)
+        logits[1] = OFF        # channel 1: no weights, no bias -> ReLU(0) = 0, folded
+        logits[2, 4] = OFF     # one weight of filter 2
+        bnn.layers[0].block.gates.logits.copy_(logits)
+        bnn.layers[1].block.gates.logits.fill_(ON)
+    _, report = compress(bnn)
+    assert report.architecture_after == (1, 2, 2)
+    assert (report.params_before, report.params_after, report.nonzero_params_after) == (56, 38, 37)
+    assert (report.flops_before, report.flops_after, report.nonzero_flops_after) == (912, 608, 576)
+    assert report.architecture_compression == pytest.approx(56 / 38)
+
+
+def test_a_conv_net_that_reads_no_input_compresses_to_its_constant_output():
+    bnn = conv_bnn(SpikeSlabNode(), activation=nn.Sigmoid)
+    with torch.no_grad():
+        bnn.layers[0].block.gates.logits.fill_(OFF)
+        bnn.layers[1].block.gates.logits.fill_(ON)
+    module, report = compress(bnn)
+    assert report.architecture_after == (0, 0, 2) and report.params_after == 2
+    assert isinstance(module[0], ConstantOutput)
+    x = torch.randn(5, 36)
+    with torch.no_grad():
+        assert torch.allclose(module(x), masked_posterior_mean(bnn)(x), atol=1e-6)

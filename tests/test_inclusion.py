@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from pyro_sparse_bnn import (
+    GroupNormalJeffreys,
     InputError,
     SparseBNN,
     SpikeSlab,
+    SpikeSlabNode,
     compress,
     edge_inclusion_probs,
     feature_inclusion_probs,
@@ -25,7 +27,7 @@ def bnn():
 
 
 def test_edge_pips_are_the_guide_inclusion_probabilities(bnn):
-    for layer, pips in zip(bnn.layers, edge_inclusion_probs(bnn).values()):
+    for layer, pips in zip(bnn.layers, edge_inclusion_probs(bnn).values(), strict=True):
         gamma = torch.sigmoid(layer.block.gates.logits.detach())
         assert torch.equal(pips, gamma[:, :-1])
 
@@ -93,3 +95,65 @@ def test_group_scale_summary_reads_the_node_priors():
     assert (rows.scale_q05 <= rows.scale_mean).all() and (rows.scale_mean <= rows.scale_q95).all()
     plain = SparseBNN(mlp([4, 5, 2]), SpikeSlabNode(), num_data=10)
     assert group_scale_summary(plain).empty
+
+
+# -- conv layers ----------------------------------------------------------------------------
+def conv_bnn(prior):
+    """2-channel 6 x 6 images -> conv 3 3x3 (3 x 4 x 4) -> conv 4 3x3 (4 x 2 x 2) -> flatten
+    16 -> fc 2, with a random guide."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 3, 3), torch.nn.ReLU(), torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(16, 2),
+    )
+    return randomize_guide(SparseBNN(net, prior, num_data=10, input_shape=(2, 6, 6)), seed=3, logit_scale=1.0)
+
+
+def none_active(probs):
+    return float(torch.prod(1 - probs.double()))
+
+
+def test_edge_level_channel_pips_read_the_channels_outgoing_weights():
+    """Channel c of a conv layer is used iff one of its outgoing weights is active: all of
+    W[:, c, :, :] of the next conv, or its block of 4 columns of the linear layer after
+    Flatten (channel-major: columns 4c..4c+3); input-channel PIPs read the first conv."""
+    bnn = conv_bnn(SpikeSlab(prior_inclusion=0.1))
+    gamma = [layer.edge_inclusion_probs() for layer in bnn.layers]
+    nodes = node_inclusion_probs(bnn)
+    for c in range(3):
+        assert float(nodes["net.0"][c]) == pytest.approx(1 - none_active(gamma[1][:, c]), abs=1e-6)
+    for c in range(4):
+        assert float(nodes["net.2"][c]) == pytest.approx(1 - none_active(gamma[2][:, 4 * c:4 * c + 4]), abs=1e-6)
+    features = feature_inclusion_probs(bnn)
+    assert features.shape == (2,)
+    for i in range(2):
+        assert float(features[i]) == pytest.approx(1 - none_active(gamma[0][:, i]), abs=1e-6)
+
+
+def test_node_level_channel_pips_count_each_following_indicator_once():
+    """With node indicators a following unit switches all its weights from channel c at once,
+    so PIP(c) = gamma_c (1 - prod_k (1 - gamma_k)) over the following units k -- not over
+    their 9 kernel taps or 4 flattened columns one by one."""
+    bnn = conv_bnn(SpikeSlabNode())
+    gamma = [layer.output_inclusion_probs() for layer in bnn.layers]
+    nodes = node_inclusion_probs(bnn)
+    assert torch.allclose(nodes["net.0"], gamma[0] * (1 - none_active(gamma[1])), atol=1e-6)
+    assert torch.allclose(nodes["net.2"], gamma[1] * (1 - none_active(gamma[2])), atol=1e-6)
+    assert torch.allclose(feature_inclusion_probs(bnn), torch.full((2,), 1 - none_active(gamma[0])), atol=1e-6)
+
+
+def test_bayesian_compression_channel_pips_use_the_channel_scales():
+    """BC on a conv layer: one group per output channel (the node PIP's first factor); the
+    linear layer after Flatten has one group per input column, so channel c is read by the
+    groups of its 4 columns."""
+    bnn = conv_bnn(GroupNormalJeffreys())
+    conv0, conv1, linear = bnn.layers
+    assert conv0.input_inclusion_probs() is None and linear.output_inclusion_probs() is None
+    own = [conv0.output_inclusion_probs(), conv1.output_inclusion_probs()]
+    columns = linear.input_inclusion_probs()
+    nodes = node_inclusion_probs(bnn)
+    assert torch.allclose(nodes["net.0"], own[0] * (1 - none_active(own[1])), atol=1e-6)
+    expected = torch.stack([own[1][c] * (1 - none_active(columns[4 * c:4 * c + 4])) for c in range(4)])
+    assert torch.allclose(nodes["net.2"], expected.float(), atol=1e-6)
+    summary = inclusion_summary(bnn)
+    assert (summary.layer == "input").sum() == 2 and (summary.layer == "net.2").sum() == 4

@@ -1,8 +1,8 @@
 """The contract every prior passes: subclass :class:`PriorContract` and define ``make_prior``.
 
 A new prior gets the whole battery (site structure, a finite and decreasing ELBO, closed-form
-KLs against Monte Carlo, PIPs that are probabilities, compress exactness, prior predictive)
-by adding a test class of three lines.
+KLs against Monte Carlo, PIPs that are probabilities, compress exactness, prior predictive,
+and the same on small conv nets) by adding a test class of three lines.
 """
 
 import math
@@ -12,6 +12,7 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer import Predictive
+from torch import nn
 from torch.distributions import kl_divergence
 
 from pyro_sparse_bnn import (
@@ -21,12 +22,13 @@ from pyro_sparse_bnn import (
     edge_inclusion_probs,
     feature_inclusion_probs,
     fit,
-    masked_posterior_mean,
     local_reparameterization,
+    masked_posterior_mean,
     node_inclusion_probs,
+    weight_moments,
 )
 
-from ..conftest import mlp, randomize_guide
+from ..conftest import conv_net, mlp, randomize_guide, tiny_conv_net
 
 
 class PriorContract:
@@ -168,10 +170,10 @@ class PriorContract:
     # -- readouts --------------------------------------------------------------------------
     def test_inclusion_probabilities_are_probabilities_with_the_right_shapes(self):
         bnn = self.randomize(self.build())
-        for layer, probs in zip(bnn.layers, edge_inclusion_probs(bnn).values()):
+        for layer, probs in zip(bnn.layers, edge_inclusion_probs(bnn).values(), strict=True):
             assert probs.shape == layer.spec.weight_shape
             assert torch.all((probs >= 0) & (probs <= 1))
-        for layer, probs in zip(bnn.layers, node_inclusion_probs(bnn).values()):
+        for layer, probs in zip(bnn.layers, node_inclusion_probs(bnn).values(), strict=False):
             assert probs.shape == (layer.spec.out_units,)
             assert torch.all((probs >= 0) & (probs <= 1))
         features = feature_inclusion_probs(bnn)
@@ -202,3 +204,86 @@ class PriorContract:
         samples = Predictive(bnn.model, num_samples=3, return_sites=["obs", "_RETURN"])(x)
         assert samples["_RETURN"].shape == (3, len(x), self.widths[-1])
         assert torch.isfinite(samples["_RETURN"]).all()
+
+    # -- convolutional layers --------------------------------------------------------------
+    def build_conv(self, net=None):
+        torch.manual_seed(0)
+        return SparseBNN(net if net is not None else tiny_conv_net(), self.make_prior(),
+                         num_data=self.num_data)
+
+    def conv_data(self):
+        """120 flat 6 x 6 images; the label says which quadrants are bright."""
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(self.num_data, 36, generator=generator)
+        images = x.view(-1, 6, 6)
+        y = (images[:, :3, :3].mean((1, 2)) > 0).long() + (images[:, 3:, 3:].mean((1, 2)) > 0.2).long()
+        return x, y
+
+    def test_conv_sites_have_one_value_per_channel_or_augmented_row(self):
+        """On Unflatten -> Conv2d(1, 3, 3) -> ReLU -> MaxPool2d(2) -> Flatten -> Linear(12, 3):
+        model and guide share their sites in order; every conv-layer site is a scalar, one
+        value per output channel (3,) or the augmented matrix (3, 1 * 3 * 3 + 1)."""
+        bnn = self.build_conv()
+        x, y = self.conv_data()
+        guide = poutine.trace(bnn.guide).get_trace(x, y)
+        model = poutine.trace(poutine.replay(bnn.model, trace=guide)).get_trace(x, y)
+        latent = lambda tr: [n for n, s in tr.nodes.items() if s["type"] == "sample" and not s["is_observed"] and n != "data"]  # noqa: E731
+        assert latent(model) == latent(guide)
+        assert model.nodes["_RETURN"]["value"].shape == (self.num_data, 3)
+        conv_sites = [n for n in latent(guide) if n.startswith("net.1.")]
+        assert "net.1.slab" in conv_sites
+        for name in latent(guide):
+            site = guide.nodes[name]
+            assert site["value"].shape == site["fn"].shape() == model.nodes[name]["fn"].shape(), name
+        for name in conv_sites:
+            assert guide.nodes[name]["value"].shape in {(), (3,), (3, 10)}, name
+        assert guide.nodes["net.1.slab"]["value"].shape == (3, 10)
+        assert guide.nodes["net.5.slab"]["value"].shape == (3, 13)
+
+    def test_conv_readouts_have_the_documented_shapes(self):
+        bnn = self.randomize(self.build_conv(), seed=1)
+        conv, linear = bnn.layers
+        assert edge_inclusion_probs(bnn)["net.1"].shape == (3, 1, 3, 3)
+        nodes = node_inclusion_probs(bnn)
+        assert list(nodes) == ["net.1"] and nodes["net.1"].shape == (3,)
+        features = feature_inclusion_probs(bnn)
+        assert features.shape == (1,)  # one input channel
+        for probs in [*edge_inclusion_probs(bnn).values(), nodes["net.1"], features]:
+            assert torch.all((probs >= 0) & (probs <= 1))
+        weight_mask, bias_mask = conv.keep_masks()
+        assert weight_mask.shape == (3, 1, 3, 3) and (bias_mask is None or bias_mask.shape == (3,))
+        weight, bias = conv.posterior_mean()
+        assert weight.shape == (3, 1, 3, 3) and bias.shape == (3,)
+        moments = weight_moments(bnn)
+        assert moments["net.1"][0].shape == moments["net.1"][1].shape == (3, 1, 3, 3)
+        assert torch.all(moments["net.1"][1] >= 0)
+
+    @pytest.mark.parametrize("activation", [nn.ReLU, nn.Sigmoid])
+    @pytest.mark.parametrize("kind", ["max-pool", "padding", "avg-pool"])
+    @pytest.mark.parametrize("seed", [0, 1])
+    def test_conv_compress_equals_the_masked_posterior_mean_network(self, kind, activation, seed):
+        """Random guides on conv nets with pooling, padding, stride and a padded average
+        pooling (where a constant channel may not fold): the compressed module, built from
+        physically smaller Conv2d / Linear modules, computes the masked posterior mean."""
+        bnn = self.randomize(self.build_conv(conv_net(kind, activation)), seed=seed)
+        x = torch.randn(16, 72)
+        module, report = compress(bnn)
+        with torch.no_grad():
+            expected = masked_posterior_mean(bnn)(x)
+            scale = float(expected.abs().max())
+            assert torch.allclose(module(x), expected, rtol=1e-5, atol=1e-5 * max(scale, 1.0))
+        parametric = [m for m in module if isinstance(m, (nn.Conv2d, nn.Linear))]
+        if parametric:  # (a network that depends on no input is a ConstantOutput)
+            first = parametric[0]
+            widths = (first.in_channels,) + tuple(
+                m.out_channels if isinstance(m, nn.Conv2d) else m.out_features for m in parametric)
+            assert widths == report.architecture_after
+        assert report.flops_after <= report.flops_before
+        assert not any(type(m).__module__.split(".")[0] == "pyro" for m in module.modules())
+
+    def test_conv_fit_gives_a_finite_elbo(self):
+        bnn = self.build_conv()
+        x, y = self.conv_data()
+        history = fit(bnn, x, y, epochs=3, batch_size=40, lr=1e-2, seed=0, progress=False)
+        assert len(history.loss) == 3 and all(math.isfinite(v) for v in history.loss)
+        assert bnn.predict(x[:5], num_samples=2).probs.shape == (5, 3)
