@@ -9,7 +9,8 @@ or ``--data DIR`` with the four IDX files.
     python benchmarks/fashion_mlp.py --prior bcgnj bcghs --widths 784-300-100-10 --batch-size 128 --epochs 50
 
 Reports test accuracy of the Bayesian posterior predictive and of the compressed module
-(median-probability model), the fraction of parameters and FLOPs kept, the kept
+at each layer's keep rule and at looser PIP thresholds (``--thresholds``; ``--save DIR`` keeps
+the fitted networks, ``--load DIR`` re-evaluates them without fitting), the fraction of parameters and FLOPs kept, the kept
 architecture and the training time, and for priors with posterior weight variances the bits
 per weight and Louizos et al.'s architecture and bit compression rates (with the accuracy of
 the bit-rounded module); the dense network's accuracy is the reference.
@@ -51,6 +52,29 @@ def accuracy(logits, labels):
     return float((logits.argmax(-1) == labels).float().mean())
 
 
+def evaluate(bnn, data, dense_accuracy, threshold=None):
+    """Compress at a PIP threshold (``None``: each layer's own keep rule) and measure the result."""
+    module, report = psb.compress(bnn, threshold=threshold)
+    rounded, _ = psb.compress(bnn, threshold=threshold, bits=True)
+    with torch.no_grad():
+        compressed_accuracy = accuracy(module(data.x_test), data.y_test)
+        rounded_accuracy = accuracy(rounded(data.x_test), data.y_test)
+    if threshold is None:
+        threshold = min(layer.default_threshold for layer in bnn.layers)
+    return {
+        "threshold": threshold,
+        "compressed_accuracy": compressed_accuracy,
+        "accuracy_lost_points": 100 * (dense_accuracy - compressed_accuracy),
+        "params_kept_fraction": report.nonzero_params_after / report.params_before,
+        "flops_kept_fraction": report.nonzero_flops_after / report.flops_before,
+        "weight_compression": report.weight_compression,
+        "bit_compression": report.bit_compression,
+        "bits_per_weight": [p.bits_per_weight for p in report.precision],
+        "rounded_accuracy": rounded_accuracy,
+        "architecture_after": report.as_dict()["architecture_after"],
+    }
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prior", nargs="+", default=["ssgl", "ssghs"], choices=sorted(PRIORS))
@@ -75,6 +99,10 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default=None, help="directory with the Fashion-MNIST IDX files")
     parser.add_argument("--n-train", type=int, default=None, help="use only this many training images")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=None,
+                        help="PIP thresholds at which to compress (default: the keep rule and a looser one)")
+    parser.add_argument("--save", default=None, help="directory to save each fitted network's state_dict in")
+    parser.add_argument("--load", default=None, help="evaluate networks saved with --save instead of fitting")
     args = parser.parse_args(argv)
 
     data = fashion_mnist(args.data, n_train=args.n_train)
@@ -110,42 +138,36 @@ def main(argv=None):
                 print(f"  epoch {epoch + 1}: ELBO {history.elbo[-1]:.4g}, hidden nodes kept by compress: {kept}",
                       flush=True)
 
-        history = psb.fit(bnn, data.x_train, data.y_train, epochs=args.epochs, batch_size=args.batch_size,
-                          lr=args.lr, lr_decay=args.lr_decay, logit_lr=args.logit_lr,
-                          kl_warmup=args.kl_warmup, indicator_warmup=args.indicator_warmup,
-                          seed=args.seed, progress=False,
-                          callbacks=[report_nodes])
-        seconds = time.perf_counter() - start
+        if args.load:
+            bnn.load_state_dict(torch.load(Path(args.load) / f"{name}.pt"))
+            fitted = {"loaded_from": args.load}
+        else:
+            history = psb.fit(bnn, data.x_train, data.y_train, epochs=args.epochs, batch_size=args.batch_size,
+                              lr=args.lr, lr_decay=args.lr_decay, logit_lr=args.logit_lr,
+                              kl_warmup=args.kl_warmup, indicator_warmup=args.indicator_warmup,
+                              seed=args.seed, progress=False, callbacks=[report_nodes])
+            seconds = time.perf_counter() - start
+            fitted = {"fit_seconds": seconds, "seconds_per_step": seconds / history.num_steps,
+                      "final_elbo": history.elbo[-1]}
+            print(f"{name}: fitted in {seconds / 60:.1f} min ({1e3 * fitted['seconds_per_step']:.1f} ms/step)",
+                  flush=True)
+            if args.save:
+                Path(args.save).mkdir(parents=True, exist_ok=True)
+                torch.save(bnn.state_dict(), Path(args.save) / f"{name}.pt")
         prediction = bnn.predict(data.x_test, num_samples=20, batch_size=2000)
-        module, report = psb.compress(bnn)
-        rounded, _ = psb.compress(bnn, bits=True)
-        with torch.no_grad():
-            compressed_accuracy = accuracy(module(data.x_test), data.y_test)
-            rounded_accuracy = accuracy(rounded(data.x_test), data.y_test)
-        run = {
-            "bnn_accuracy": accuracy(prediction.probs, data.y_test),
-            "compressed_accuracy": compressed_accuracy,
-            "accuracy_lost_points": 100 * (dense_accuracy - compressed_accuracy),
-            "params_kept_fraction": report.nonzero_params_after / report.params_before,
-            "flops_kept_fraction": report.nonzero_flops_after / report.flops_before,
-            "weight_compression": report.weight_compression,
-            "bit_compression": report.bit_compression,
-            "bits_per_weight": [p.bits_per_weight for p in report.precision],
-            "rounded_accuracy": rounded_accuracy,
-            "architecture_after": report.as_dict()["architecture_after"],
-            "fit_seconds": seconds,
-            "seconds_per_step": seconds / history.num_steps,
-            "final_elbo": history.elbo[-1],
-        }
+        run = {"bnn_accuracy": accuracy(prediction.probs, data.y_test), **fitted, "thresholds": {}}
+        print(f"{name}: BNN posterior predictive {run['bnn_accuracy']:.4f} (dense {dense_accuracy:.4f})", flush=True)
+        thresholds = args.thresholds or ([None, 0.8, 0.5] if name.startswith("bc") else [None, 0.3])
+        for threshold in thresholds:
+            row = evaluate(bnn, data, dense_accuracy, threshold)
+            run["thresholds"][str(threshold)] = row
+            print(f"  PIP threshold {row['threshold']:.3f}: compressed {row['compressed_accuracy']:.4f} "
+                  f"({row['accuracy_lost_points']:.2f} points lost), architecture {row['architecture_after']}, "
+                  f"parameters kept {100 * row['params_kept_fraction']:.2f} %, FLOPs kept "
+                  f"{100 * row['flops_kept_fraction']:.2f} %; bits per weight {row['bits_per_weight']}: "
+                  f"{row['weight_compression']:.1f}x architecture, {row['bit_compression']:.1f}x bit compression, "
+                  f"bit-rounded accuracy {row['rounded_accuracy']:.4f}", flush=True)
         results["runs"][name] = run
-        print(f"{name}: BNN {run['bnn_accuracy']:.4f}, compressed {compressed_accuracy:.4f} "
-              f"({run['accuracy_lost_points']:+.2f} points vs dense), architecture "
-              f"{run['architecture_after']}, parameters kept {100 * run['params_kept_fraction']:.2f} %, "
-              f"FLOPs kept {100 * run['flops_kept_fraction']:.2f} % ({seconds / 60:.1f} min, "
-              f"{1e3 * run['seconds_per_step']:.1f} ms/step)", flush=True)
-        print(f"  bits per weight {run['bits_per_weight']}: {report.weight_compression:.1f}x architecture, "
-              f"{report.bit_compression:.1f}x bit compression; bit-rounded module accuracy {rounded_accuracy:.4f}",
-              flush=True)
     path = write(f"fashion_mlp_{args.widths}_{'_'.join(args.prior)}", results)
     print(f"wrote {path}")
 
