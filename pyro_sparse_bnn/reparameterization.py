@@ -73,12 +73,30 @@ def gaussian_layer(x: torch.Tensor, spec: LayerSpec, draw: LayerDraw, loc: torch
     :returns: pre-activations ``mean + sqrt(var) * eps`` with ``eps ~ N(0, 1)`` independent
         for every example and unit; same shape as the layer's ordinary output.
     """
-    variance = scale.square()
-    if draw.scale is not None:
-        loc = draw.scale * loc
-        variance = draw.scale.square() * variance
-    mean = spec.apply(x, *spec.split(loc))
-    var = spec.apply(x.square(), *spec.split(variance.expand(loc.shape)))
+    variance = scale.square().expand(loc.shape)
+    factor = draw.scale
+    if factor is None:
+        mean = spec.apply(x, *spec.split(loc))
+        var = spec.apply(x.square(), *spec.split(variance))
+    elif factor.shape[-1] == 1 and factor.numel() == spec.out_units:
+        # one factor per output unit (node indicators, group scales): scale the outputs
+        # instead of the weight matrices, which saves work the size of the weights
+        per_output = factor.reshape((1, spec.out_units) + (1,) * (x.dim() - 2))
+        mean = spec.apply(x, *spec.split(loc)) * per_output
+        var = spec.apply(x.square(), *spec.split(variance)) * per_output.square()
+    elif spec.kind == "linear" and factor.dim() == 2 and factor.shape[0] == 1:
+        # one factor per input unit and one for the bias column: scale the inputs instead
+        inputs = factor[:, : spec.fan_in]
+        loc_weight, loc_bias = spec.split(loc)
+        var_weight, var_bias = spec.split(variance)
+        if loc_bias is not None:
+            loc_bias, var_bias = loc_bias * factor[0, -1], var_bias * factor[0, -1].square()
+        scaled = x * inputs
+        mean = spec.apply(scaled, loc_weight, loc_bias)
+        var = spec.apply(scaled.square(), var_weight, var_bias)
+    else:
+        mean = spec.apply(x, *spec.split(factor * loc))
+        var = spec.apply(x.square(), *spec.split(factor.square() * variance))
     # clamp: a unit switched off by its indicator has variance exactly 0, where sqrt has an
     # infinite derivative; below the floor no gradient flows, which is the right answer there
     std = var.clamp(min=torch.finfo(var.dtype).tiny).sqrt()

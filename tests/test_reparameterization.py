@@ -20,18 +20,27 @@ from pyro_sparse_bnn.reparameterization import gaussian_layer
 
 from .conftest import mlp, tiny_conv_net
 
+SCALES = {
+    "none": None,
+    "per output unit": torch.tensor([[0.5], [2.0]]),
+    "per input unit": torch.tensor([[0.5, 2.0, 0.0, 1.5]]),
+    "per weight": torch.tensor([[0.5, 2.0, 1.0, 0.0], [1.0, 0.3, 1.2, 2.0]]),
+}
 
-def test_gaussian_layer_has_the_moments_of_the_weight_sampled_layer():
+
+@pytest.mark.parametrize("name", SCALES)
+def test_gaussian_layer_has_the_moments_of_the_weight_sampled_layer(name):
     """Pre-activations of ``x (scale * beta)`` with ``beta ~ N(mu, sigma^2)``: mean
     ``x (scale mu)``, variance ``x^2 (scale^2 sigma^2)``; checked on 20,000 draws with 5
-    standard errors of the sample mean and of the sample variance (``var * sqrt(2 / n)``)."""
+    standard errors of the sample mean and of the sample variance (``var * sqrt(2 / n)``),
+    for every shape of scale the priors produce (each takes its own code path)."""
     torch.manual_seed(0)
     net = mlp([3, 2])
     spec = SparseBNN(net, SpikeSlabNode(), num_data=1).layers[0].spec
     loc, sigma = torch.randn(2, 4), torch.rand(2, 4) + 0.1
-    scale = torch.tensor([[0.5], [2.0]])
+    draw = LayerDraw(slab=torch.zeros(2, 4), scale=SCALES[name])
+    scale = torch.ones(1, 1) if SCALES[name] is None else SCALES[name]
     x = torch.randn(1, 3).expand(20000, 3)
-    draw = LayerDraw(slab=torch.zeros(2, 4), scale=scale)
     out = gaussian_layer(x, spec, draw, loc, sigma)
     x1 = torch.cat([x[0], torch.ones(1)])
     mean = (scale * loc) @ x1
