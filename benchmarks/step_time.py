@@ -3,6 +3,7 @@ hand-written PyTorch step of the same objective, measured in one process (median
 
     python benchmarks/step_time.py                              # SS-IG + local reparam., 784-300-100-10
     python benchmarks/step_time.py --prior ss --widths 64-64-32-10   # edge level, weight sampling
+    python benchmarks/step_time.py --lenet5                     # SS-IG on LeNet-5-Caffe (no hand-written step)
 
 ``--prior ssig`` (default): the node-level spike-and-slab prior with local
 reparameterisation, the configuration issue 5 sets targets for. The hand-written step
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median_time, write  # noqa: E402
 
 from pyro_sparse_bnn import MeanFieldELBO, SparseBNN, SpikeSlab, SpikeSlabNode  # noqa: E402
+from pyro_sparse_bnn.nets import lenet5_caffe  # noqa: E402
 from pyro_sparse_bnn.optim import JointAdam  # noqa: E402
 
 
@@ -112,6 +114,8 @@ class HandWrittenNodeLRT(nn.Module):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--widths", default="784-300-100-10")
+    parser.add_argument("--lenet5", action="store_true",
+                        help="LeNet-5-Caffe (SS-IG, local reparameterisation) instead of an MLP; no hand-written step")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--prior", choices=["ssig", "ss"], default="ssig",
@@ -122,7 +126,14 @@ def main(argv=None):
     x = torch.randn(args.batch_size, widths[0])
     y = torch.randint(0, widths[-1], (args.batch_size,))
 
-    deterministic = mlp(widths)
+    if args.lenet5:
+        args.widths, args.prior = "lenet5-caffe", "ssig"
+        x = torch.randn(args.batch_size, 784)
+
+    def build():
+        return lenet5_caffe() if args.lenet5 else mlp(widths)
+
+    deterministic = build()
     det_optim = torch.optim.Adam(deterministic.parameters(), lr=1e-3)
 
     def deterministic_step():
@@ -131,32 +142,36 @@ def main(argv=None):
         det_optim.step()
 
     if args.prior == "ssig":
-        bnn = SparseBNN(mlp(widths), SpikeSlabNode(), num_data=60000)
-        hand = HandWrittenNodeLRT(mlp(widths))
+        bnn = SparseBNN(build(), SpikeSlabNode(), num_data=60000)
+        hand = None if args.lenet5 else HandWrittenNodeLRT(build())
     else:
-        bnn = SparseBNN(mlp(widths), SpikeSlab(prior_inclusion=1e-3), num_data=60000,
+        bnn = SparseBNN(build(), SpikeSlab(prior_inclusion=1e-3), num_data=60000,
                         local_reparameterization=False)
-        hand = HandWrittenSpikeSlab(mlp(widths), prior_inclusion=1e-3)
+        hand = HandWrittenSpikeSlab(build(), prior_inclusion=1e-3)
     svi = SVI(bnn.model, bnn.guide, JointAdam({"lr": 5e-3}), MeanFieldELBO())
 
     def svi_step():  # what fit does per step
         with bnn.reparameterization():
             svi.step(x, y)
 
-    hand_optim = torch.optim.Adam(hand.parameters(), lr=5e-3, foreach=True)
+    steps = {"deterministic": deterministic_step, "svi": svi_step}
+    if hand is not None:
+        hand_optim = torch.optim.Adam(hand.parameters(), lr=5e-3, foreach=True)
 
-    def hand_step():
-        hand_optim.zero_grad(set_to_none=True)
-        hand.loss(x, y).backward()
-        hand_optim.step()
+        def hand_step():
+            hand_optim.zero_grad(set_to_none=True)
+            hand.loss(x, y).backward()
+            hand_optim.step()
 
-    # interleave the three so machine noise hits them alike
-    times = {"deterministic": [], "hand_written": [], "svi": []}
+        steps["hand_written"] = hand_step
+
+    # interleave the variants so machine noise hits them alike
+    times = {name: [] for name in steps}
     for _ in range(args.repeats):
-        times["deterministic"].append(median_time(deterministic_step, repeats=1, number=20))
-        times["hand_written"].append(median_time(hand_step, repeats=1, number=20))
-        times["svi"].append(median_time(svi_step, repeats=1, number=20))
+        for name, step in steps.items():
+            times[name].append(median_time(step, repeats=1, number=20))
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    med.setdefault("hand_written", float("nan"))
     result = {
         "prior": args.prior,
         "local_reparameterization": bnn.local_reparameterization,
