@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from pyro_sparse_bnn import SparseBNN, SpikeSlab
+from pyro_sparse_bnn.nets import mlp  # noqa: F401 -- re-exported for the tests
 
 # Under pytest-xdist every worker gets one thread, so two workers do not fight over 2 cores.
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -22,14 +23,6 @@ def _fresh_pyro_state():
     yield
 
 
-def mlp(widths, activation=nn.ReLU, bias=True):
-    """``nn.Sequential`` MLP with the given layer widths."""
-    layers = []
-    for i, (a, b) in enumerate(zip(widths, widths[1:], strict=False)):
-        layers.append(nn.Linear(a, b, bias=bias))
-        if i < len(widths) - 2:
-            layers.append(activation())
-    return nn.Sequential(*layers)
 
 
 def randomize_guide(bnn: SparseBNN, seed: int = 0, logit_scale: float = 4.0):

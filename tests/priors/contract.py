@@ -31,6 +31,17 @@ from pyro_sparse_bnn import (
 from ..conftest import conv_net, mlp, randomize_guide, tiny_conv_net
 
 
+def traces(bnn, x, y):
+    """``(guide trace, model trace replayed on it)`` of one draw."""
+    guide = poutine.trace(bnn.guide).get_trace(x, y)
+    return guide, poutine.trace(poutine.replay(bnn.model, trace=guide)).get_trace(x, y)
+
+
+def latent(trace):
+    """Names of the latent sample sites of ``trace``, in order."""
+    return [n for n, s in trace.nodes.items() if s["type"] == "sample" and not s["is_observed"] and n != "data"]
+
+
 class PriorContract:
     """Shared tests; subclasses implement :meth:`make_prior`."""
 
@@ -64,9 +75,7 @@ class PriorContract:
     def test_model_and_guide_share_sites_in_the_same_order(self):
         bnn = self.build()
         x, y = self.data()
-        guide = poutine.trace(bnn.guide).get_trace(x, y)
-        model = poutine.trace(poutine.replay(bnn.model, trace=guide)).get_trace(x, y)
-        latent = lambda tr: [n for n, s in tr.nodes.items() if s["type"] == "sample" and not s["is_observed"] and n != "data"]  # noqa: E731
+        guide, model = traces(bnn, x, y)
         assert latent(model) == latent(guide)
         assert "obs" in model.nodes and model.nodes["obs"]["is_observed"]
 
@@ -225,9 +234,7 @@ class PriorContract:
         value per output channel (3,) or the augmented matrix (3, 1 * 3 * 3 + 1)."""
         bnn = self.build_conv()
         x, y = self.conv_data()
-        guide = poutine.trace(bnn.guide).get_trace(x, y)
-        model = poutine.trace(poutine.replay(bnn.model, trace=guide)).get_trace(x, y)
-        latent = lambda tr: [n for n, s in tr.nodes.items() if s["type"] == "sample" and not s["is_observed"] and n != "data"]  # noqa: E731
+        guide, model = traces(bnn, x, y)
         assert latent(model) == latent(guide)
         assert model.nodes["_RETURN"]["value"].shape == (self.num_data, 3)
         conv_sites = [n for n in latent(guide) if n.startswith("net.1.")]
