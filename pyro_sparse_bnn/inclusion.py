@@ -23,8 +23,9 @@ first layer: input features, or -- for a network that starts with a conv layer -
 channels. All quantities are read off the fitted guide.
 """
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -38,29 +39,76 @@ __all__ = [
     "feature_inclusion_probs",
     "inclusion_summary",
     "group_scale_summary",
+    "inclusion_draws",
+    "check_same_network",
 ]
 
 
-def _inputs_used(layer, num_units: Optional[int] = None) -> torch.Tensor:
+def _inputs_used(layer, num_units: Optional[int] = None, groups: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Probability that each of ``num_units`` input units of ``layer`` has at least one
-    active outgoing weight in it, ``(num_units,)``.
+    active outgoing weight in it, ``(*batch, num_units)``.
 
     The layer's ``in_units`` inputs (dim 1 of its weight) are split into ``num_units``
     contiguous blocks of equal size, one per unit (``num_units = in_units`` by default; the
     channels of a conv layer feeding a linear layer through ``nn.Flatten`` each own a block
     of ``H * W`` inputs). The independent switches covering a block are all switches whose
     weights touch it, so ``P(used) = 1 - prod (1 - p)`` over them, computed in log space.
+
+    :param groups: the switches' inclusion probabilities in the shape of
+        :meth:`~pyro_sparse_bnn.priors.base.PriorLayer.inclusion_groups`, optionally with
+        leading batch dimensions (default: the layer's own). Given 0/1 draws of the switches
+        instead, the same formula returns 0/1 draws of "the unit is used".
     """
     spec = layer.spec
     num_units = spec.in_units if num_units is None else num_units
-    groups = layer.inclusion_groups()
+    groups = layer.inclusion_groups() if groups is None else groups
+    b = groups.dim() - len(spec.weight_shape)
+    batch = groups.shape[:b]
     log_off = torch.log1p(-groups.clamp(max=1.0))
-    if groups.shape[1] != spec.in_units:
+    if groups.shape[b + 1] != spec.in_units:
         # one switch per output unit: it covers every input unit
-        log_none = log_off.sum().expand(num_units)
+        log_none = log_off.flatten(b).sum(-1, keepdim=True).expand(*batch, num_units)
     else:
-        log_none = log_off.transpose(0, 1).reshape(num_units, -1).sum(dim=1)
+        log_none = log_off.transpose(b, b + 1).reshape(*batch, num_units, -1).sum(dim=-1)
     return -torch.expm1(log_none)
+
+
+def _unit_inclusion(bnn: SparseBNN, groups: Sequence[torch.Tensor]):
+    """Feature and node inclusion from per-layer switch probabilities (or 0/1 switch draws)
+    ``groups[l]`` shaped like ``bnn.layers[l].inclusion_groups()`` with optional leading
+    batch dimensions: ``((*batch, num_inputs), {layer_name: (*batch, out_units)})``."""
+    features = _inputs_used(bnn.layers[0], groups=groups[0])
+    nodes = {}
+    for i, (layer, following) in enumerate(zip(bnn.layers[:-1], bnn.layers[1:], strict=True)):
+        used = _inputs_used(following, layer.spec.out_units, groups[i + 1])
+        if layer.output_inclusion_probs() is None:
+            nodes[layer.spec.name] = used
+        else:  # the layer's own switches are one per output unit (row-shaped groups)
+            nodes[layer.spec.name] = groups[i].reshape(used.shape) * used
+    return features, nodes
+
+
+@torch.no_grad()
+def inclusion_draws(bnn: SparseBNN, num_samples: int = 1):
+    """Draws of "unit is used" from the guide's law of the inclusion switches.
+
+    Every independent switch of every layer
+    (:meth:`~pyro_sparse_bnn.priors.base.PriorLayer.inclusion_groups`) is drawn as
+    ``Bernoulli(p)``: for the spike-and-slab priors this is exactly the law of the guide's
+    hard indicators (``P(hard z = 1) = sigmoid(logits) = gamma``); for Bayesian Compression
+    it is the library's convention ``p = 1 / (1 + alpha)``. A unit is used in a draw iff one
+    of its outgoing switches is on (and, for node-level priors, its own indicator), so the
+    mean of the draws is the unit's PIP (:func:`node_inclusion_probs`,
+    :func:`feature_inclusion_probs`). Uses torch's global random generator.
+
+    :returns: ``(features, nodes)``: 0/1 tensors ``(num_samples, num_inputs)`` and
+        ``{layer_name: (num_samples, out_units)}`` for every layer but the output layer.
+    """
+    groups = []
+    for layer in bnn.layers:
+        probs = layer.inclusion_groups()
+        groups.append(torch.bernoulli(probs.expand(int(num_samples), *probs.shape)))
+    return _unit_inclusion(bnn, groups)
 
 
 @torch.no_grad()
@@ -76,12 +124,7 @@ def node_inclusion_probs(bnn: SparseBNN) -> Dict[str, torch.Tensor]:
 
     :returns: ``{layer_name: (out_units,)}`` for every layer but the output layer.
     """
-    result = {}
-    for layer, following in zip(bnn.layers[:-1], bnn.layers[1:], strict=True):
-        used = _inputs_used(following, layer.spec.out_units)
-        incoming = layer.output_inclusion_probs()
-        result[layer.spec.name] = used if incoming is None else incoming * used
-    return result
+    return _unit_inclusion(bnn, [layer.inclusion_groups() for layer in bnn.layers])[1]
 
 
 @torch.no_grad()
@@ -91,33 +134,44 @@ def feature_inclusion_probs(bnn: SparseBNN) -> torch.Tensor:
     return _inputs_used(bnn.layers[0])
 
 
-@torch.no_grad()
-def inclusion_summary(
-    bnn: SparseBNN,
-    threshold: Optional[float] = None,
-    feature_names: Optional[Sequence[str]] = None,
-) -> pd.DataFrame:
-    """One row per input feature (input channel of a conv-first network) and hidden node
-    (channel of a conv layer): its PIP and whether it is kept.
+def _network_signature(bnn: SparseBNN):
+    return {
+        "architecture": (tuple(bnn.architecture.widths), tuple(bnn.input_shape)),
+        "layers": tuple(layer.spec.name for layer in bnn.layers),
+        "priors": tuple(type(layer).__name__ for layer in bnn.layers),
+        "likelihood": type(bnn.likelihood).__name__,
+    }
 
-    ``kept`` is the decision of the median-probability model that :func:`compress` builds
-    (a unit is kept when it has a kept outgoing edge -- PIP of that edge above the
-    threshold -- and is not constant), so it can differ from ``pip > threshold``: a node
-    with many weak edges can have a high PIP yet no single kept edge.
 
-    :param threshold: keep-rule threshold (``None``: the priors' defaults).
-    :param feature_names: names of the ``bnn.num_inputs`` input features or channels
-        (default ``x0, x1, ...``).
-    :returns: DataFrame with columns ``layer`` (``"input"`` or the layer name), ``unit``
-        (index), ``name``, ``pip`` and ``kept``.
+def check_same_network(fits, what: str = "fits") -> List[SparseBNN]:
+    """Return ``fits`` (one :class:`SparseBNN` or a sequence of them) as a non-empty list of
+    networks with the same architecture, layer names, priors and likelihood -- independent
+    fits of one model, e.g. restarts with different seeds.
+
+    :raises InputError: naming the first property in which a network differs from the first.
     """
-    if feature_names is None:
-        feature_names = [f"x{i}" for i in range(bnn.num_inputs)]
-    elif len(feature_names) != bnn.num_inputs:
-        raise InputError(
-            f"feature_names has {len(feature_names)} names but the network has "
-            f"{bnn.num_inputs} input features"
-        )
+    if isinstance(fits, SparseBNN):
+        return [fits]
+    if isinstance(fits, (str, bytes)) or not hasattr(fits, "__iter__"):
+        raise InputError(f"{what} must be a SparseBNN or a sequence of SparseBNNs, got {type(fits).__name__}")
+    fits = list(fits)
+    if not fits:
+        raise InputError(f"{what} is empty: give at least one fitted SparseBNN")
+    for i, bnn in enumerate(fits):
+        if not isinstance(bnn, SparseBNN):
+            raise InputError(f"{what}[{i}] is a {type(bnn).__name__}, not a SparseBNN")
+    reference = _network_signature(fits[0])
+    for i, bnn in enumerate(fits[1:], start=1):
+        for key, value in _network_signature(bnn).items():
+            if value != reference[key]:
+                raise InputError(
+                    f"{what}[{i}] is not a fit of the same model as {what}[0]: its {key} is "
+                    f"{value} but {what}[0]'s is {reference[key]}"
+                )
+    return fits
+
+
+def _single_fit_summary(bnn: SparseBNN, threshold, feature_names) -> pd.DataFrame:
     structure = analyse_structure(bnn, threshold)
     frames = [
         pd.DataFrame({
@@ -137,6 +191,63 @@ def inclusion_summary(
             "kept": kept.cpu().numpy(),
         }))
     return pd.concat(frames, ignore_index=True)
+
+
+@torch.no_grad()
+def inclusion_summary(
+    bnn: Union[SparseBNN, Sequence[SparseBNN]],
+    threshold: Optional[float] = None,
+    feature_names: Optional[Sequence[str]] = None,
+    interval: float = 0.9,
+) -> pd.DataFrame:
+    """One row per input feature (input channel of a conv-first network) and hidden node
+    (channel of a conv layer): its PIP, an interval, and whether it is kept.
+
+    ``kept`` is the decision of the median-probability model that :func:`compress` builds
+    (a unit is kept when it has a kept outgoing edge -- PIP of that edge above the
+    threshold -- and is not constant), so it can differ from ``pip > threshold``: a node
+    with many weak edges can have a high PIP yet no single kept edge.
+
+    Given several independent fits of the same model (e.g. restarts with different seeds),
+    ``pip`` is the mean of their PIPs, ``pip_lower`` / ``pip_upper`` the equal-tailed
+    ``interval`` quantiles of the PIPs across fits (how stable the PIP is under restarts),
+    ``kept_fraction`` the fraction of fits whose median-probability model keeps the unit and
+    ``kept`` whether that fraction exceeds one half. With one fit the interval is the PIP
+    itself: under the mean-field guide a PIP is a number read off the guide, not a random
+    quantity (:func:`~pyro_sparse_bnn.diagnostics.to_inference_data` gives draws of the
+    indicators whose R-hat compares restarts).
+
+    :param bnn: a fitted :class:`SparseBNN` or a sequence of fits of the same model.
+    :param threshold: keep-rule threshold (``None``: the priors' defaults).
+    :param feature_names: names of the ``bnn.num_inputs`` input features or channels
+        (default ``x0, x1, ...``).
+    :param float interval: probability mass of the interval across fits (0.9).
+    :returns: DataFrame with columns ``layer`` (``"input"`` or the layer name), ``unit``
+        (index), ``name``, ``pip``, ``pip_lower``, ``pip_upper``, ``kept`` and
+        ``kept_fraction``.
+    :raises InputError: for fits of different models or a wrong number of feature names.
+    """
+    fits = check_same_network(bnn, "bnn")
+    if not 0 < interval <= 1:
+        raise InputError(f"interval must lie in (0, 1], got {interval!r}")
+    if feature_names is None:
+        feature_names = [f"x{i}" for i in range(fits[0].num_inputs)]
+    elif len(feature_names) != fits[0].num_inputs:
+        raise InputError(
+            f"feature_names has {len(feature_names)} names but the network has "
+            f"{fits[0].num_inputs} input features"
+        )
+    tables = [_single_fit_summary(fit, threshold, feature_names) for fit in fits]
+    summary = tables[0][["layer", "unit", "name"]].copy()
+    pips = np.stack([table.pip.to_numpy() for table in tables])
+    kept = np.stack([table.kept.to_numpy() for table in tables]).astype(float)
+    tail = (1 - interval) / 2
+    summary["pip"] = pips.mean(axis=0)
+    summary["pip_lower"] = np.quantile(pips, tail, axis=0)
+    summary["pip_upper"] = np.quantile(pips, 1 - tail, axis=0)
+    summary["kept_fraction"] = kept.mean(axis=0)
+    summary["kept"] = summary.kept_fraction > 0.5
+    return summary[["layer", "unit", "name", "pip", "pip_lower", "pip_upper", "kept", "kept_fraction"]]
 
 
 @torch.no_grad()

@@ -62,7 +62,7 @@ def test_node_pips_stay_accurate_for_near_certain_edges():
 def test_summary_matches_the_guide_and_compress(bnn):
     names = [f"f{i}" for i in range(4)]
     summary = inclusion_summary(bnn, feature_names=names)
-    assert list(summary.columns) == ["layer", "unit", "name", "pip", "kept"]
+    assert list(summary.columns) == ["layer", "unit", "name", "pip", "pip_lower", "pip_upper", "kept", "kept_fraction"]
     features = summary[summary.layer == "input"]
     assert features.name.tolist() == names
     assert torch.allclose(torch.tensor(features.pip.values), feature_inclusion_probs(bnn))
