@@ -21,6 +21,14 @@ from .compress import (
     compress,
     masked_posterior_mean,
 )
+from .diagnostics import (
+    VariationalKhat,
+    bnn_variational_khat,
+    compare_priors,
+    psis_loo,
+    to_inference_data,
+    variational_khat,
+)
 from .distributions import ConcreteBernoulli, GatedNormal, bernoulli_kl, normal_kl
 from .elbo import MeanFieldELBO
 from .errors import (
@@ -36,6 +44,7 @@ from .inclusion import (
     edge_inclusion_probs,
     feature_inclusion_probs,
     group_scale_summary,
+    inclusion_draws,
     inclusion_summary,
     node_inclusion_probs,
 )
@@ -85,6 +94,13 @@ __all__ = [
     "feature_inclusion_probs",
     "inclusion_summary",
     "group_scale_summary",
+    "inclusion_draws",
+    "to_inference_data",
+    "variational_khat",
+    "bnn_variational_khat",
+    "VariationalKhat",
+    "psis_loo",
+    "compare_priors",
     "compress",
     "Compressed",
     "CompressionReport",
