@@ -249,6 +249,10 @@ def _has_scales(layer) -> bool:
 # --------------------------------------------------------------------------------------
 # Pareto k-hat of the variational approximation
 # --------------------------------------------------------------------------------------
+#: log weights spanning less than this (all importance weights within 0.1 % of each other)
+#: count as constant: the guide equals the posterior up to round-off and k-hat is ``-inf``
+CONSTANT_LOG_WEIGHT_RANGE = 1e-3
+
 #: ArviZ's interpretation thresholds of k-hat (Vehtari et al. 2024; Yao et al. 2018)
 KHAT_THRESHOLDS = (0.5, 0.7, 1.0)
 
@@ -314,6 +318,10 @@ def variational_khat(model: Callable, guide: Callable, *args, num_samples: int =
     Interpretation (ArviZ's thresholds): k < 0.5 good, 0.5-0.7 ok, 0.7-1 bad (importance
     sampling and the guide's expectations unreliable), >= 1 very bad.
 
+    When every log weight is the same up to round-off (:data:`CONSTANT_LOG_WEIGHT_RANGE`),
+    the guide is the posterior (the weights are the evidence ``p(y)``), there is no tail to
+    fit and k-hat is reported as ``-inf`` (ArviZ's ``psislw`` returns ``inf`` there).
+
     k-hat is invariant to adding a constant to every log weight, so unnormalised densities
     are fine: e.g. the improper log-uniform prior of BC-GNJ, whose ``log_prob`` is
     ``-log|z|`` up to an unknown constant, or the unknown evidence ``log p(y)``.
@@ -346,6 +354,10 @@ def variational_khat(model: Callable, guide: Callable, *args, num_samples: int =
     bad = np.isnan(log_weights) | (log_weights == np.inf)
     if bad.any():
         raise InputError(f"log p - log q is NaN or +inf for {int(bad.sum())} of {num_samples} guide draws")
+    if np.ptp(log_weights) < CONSTANT_LOG_WEIGHT_RANGE:
+        # the guide is the posterior up to round-off: no tail to fit (ArviZ would return inf)
+        smoothed = np.full(num_samples, -np.log(num_samples))
+        return VariationalKhat(khat=-np.inf, log_weights=log_weights, smoothed_log_weights=smoothed)
     smoothed, khat = az.psislw(log_weights)
     return VariationalKhat(khat=float(khat), log_weights=log_weights, smoothed_log_weights=np.asarray(smoothed))
 
