@@ -13,6 +13,12 @@ Typical use::
 """
 
 from .bits import LayerPrecision, compression_rates, round_to_precision, weight_moments
+from .calibration import (
+    CalibrationBins,
+    expected_calibration_error,
+    interval_coverage,
+    predictive_pit,
+)
 from .compress import (
     Compressed,
     CompressionReport,
@@ -51,6 +57,13 @@ from .inclusion import (
 from .likelihoods import CategoricalLikelihood, GaussianLikelihood, Prediction
 from .nets import lenet5_caffe, lenet_300_100, mlp
 from .network import SparseBNN
+from .plots import (
+    plot_elbo,
+    plot_group_scales,
+    plot_inclusion_forest,
+    plot_inclusion_heatmap,
+    plot_reliability_diagram,
+)
 from .priors import (
     GroupHorseshoe,
     GroupNormalJeffreys,
@@ -101,6 +114,15 @@ __all__ = [
     "VariationalKhat",
     "psis_loo",
     "compare_priors",
+    "expected_calibration_error",
+    "CalibrationBins",
+    "interval_coverage",
+    "predictive_pit",
+    "plot_inclusion_forest",
+    "plot_inclusion_heatmap",
+    "plot_elbo",
+    "plot_group_scales",
+    "plot_reliability_diagram",
     "compress",
     "Compressed",
     "CompressionReport",
