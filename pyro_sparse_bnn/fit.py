@@ -91,11 +91,16 @@ def _scale_learning_rate(optim: pyro.optim.PyroOptim, factor: float) -> None:
                 group["lr"] *= factor
 
 
-def _logit_multiplier(bnn: SparseBNN, lr: float, logit_lr: Optional[float]):
+def _indicator_logits(bnn: SparseBNN) -> List[torch.Tensor]:
+    """The indicator-logit parameters of ``bnn`` (empty for priors without indicators)."""
+    return [p for name, p in bnn.named_parameters() if name.endswith("logits")]
+
+
+def _logit_multiplier(logits: List[torch.Tensor], lr: float, logit_lr: Optional[float]):
     if logit_lr is None or logit_lr == lr:
         return None
-    logits = {id(p) for name, p in bnn.named_parameters() if name.endswith("logits")}
-    return lambda p: logit_lr / lr if id(p) in logits else 1.0
+    ids = {id(p) for p in logits}
+    return lambda p: logit_lr / lr if id(p) in ids else 1.0
 
 
 def _non_finite_parameters(bnn: SparseBNN) -> List[str]:
@@ -196,7 +201,7 @@ def fit(
     for name, value in (("kl_warmup", kl_warmup), ("indicator_warmup", indicator_warmup)):
         if isinstance(value, bool) or int(value) != value or value < 0:
             raise HyperparameterError(f"{name} must be a non-negative integer, got {value!r}")
-    logits = [p for name, p in bnn.named_parameters() if name.endswith("logits")]
+    logits = _indicator_logits(bnn)
     if indicator_warmup and not logits:
         raise HyperparameterError(
             f"indicator_warmup needs a prior with indicators; {type(bnn.priors[0]).__name__} has none"
@@ -233,7 +238,7 @@ def fit(
     svi = SVI(
         bnn.model,
         bnn.guide,
-        optim if optim is not None else JointAdam({"lr": lr}, _logit_multiplier(bnn, lr, logit_lr)),
+        optim if optim is not None else JointAdam({"lr": lr}, _logit_multiplier(logits, lr, logit_lr)),
         elbo,
     )
     history = FitHistory()
