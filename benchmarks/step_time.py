@@ -151,12 +151,12 @@ def main(argv=None):
     svi = SVI(bnn.model, bnn.guide, JointAdam({"lr": 5e-3}), MeanFieldELBO())
 
     def svi_step():  # what fit does per step
-        with bnn.reparameterization():
+        with bnn.reparameterization(skip_slab_draws=True):
             svi.step(x, y)
 
     steps = {"deterministic": deterministic_step, "svi": svi_step}
     if hand is not None:
-        hand_optim = torch.optim.Adam(hand.parameters(), lr=5e-3, foreach=True)
+        hand_optim = torch.optim.Adam(hand.parameters(), lr=5e-3, fused=True)  # as JointAdam
 
         def hand_step():
             hand_optim.zero_grad(set_to_none=True)

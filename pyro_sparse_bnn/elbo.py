@@ -21,11 +21,24 @@ from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match
 from torch.distributions import kl_divergence
 
+from .reparameterization import PLACEHOLDER
+
 __all__ = ["MeanFieldELBO", "site_log_prob_sum"]
 
 
 def site_log_prob_sum(site) -> torch.Tensor:
-    """Log-density of a traced sample site, scaled by its plates' scale and mask, summed."""
+    """Log-density of a traced sample site, scaled by its plates' scale and mask, summed.
+
+    :raises RuntimeError: for a site whose value is a placeholder that was never drawn
+        (:class:`~pyro_sparse_bnn.reparameterization.LocalReparameterization` with
+        ``skip_slab_draws``): its log-density would be meaningless.
+    """
+    if site["infer"].get(PLACEHOLDER):
+        raise RuntimeError(
+            f"site {site['name']!r} holds a placeholder, not a draw (local reparameterisation "
+            "with skip_slab_draws=True), but its log-density is needed because its KL has no "
+            "closed form: use skip_slab_draws=False"
+        )
     log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
     return scale_and_mask(log_p, site["scale"], site["mask"]).sum()
 

@@ -138,7 +138,9 @@ def fit(
 
     Each epoch visits every example once in minibatches; each minibatch ELBO is scaled to
     the full training set by the model's data plate. Every step runs under the local
-    reparameterisation handler when ``bnn.local_reparameterization`` is set (the default).
+    reparameterisation handler when ``bnn.local_reparameterization`` is set (the default);
+    with the default :class:`~pyro_sparse_bnn.elbo.MeanFieldELBO` the handler also skips the
+    guide's slab draws, which nothing reads then.
 
     :param bnn: the network to fit (its ``num_data`` is set to ``len(x)`` if unset).
     :param x: inputs ``(n, in_features)`` as tensor or array, or a
@@ -213,6 +215,9 @@ def fit(
             f"kl_warmup needs an ELBO with a kl_weight (MeanFieldELBO), got {type(elbo).__name__}"
         )
 
+    # with the analytic-KL ELBO nothing reads the slab draws under local reparameterisation
+    skip_slab_draws = isinstance(elbo, MeanFieldELBO)
+
     loader = x if isinstance(x, torch.utils.data.DataLoader) else None
     if loader is not None:
         if y is not None:
@@ -257,7 +262,7 @@ def fit(
             for x_batch, y_batch in batches:
                 where = f"at epoch {epoch}, step {steps} (step {history.num_steps + steps} overall)"
                 try:
-                    with bnn.reparameterization():
+                    with bnn.reparameterization(skip_slab_draws=skip_slab_draws):
                         loss = svi.step(x_batch, y_batch)
                 except ValueError as error:  # distribution validation saw NaN/inf parameters
                     bad = _non_finite_parameters(bnn)

@@ -231,10 +231,17 @@ class SparseBNN(nn.Module):
         for layer in self.layers:
             layer.guide(self.temperature)
 
-    def reparameterization(self):
+    def reparameterization(self, skip_slab_draws: bool = False):
         """Context manager for running guide and model: the local reparameterisation handler
-        when the ``local_reparameterization`` flag is set, else a no-op."""
-        return LocalReparameterization() if self.local_reparameterization else nullcontext()
+        when the ``local_reparameterization`` flag is set, else a no-op.
+
+        :param bool skip_slab_draws: let the handler skip the guide's weight-sized slab draws,
+            which nothing reads under local reparameterisation with an analytic-KL ELBO (see
+            :class:`~pyro_sparse_bnn.reparameterization.LocalReparameterization`).
+        """
+        if not self.local_reparameterization:
+            return nullcontext()
+        return LocalReparameterization(skip_slab_draws=skip_slab_draws)
 
     # -- prediction ----------------------------------------------------------------------
     def forward(self, x):
@@ -244,7 +251,7 @@ class SparseBNN(nn.Module):
         :param torch.Tensor x: ``(batch, *input_shape)``.
         :returns: outputs ``(batch, outputs)``.
         """
-        with self.reparameterization():
+        with self.reparameterization(skip_slab_draws=True):
             guide_trace = poutine.trace(self.guide).get_trace(x)
             return poutine.replay(self.model, trace=guide_trace)(x)
 

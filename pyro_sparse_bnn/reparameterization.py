@@ -42,9 +42,19 @@ from pyro.distributions import Independent, Normal
 from pyro.poutine.messenger import Messenger
 
 from .distributions import GatedNormal
-from .priors.base import LayerDraw, LayerSpec
+from .priors.base import LAYER_SLAB, LayerDraw, LayerSpec
 
-__all__ = ["LocalReparameterization", "local_reparameterization", "gaussian_layer"]
+__all__ = [
+    "LocalReparameterization",
+    "local_reparameterization",
+    "gaussian_layer",
+    "LAYER_SLAB",
+    "PLACEHOLDER",
+]
+
+#: ``infer`` key set on a slab site whose value the handler did not draw (see
+#: ``skip_slab_draws``); an estimator that would evaluate its log-density must refuse it.
+PLACEHOLDER = "placeholder"
 
 
 def _gaussian_factors(fn):
@@ -109,10 +119,22 @@ class LocalReparameterization(Messenger):
     Enter it around a guide run followed by a model run (an SVI step, ``bnn(x)``,
     ``Predictive``); it forgets what it saw when it exits. Re-entrant use of one instance is
     not supported (create one per ``with`` block, as :func:`local_reparameterization` does).
+
+    :param bool skip_slab_draws: do not draw the guide's slab sites marked with the
+        :data:`LAYER_SLAB` infer flag (every prior of the library marks its slabs): their
+        traced value is the slab mean, broadcast, detached and flagged :data:`PLACEHOLDER`,
+        which saves a weight-sized Gaussian draw per layer and step. Only safe when nothing
+        reads those values: the layers do not (they sample pre-activations) and
+        :class:`~pyro_sparse_bnn.elbo.MeanFieldELBO` does not when the slab's KL is analytic
+        (it raises if it would need the log-density of a placeholder). A Monte Carlo ELBO
+        such as ``Trace_ELBO`` *would* read them, so the default is ``False``;
+        :func:`~pyro_sparse_bnn.fit.fit` switches it on with ``MeanFieldELBO``, and
+        :meth:`SparseBNN.forward` always.
     """
 
-    def __init__(self):
+    def __init__(self, skip_slab_draws: bool = False):
         super().__init__()
+        self.skip_slab_draws = bool(skip_slab_draws)
         self._gaussians: Dict[int, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def __enter__(self):
@@ -122,6 +144,17 @@ class LocalReparameterization(Messenger):
     def __exit__(self, *args):
         self._gaussians = {}
         return super().__exit__(*args)
+
+    def _pyro_sample(self, msg):
+        if not (self.skip_slab_draws and msg["value"] is None and not msg["done"]
+                and not msg["is_observed"] and msg["infer"].get(LAYER_SLAB)):
+            return
+        factors = _gaussian_factors(msg["fn"])
+        if factors is None:
+            return
+        msg["value"] = factors[0].detach().expand(msg["fn"].shape())
+        msg["infer"][PLACEHOLDER] = True
+        msg["done"] = True
 
     def _pyro_post_sample(self, msg):
         if msg["is_observed"]:
@@ -145,6 +178,6 @@ class LocalReparameterization(Messenger):
         msg["done"] = True
 
 
-def local_reparameterization() -> LocalReparameterization:
+def local_reparameterization(skip_slab_draws: bool = False) -> LocalReparameterization:
     """A fresh :class:`LocalReparameterization` handler, for use as ``with local_reparameterization(): ...``."""
-    return LocalReparameterization()
+    return LocalReparameterization(skip_slab_draws)

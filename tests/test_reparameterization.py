@@ -5,9 +5,12 @@ import math
 import pytest
 import torch
 from pyro import poutine
+from pyro.poutine.util import prune_subsample_sites
 
 from pyro_sparse_bnn import (
+    GroupNormalJeffreys,
     HyperparameterError,
+    MeanFieldELBO,
     SparseBNN,
     SpikeSlab,
     SpikeSlabNode,
@@ -16,7 +19,8 @@ from pyro_sparse_bnn import (
     local_reparameterization,
 )
 from pyro_sparse_bnn.priors.base import LayerDraw
-from pyro_sparse_bnn.reparameterization import gaussian_layer
+from pyro_sparse_bnn.elbo import site_log_prob_sum
+from pyro_sparse_bnn.reparameterization import PLACEHOLDER, LocalReparameterization, gaussian_layer
 
 from .conftest import mlp, tiny_conv_net
 
@@ -100,6 +104,62 @@ def test_a_slab_the_handler_has_not_seen_falls_back_to_weight_sampling():
     with local_reparameterization():
         out = poutine.condition(bnn.model, data=data)(x)
     assert torch.allclose(out, x @ slab[:, :3].T + slab[:, 3])
+
+
+def _one_layer_run(skip, prior):
+    """Guide then model under one handler; the RNG is reseeded between them, so any draw the
+    guide skips cannot shift the model's noise."""
+    torch.manual_seed(4)
+    bnn = SparseBNN(mlp([5, 3]), prior, num_data=50)
+    x = torch.randn(8, 5, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 3, (8,), generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(0)
+    with LocalReparameterization(skip_slab_draws=skip):
+        guide_trace = poutine.trace(bnn.guide).get_trace(x, y)
+        torch.manual_seed(3)
+        model_trace = poutine.trace(poutine.replay(bnn.model, trace=guide_trace)).get_trace(x, y)
+    return bnn, guide_trace, model_trace
+
+
+@pytest.mark.parametrize("prior", [SpikeSlabNode(init_rho=-1.0), GroupNormalJeffreys()],
+                         ids=["node spike-and-slab", "BC-GNJ"])
+def test_skipping_slab_draws_changes_nothing_the_layers_or_the_elbo_read(prior):
+    """With ``skip_slab_draws`` the slab site holds its mean as a flagged placeholder, and the
+    network outputs and the analytic-KL loss are exactly those of the run that drew it (a
+    one-layer network, whose indicators are drawn before the slab, with the model's RNG reseeded)."""
+    runs = {skip: _one_layer_run(skip, prior) for skip in (False, True)}
+    bnn, guide_trace, model_trace = runs[True]
+    site = guide_trace.nodes["net.0.slab"]
+    assert site["infer"].get(PLACEHOLDER) is True
+    slab = bnn.layers[0].slab if hasattr(bnn.layers[0], "slab") else bnn.layers[0].block.slab
+    assert torch.equal(site["value"], slab.loc.detach())
+    drawn = runs[False][1].nodes["net.0.slab"]
+    assert not drawn["infer"].get(PLACEHOLDER) and not torch.equal(drawn["value"], site["value"])
+    outputs = [run[2].nodes["_RETURN"]["value"] for run in runs.values()]
+    assert torch.equal(outputs[0], outputs[1])
+    elbo = MeanFieldELBO()
+    losses = [elbo._differentiable_loss_particle(prune_subsample_sites(run[2]), run[1])[0]
+              for run in runs.values()]
+    assert losses[0] == losses[1]
+
+
+def test_the_log_density_of_a_placeholder_is_refused():
+    """An estimator that would need ``log q`` of a never-drawn slab (a Monte Carlo KL) fails
+    loudly instead of using the placeholder."""
+    _, guide_trace, _ = _one_layer_run(True, SpikeSlabNode())
+    with pytest.raises(RuntimeError, match="placeholder"):
+        site_log_prob_sum(guide_trace.nodes["net.0.slab"])
+
+
+def test_slab_draws_are_kept_by_default_and_outside_fit():
+    """The public handler and ``bnn.reparameterization()`` draw the slab unless asked not to
+    (a user's Monte Carlo ELBO reads it)."""
+    bnn = SparseBNN(mlp([5, 3]), SpikeSlabNode(), num_data=50)
+    x = torch.randn(4, 5)
+    for handler in (local_reparameterization(), bnn.reparameterization()):
+        with handler:
+            trace = poutine.trace(bnn.guide).get_trace(x)
+        assert not trace.nodes["net.0.slab"]["infer"].get(PLACEHOLDER)
 
 
 def test_the_switch_is_validated_and_shown():

@@ -42,6 +42,7 @@ from ..distributions import ConcreteBernoulli, GatedNormal
 from ..errors import HyperparameterError
 
 __all__ = [
+    "LAYER_SLAB",
     "LayerSpec",
     "NetworkInfo",
     "LayerDraw",
@@ -212,6 +213,11 @@ def _apply_layer(x, spec: LayerSpec, draw: LayerDraw):
 #: reparameterisation) may compute the pre-activations differently from the same draw.
 apply_layer = effectful(_apply_layer, type="sparse_layer")
 
+#: ``infer`` flag of a guide slab site whose value enters the model only as ``draw.slab``
+#: through :func:`apply_layer` (set by :meth:`GaussianSlab.guide_sample`); the local
+#: reparameterisation handler may then skip drawing it.
+LAYER_SLAB = "layer_slab"
+
 
 # --------------------------------------------------------------------------------------
 # Small shared helpers
@@ -364,6 +370,15 @@ class GaussianSlab(nn.Module):
             base = GatedNormal(loc, scale, gate, gate_probs, self.prior_scale, validate_args=False)
         return base.to_event(self.loc.dim())
 
+    def guide_sample(self, layer: "PriorLayer", site: str, gate=None, gate_probs=None) -> torch.Tensor:
+        """Sample the guide's slab site ``site`` of ``layer`` (announcing ``site_loc`` and
+        ``site_rho``), flagged :data:`LAYER_SLAB`: the prior promises to use its value only
+        as the slab of the layer's :class:`LayerDraw`."""
+        loc = layer.param(site + "_loc", self.loc)
+        rho = layer.param(site + "_rho", self.rho)
+        return pyro.sample(layer.site(site), self.guide_dist(loc, rho, gate=gate, gate_probs=gate_probs),
+                           infer={LAYER_SLAB: True})
+
 
 class LogNormalScale(nn.Module):
     """A positive latent scale (or squared scale) with a ``LogNormal(loc, softplus(rho))`` guide.
@@ -439,13 +454,8 @@ class SpikeSlabBlock(nn.Module):
         logits = layer.param(self.gate_site + "_logits", self.gates.logits)
         gate_dist = self.gates.guide_dist(logits, temperature, self.hard)
         gate = pyro.sample(layer.site(self.gate_site), gate_dist)
-        loc = layer.param(self.slab_site + "_loc", self.slab.loc)
-        rho = layer.param(self.slab_site + "_rho", self.slab.rho)
         gate_probs = gate_dist.base_dist.probs.view(self.gate_view)
-        pyro.sample(
-            layer.site(self.slab_site),
-            self.slab.guide_dist(loc, rho, gate=gate.view(self.gate_view), gate_probs=gate_probs),
-        )
+        self.slab.guide_sample(layer, self.slab_site, gate=gate.view(self.gate_view), gate_probs=gate_probs)
 
     @property
     def probs(self) -> torch.Tensor:

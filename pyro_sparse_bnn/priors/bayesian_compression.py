@@ -103,9 +103,7 @@ class GroupScaleLayer(PriorLayer):
 
     def guide(self, temperature=None) -> None:
         self.guide_scale()
-        loc = self.param("slab_loc", self.slab.loc)
-        rho = self.param("slab_rho", self.slab.rho)
-        pyro.sample(self.site("slab"), self.slab.guide_dist(loc, rho))
+        self.slab.guide_sample(self, "slab")
 
     # -- readouts -----------------------------------------------------------------------------
     @torch.no_grad()
