@@ -4,7 +4,7 @@
 after another; a sparse BNN has several parameter tensors per layer (logits, means, scales
 of weights and biases), so that loop costs more than the update itself. :class:`JointOptim`
 is a drop-in ``PyroOptim`` that puts every parameter SVI reports into a single torch
-optimiser, which updates them together with its multi-tensor (``foreach``) kernels. The
+optimiser, which updates them together with its fused (or multi-tensor) kernels. The
 update rule is the same: Adam's state is per element either way.
 """
 
@@ -51,7 +51,14 @@ class JointOptim(PyroOptim):
             self._known.update(new)
             groups = self._groups(new)
             if self.optimizer is None:
-                self.optimizer = self.pt_optim_constructor(groups, **self.pt_optim_args)
+                try:
+                    self.optimizer = self.pt_optim_constructor(groups, **self.pt_optim_args)
+                except RuntimeError:
+                    if not self.pt_optim_args.get("fused"):
+                        raise
+                    # no fused kernel for these tensors' device or dtype: the multi-tensor one
+                    args = {**self.pt_optim_args, "fused": None, "foreach": True}
+                    self.optimizer = self.pt_optim_constructor(groups, **args)
             else:
                 for group in groups:
                     self.optimizer.add_param_group(group)
@@ -70,6 +77,7 @@ class JointOptim(PyroOptim):
 def JointAdam(optim_args: Dict, lr_multiplier=None) -> JointOptim:
     """Adam over all parameters at once: ``JointAdam({"lr": 5e-3})``.
 
-    Uses the multi-tensor (``foreach``) implementation unless ``optim_args`` says otherwise.
+    Uses the fused implementation (one kernel for every tensor; the multi-tensor ``foreach``
+    one where no fused kernel exists) unless ``optim_args`` says otherwise.
     """
-    return JointOptim(torch.optim.Adam, {"foreach": True, **optim_args}, lr_multiplier)
+    return JointOptim(torch.optim.Adam, {"fused": True, **optim_args}, lr_multiplier)

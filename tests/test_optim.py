@@ -38,3 +38,22 @@ def test_joint_optim_state_round_trip(small_bnn, classification_data):
     assert "joint" in state
     optim.set_state(state)
     assert len(optim.optimizer.param_groups[0]["params"]) == len(list(small_bnn.parameters()))
+
+
+def test_joint_adam_is_fused_and_falls_back_to_foreach(small_bnn, classification_data):
+    """JointAdam asks for the fused kernel; where a device has none (the constructor raises)
+    it uses the multi-tensor one instead of failing."""
+    x, y = classification_data
+    optim = JointAdam({"lr": 0.01})
+    SVI(small_bnn.model, small_bnn.guide, optim, MeanFieldELBO()).step(x, y)
+    assert optim.optimizer.defaults["fused"] is True
+
+    class NoFusedAdam(torch.optim.Adam):
+        def __init__(self, params, fused=None, **kwargs):
+            if fused:
+                raise RuntimeError("`fused=True` requires all the params to be on a supported device")
+            super().__init__(params, fused=fused, **kwargs)
+
+    optim = JointOptim(NoFusedAdam, {"lr": 0.01, "fused": True})
+    SVI(small_bnn.model, small_bnn.guide, optim, MeanFieldELBO()).step(x, y)
+    assert optim.optimizer.defaults["foreach"] is True and not optim.optimizer.defaults["fused"]
