@@ -64,6 +64,9 @@ class JointOptim(PyroOptim):
                     self.optimizer.add_param_group(group)
         if self.optimizer is not None:
             self.optimizer.step()
+            # SVI zeroes the gradients after this call by allocating zeros for each; freeing
+            # them instead makes that a no-op and lets the next backward write, not add
+            self.optimizer.zero_grad(set_to_none=True)
 
     def get_state(self) -> Dict:
         return {} if self.optimizer is None else {"joint": self.optimizer.state_dict()}
