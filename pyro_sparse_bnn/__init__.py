@@ -55,6 +55,7 @@ from .inclusion import (
     node_inclusion_probs,
 )
 from .likelihoods import CategoricalLikelihood, GaussianLikelihood, Prediction
+from .moment_propagation import MomentPrediction, fit_moments, moment_loss, moment_predict
 from .nets import lenet5_caffe, lenet_300_100, mlp
 from .network import SparseBNN
 from .plots import (
@@ -69,6 +70,7 @@ from .priors import (
     GroupNormalJeffreys,
     Prior,
     PriorLayer,
+    SelfCompressingGaussian,
     SpikeSlab,
     SpikeSlabGroupHorseshoe,
     SpikeSlabGroupLasso,
@@ -76,6 +78,14 @@ from .priors import (
     theory_prior_inclusion,
 )
 from .reparameterization import LocalReparameterization, local_reparameterization
+from .self_compression import (
+    CompressionRound,
+    SelfCompression,
+    select_units,
+    self_compress,
+    shrink_bnn,
+    unit_relevance,
+)
 
 __version__ = "0.1.0"
 
@@ -90,6 +100,7 @@ __all__ = [
     "SpikeSlabGroupHorseshoe",
     "GroupNormalJeffreys",
     "GroupHorseshoe",
+    "SelfCompressingGaussian",
     "Prior",
     "PriorLayer",
     "theory_prior_inclusion",
@@ -143,4 +154,14 @@ __all__ = [
     "UnsupportedLayerError",
     "NotFittedError",
     "NonFiniteLossError",
+    "self_compress",
+    "SelfCompression",
+    "CompressionRound",
+    "unit_relevance",
+    "select_units",
+    "shrink_bnn",
+    "moment_predict",
+    "moment_loss",
+    "fit_moments",
+    "MomentPrediction",
 ]

@@ -10,6 +10,7 @@ prior                       paper                                               
 ``GroupNormalJeffreys``     Louizos et al. 2017 (BC-GNJ)                           scale per input unit (linear) or
                                                                                    output channel (conv)
 ``GroupHorseshoe``          Louizos et al. 2017 (BC-GHS)                           as BC-GNJ
+``SelfCompressingGaussian`` Carannante et al. 2021 (self-compression)              none: relevance (SNR) per node
 ==========================  =====================================================  ==================================
 """
 
@@ -19,6 +20,7 @@ from .bc_horseshoe import GroupHorseshoe
 from .group_horseshoe import SpikeSlabGroupHorseshoe
 from .group_lasso import SpikeSlabGroupLasso
 from .normal_jeffreys import GroupNormalJeffreys
+from .self_compressing import SelfCompressingGaussian, SelfCompressingLayer
 from .spike_slab import SpikeSlab, SpikeSlabLayer, theory_prior_inclusion
 from .spike_slab_node import (
     GroupScales,
@@ -47,4 +49,6 @@ __all__ = [
     "GroupScaleLayer",
     "GroupNormalJeffreys",
     "GroupHorseshoe",
+    "SelfCompressingGaussian",
+    "SelfCompressingLayer",
 ]
