@@ -130,6 +130,38 @@ class TestGatedNormalKL:
         assert torch.allclose(kl_divergence(q, p), torch.tensor(6 * 0.25 * 0.5))
 
 
+    @pytest.mark.parametrize("gate_shape", [(3, 4), (3, 1), (1, 4)], ids=["per entry", "per row", "per column"])
+    def test_written_out_gradients_match_autograd(self, gate_shape):
+        """The KL's hand-written backward against torch's numerical gradient check (double
+        precision), for gates covering entries, rows (node indicators) and columns."""
+        from pyro_sparse_bnn.distributions import _GatedNormalKL
+
+        generator = torch.Generator().manual_seed(0)
+        loc = torch.randn(3, 4, dtype=torch.float64, generator=generator).requires_grad_()
+        scale = (torch.rand(3, 4, dtype=torch.float64, generator=generator) + 0.1).requires_grad_()
+        gamma = torch.rand(gate_shape, dtype=torch.float64, generator=generator).requires_grad_()
+        assert torch.autograd.gradcheck(lambda a, b, c: _GatedNormalKL.apply(a, b, c, 1.7**2),
+                                        (loc, scale, gamma))
+        reference = gamma * normal_kl(loc, scale, 0.0, 1.7)
+        assert torch.allclose(_GatedNormalKL.apply(loc, scale, gamma, 1.7**2), reference)
+
+    def test_a_prior_with_nonzero_mean_uses_the_general_formula(self):
+        q = GatedNormal(torch.zeros(3), torch.ones(3), torch.ones(3), torch.full((3,), 0.5), 1.0)
+        p = dist.Normal(torch.tensor([0.0, 1.0, 2.0]), 1.0)
+        assert torch.allclose(kl_divergence(q, p), 0.5 * normal_kl(torch.zeros(3), torch.ones(3), p.loc, 1.0))
+
+
+def test_broadcast_shape_agrees_with_torch():
+    from pyro_sparse_bnn.distributions import _broadcast_shape
+
+    cases = [[(3, 1), (3, 4)], [(4,), (2, 1, 4)], [(), (5,)], [(2, 0), (1, 1)], [(1, 3), (2, 1)]]
+    for shapes in cases:
+        tensors = [torch.empty(shape) for shape in shapes]
+        assert _broadcast_shape(*tensors) == torch.broadcast_shapes(*shapes)
+    with pytest.raises(ValueError, match="broadcast"):
+        _broadcast_shape(torch.empty(3), torch.empty(4))
+
+
 def test_normal_kl_matches_torch():
     loc, scale = torch.randn(10), torch.rand(10) + 0.05
     expected = kl_divergence(dist.Normal(loc, scale), dist.Normal(0.3, 1.7))
