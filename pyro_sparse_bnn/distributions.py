@@ -357,6 +357,11 @@ class GatedNormal(TorchDistribution):
 
 @register_kl(ConcreteBernoulli, Bernoulli)
 def _kl_concrete_bernoulli(p, q):
+    prior = _python_scalar(q.probs)
+    if prior is not None and 0 < prior < 1:  # one lambda for the layer: its logs in plain Python
+        logits = p.logits
+        kl = p.probs * (logits - (math.log(prior) - math.log1p(-prior))) - F.softplus(logits)
+        return (kl - math.log1p(-prior)).expand(p.batch_shape)
     return bernoulli_kl(p.logits, q.probs, probs=p.probs).expand(p.batch_shape)
 
 

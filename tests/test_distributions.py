@@ -92,6 +92,15 @@ class TestBernoulliKL:
         assert torch.allclose(bernoulli_kl(torch.logit(gamma), lam), textbook, atol=1e-5)
         assert torch.isfinite(bernoulli_kl(torch.tensor([-200.0, 200.0]), 1e-5)).all()
 
+    def test_registered_kl_agrees_with_the_formula_for_scalar_and_per_entry_priors(self):
+        """The registered KL takes a plain-Python path for one prior probability per layer
+        and the tensor path otherwise; both equal :func:`bernoulli_kl`."""
+        logits = torch.tensor([-4.0, -1.0, 0.0, 2.0, 4.6])
+        q = ConcreteBernoulli(logits, torch.tensor(0.5))
+        for prior in (torch.tensor(0.05).expand(5), torch.tensor([0.05, 0.1, 0.5, 0.9, 0.3])):
+            closed = kl_divergence(q, dist.Bernoulli(probs=prior))
+            assert torch.allclose(closed, bernoulli_kl(logits, prior), atol=1e-6)
+
 
 class TestGatedNormalKL:
     def test_inclusion_weighted_slab_kl_against_monte_carlo(self):

@@ -232,9 +232,16 @@ def emit_param(name: str, param: torch.Tensor) -> torch.Tensor:
     """
     alias = param.view_as(param)
     alias.unconstrained = weakref.ref(param)
-    return effectful(type="param")(lambda *_, **__: alias)(
-        name, alias, constraint=dist.constraints.real, name=name
-    )
+    return _param_message(name, alias, constraint=dist.constraints.real, name=name)
+
+
+def _given_value(name, value, **kwargs):
+    return value
+
+
+#: a ``param`` message whose default answer is the value it carries (built once: wrapping a
+#: function with ``effectful`` at every call costs more than the message itself)
+_param_message = effectful(_given_value, type="param")
 
 
 def cached_prior(module: nn.Module, name: str, key: torch.Tensor, build):
