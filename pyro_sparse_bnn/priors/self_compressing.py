@@ -108,9 +108,7 @@ class SelfCompressingLayer(PriorLayer):
         return LayerDraw(slab=pyro.sample(self.site("slab"), self.slab.prior_dist()))
 
     def guide(self, temperature=None) -> None:
-        loc = self.param("slab_loc", self.slab.loc)
-        rho = self.param("slab_rho", self.slab.rho)
-        pyro.sample(self.site("slab"), self.slab.guide_dist(loc, rho))
+        self.slab.guide_sample(self, "slab")
 
     # -- relevance ------------------------------------------------------------------------
     @torch.no_grad()
