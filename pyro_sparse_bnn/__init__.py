@@ -10,6 +10,8 @@ Typical use::
     history = psb.fit(bnn, x_train, y_train, epochs=200)
     print(psb.inclusion_summary(bnn))
     module, report = psb.compress(bnn)
+    psb.save(bnn, "bnn.pt", history)          # bnn = psb.load("bnn.pt")
+    psb.export(module, "bnn.ts", example_input=x_train[:8])
 """
 
 from .bits import LayerPrecision, compression_rates, round_to_precision, weight_moments
@@ -38,13 +40,16 @@ from .diagnostics import (
 from .distributions import ConcreteBernoulli, GatedNormal, bernoulli_kl, normal_kl
 from .elbo import MeanFieldELBO
 from .errors import (
+    ExportError,
     HyperparameterError,
     InputError,
     NonFiniteLossError,
     NotFittedError,
+    SaveFileError,
     SparseBNNError,
     UnsupportedLayerError,
 )
+from .export import export
 from .fit import FitHistory, fit, geometric_temperature
 from .inclusion import (
     edge_inclusion_probs,
@@ -78,6 +83,7 @@ from .priors import (
     theory_prior_inclusion,
 )
 from .reparameterization import LocalReparameterization, local_reparameterization
+from .serialization import load, load_history, load_state, save
 from .self_compression import (
     CompressionRound,
     SelfCompression,
@@ -154,6 +160,13 @@ __all__ = [
     "UnsupportedLayerError",
     "NotFittedError",
     "NonFiniteLossError",
+    "SaveFileError",
+    "ExportError",
+    "save",
+    "load",
+    "load_history",
+    "load_state",
+    "export",
     "self_compress",
     "SelfCompression",
     "CompressionRound",

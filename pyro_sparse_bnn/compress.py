@@ -47,8 +47,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bits import LayerPrecision, compression_rates, layer_precision, round_to_precision
-from .errors import NotFittedError
 from .network import SparseBNN
+from .validation import check_bnn, check_bool, check_threshold
 
 __all__ = [
     "compress",
@@ -89,7 +89,7 @@ class ConstantOutput(nn.Module):
         self.register_buffer("value", value.detach().clone())
 
     def forward(self, x):
-        return self.value.expand((x.shape[0],) + tuple(self.value.shape))
+        return self.value.expand([x.shape[0]] + list(self.value.shape))  # TorchScript-compatible
 
     def extra_repr(self):
         return f"shape={tuple(self.value.shape)}"
@@ -122,13 +122,7 @@ class Structure:
 
 
 def _require_fitted(bnn: SparseBNN, what: str):
-    if not isinstance(bnn, SparseBNN):
-        raise TypeError(f"{what} needs a SparseBNN, got {type(bnn).__name__}")
-    if not bnn.is_fitted:
-        raise NotFittedError(
-            f"{what}: the network has not been fitted yet (its guide still has its initial "
-            f"parameters); call pyro_sparse_bnn.fit first"
-        )
+    check_bnn(bnn, what, fitted=True)
 
 
 def _between(bnn: SparseBNN):
@@ -299,6 +293,7 @@ def masked_posterior_mean(bnn: SparseBNN, threshold: Optional[float] = None) -> 
     """The reference network: the original architecture with posterior-mean weights and the
     weights outside the median-probability model set to zero (nothing removed or folded)."""
     _require_fitted(bnn, "masked_posterior_mean")
+    threshold = check_threshold(threshold, bnn.priors)
     modules: List[nn.Module] = []
     layers = iter(_masked_layers(bnn, threshold))
     for stage in bnn.architecture.stages:
@@ -461,6 +456,8 @@ def compress(bnn: SparseBNN, threshold: Optional[float] = None, bits: bool = Fal
     :raises NotFittedError: if the network has not been fitted.
     """
     _require_fitted(bnn, "compress")
+    threshold = check_threshold(threshold, bnn.priors)
+    bits = check_bool("bits", bits)
     structure = analyse_structure(bnn, threshold)
     between = _between(bnn)
     specs = [layer.spec for layer in bnn.layers]

@@ -11,6 +11,9 @@ discards), which is a large part of a step's cost for sparse BNNs.
 It is a drop-in Pyro ELBO: ``SVI(bnn.model, bnn.guide, optim, MeanFieldELBO())``.
 """
 
+import math
+from typing import Dict
+
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
@@ -59,6 +62,9 @@ class MeanFieldELBO(TraceMeanField_ELBO):
                  **kwargs):
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting, **kwargs)
         self.kl_weight = float(kl_weight)
+        #: ``{site: description}`` of the non-finite terms of the last non-finite loss (see
+        #: :meth:`non_finite_terms`); empty until one occurs
+        self.non_finite_sites: Dict[str, str] = {}
 
     def _get_trace(self, model, guide, args, kwargs):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
@@ -70,13 +76,15 @@ class MeanFieldELBO(TraceMeanField_ELBO):
             _check_mean_field_requirement(model_trace, guide_trace)
         return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
 
-    def _differentiable_loss_particle(self, model_trace, guide_trace):
-        log_likelihood, kl_total = 0.0, 0.0
+    def _site_terms(self, model_trace, guide_trace):
+        """Yield ``(site name, is_kl, term)`` for every site that enters the estimator: the
+        scaled log-likelihood of each observed site (``is_kl=False``) and the KL (closed form,
+        or ``log q - log p`` at the draw) of each latent and auxiliary site."""
         for name, model_site in model_trace.nodes.items():
             if model_site["type"] != "sample":
                 continue
             if model_site["is_observed"]:
-                log_likelihood = log_likelihood + site_log_prob_sum(model_site)
+                yield name, False, site_log_prob_sum(model_site)
                 continue
             guide_site = guide_trace.nodes[name]
             if not guide_site["fn"].has_rsample:
@@ -86,15 +94,49 @@ class MeanFieldELBO(TraceMeanField_ELBO):
             try:
                 kl = kl_divergence(guide_site["fn"], model_site["fn"])
             except NotImplementedError:
-                kl_total = kl_total + site_log_prob_sum(guide_site) - site_log_prob_sum(model_site)
+                yield name, True, site_log_prob_sum(guide_site) - site_log_prob_sum(model_site)
                 continue
-            kl_total = kl_total + scale_and_mask(kl, guide_site["scale"], guide_site["mask"]).sum()
+            yield name, True, scale_and_mask(kl, guide_site["scale"], guide_site["mask"]).sum()
 
         for name, guide_site in guide_trace.nodes.items():
             if guide_site["type"] == "sample" and name not in model_trace.nodes:
                 if not guide_site["infer"].get("is_auxiliary"):
                     raise ValueError(f"guide site {name!r} is not in the model")
-                kl_total = kl_total + site_log_prob_sum(guide_site)
+                yield name, True, site_log_prob_sum(guide_site)
 
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        log_likelihood, kl_total = 0.0, 0.0
+        for _, is_kl, term in self._site_terms(model_trace, guide_trace):
+            if is_kl:
+                kl_total = kl_total + term
+            else:
+                log_likelihood = log_likelihood + term
         surrogate_loss = self.kl_weight * kl_total - log_likelihood
-        return torch_item(surrogate_loss), surrogate_loss
+        loss = torch_item(surrogate_loss)
+        if not math.isfinite(loss):  # only on failure: find the sites, while the traces exist
+            self.non_finite_sites = self.non_finite_terms(model_trace, guide_trace)
+        return loss, surrogate_loss
+
+    def non_finite_terms(self, model_trace, guide_trace) -> Dict[str, str]:
+        """Diagnose a non-finite loss: re-evaluate every site's term on the given traces and
+        return ``{site name: description}`` for the terms that are NaN or infinite, e.g.
+        ``{"net.0.weight_slab": "KL = nan"}`` (``"log-likelihood = -inf"`` for observed
+        sites). The last failure seen while computing a loss is kept in
+        :attr:`non_finite_sites`."""
+        found = {}
+        for name, is_kl, term in self._site_terms(model_trace, guide_trace):
+            value = float(term.detach()) if isinstance(term, torch.Tensor) else float(term)
+            if not math.isfinite(value):
+                found[name] = f"{'KL' if is_kl else 'log-likelihood'} = {value}"
+        return found
+
+    @torch.no_grad()
+    def diagnose(self, model, guide, *args, **kwargs) -> Dict[str, str]:
+        """Run ``guide`` and ``model`` once with distribution validation off and return
+        :meth:`non_finite_terms` of the traces: the sites whose terms are not finite, for a
+        step that failed before a loss existed (a distribution rejected NaN parameters)."""
+        import pyro
+
+        with pyro.validation_enabled(False):
+            model_trace, guide_trace = self._get_trace(model, guide, args, kwargs)
+            return self.non_finite_terms(model_trace, guide_trace)

@@ -13,6 +13,8 @@ __all__ = [
     "UnsupportedLayerError",
     "NotFittedError",
     "NonFiniteLossError",
+    "SaveFileError",
+    "ExportError",
 ]
 
 
@@ -38,3 +40,12 @@ class NotFittedError(SparseBNNError, RuntimeError):
 
 class NonFiniteLossError(SparseBNNError, FloatingPointError):
     """The ELBO became NaN or infinite during fitting."""
+
+
+class SaveFileError(SparseBNNError, ValueError):
+    """A save or checkpoint file is corrupt, foreign, of a newer format version, or holds a
+    network built differently from the one it is loaded into (the message names what differs)."""
+
+
+class ExportError(SparseBNNError, RuntimeError):
+    """Exporting a compressed module failed, or the exported file computes different outputs."""

@@ -1,8 +1,10 @@
 """Fitting a :class:`~pyro_sparse_bnn.network.SparseBNN` with Pyro's SVI over minibatches."""
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import pyro
@@ -12,11 +14,13 @@ import torch
 from pyro.infer import ELBO, SVI
 from tqdm.auto import tqdm
 
+from .checkpoint import Checkpoints, set_optimizer_state, set_rng_state
 from .elbo import MeanFieldELBO
-from .errors import HyperparameterError, InputError, NonFiniteLossError
+from .errors import HyperparameterError, InputError, NonFiniteLossError, SaveFileError
 from .network import SparseBNN
 from .optim import JointAdam, JointOptim
 from .priors.base import check_positive
+from .validation import check_bool, check_positive_int
 
 __all__ = ["fit", "FitHistory", "TemperatureSchedule", "geometric_temperature"]
 
@@ -107,10 +111,64 @@ def _non_finite_parameters(bnn: SparseBNN) -> List[str]:
     return [name for name, p in bnn.named_parameters() if not bool(torch.isfinite(p).all())]
 
 
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise HyperparameterError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+class _NonFiniteStep(Exception):
+    """Raised inside ``SVI.step`` by the loss guard, before the optimiser sees the gradients."""
+
+    def __init__(self, loss: float):
+        super().__init__(loss)
+        self.loss = loss
+
+
+def _guard_non_finite(svi: SVI) -> None:
+    """Make ``svi.step`` raise :class:`_NonFiniteStep` when the loss is NaN or infinite,
+    before the optimiser step: the parameters keep their last finite values."""
+    inner = svi.loss_and_grads
+
+    def guarded(model, guide, *args, **kwargs):
+        loss = inner(model, guide, *args, **kwargs)
+        if not math.isfinite(loss):
+            raise _NonFiniteStep(loss)
+        return loss
+
+    svi.loss_and_grads = guarded
+
+
+def _fit_config(**arguments) -> dict:
+    """The arguments that shape the trajectory, as plain data (compared on resume)."""
+    config = {}
+    for name, value in arguments.items():
+        if callable(value) and not isinstance(value, type):
+            value = f"<callable {getattr(value, '__qualname__', type(value).__name__)}>"
+        elif isinstance(value, (tuple, list)):
+            value = tuple(float(v) for v in value)
+        config[name] = value
+    return config
+
+
+def _check_resume_config(saved: dict, current: dict, path) -> None:
+    for name, value in current.items():
+        if name in saved and saved[name] != value and not (
+                isinstance(value, str) and value.startswith("<callable")):
+            raise HyperparameterError(
+                f"resume: the checkpoint {str(path)!r} was written by fit(..., {name}={saved[name]!r}) but this "
+                f"call has {name}={value!r}; resume with the same arguments (to continue with other "
+                f"settings, load the network with bnn.load_state(path) and call fit without resume)"
+            )
+
+
+def _check_checkpoint_path(path) -> Path:
+    try:
+        path = Path(path)
+    except TypeError:
+        raise InputError(f"checkpoint must be a file path, got {type(path).__name__}") from None
+    if path.is_dir() or not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        raise InputError(
+            f"checkpoint={str(path)!r}: need a file name in an existing, writable directory"
+        )
+    return path
+
+
+_check_positive_int = check_positive_int
 
 
 def fit(
@@ -133,6 +191,9 @@ def fit(
     shuffle: bool = True,
     progress: bool = True,
     callbacks: Sequence[Callable] = (),
+    checkpoint: Optional[Union[str, os.PathLike]] = None,
+    checkpoint_every: int = 1,
+    resume: Optional[Union[str, os.PathLike]] = None,
 ) -> FitHistory:
     """Fit the guide of ``bnn`` by stochastic variational inference (Pyro's ``SVI``).
 
@@ -182,12 +243,40 @@ def fit(
     :param bool progress: show a tqdm progress bar with the running ELBO.
     :param callbacks: functions ``callback(epoch, history, bnn)`` called after each epoch;
         one returning ``True`` stops the fit early.
-    :returns: :class:`FitHistory`.
-    :raises NonFiniteLossError: if the loss becomes NaN or infinite.
+    :param checkpoint: file to keep the fit's state in (a save file, see
+        :mod:`~pyro_sparse_bnn.checkpoint`; ``psb.load(path)`` reads it as a network). The
+        state at the end of an epoch is written every ``checkpoint_every`` epochs, after the
+        last epoch (or an early stop), and when the fit stops on an exception -- a
+        ``KeyboardInterrupt`` (Ctrl-C), a non-finite loss, an error in a callback --, in which
+        case the file holds the last *completed* epoch (an interrupted epoch is redone on
+        resume). Writes are atomic. The exception is then re-raised (a ``KeyboardInterrupt``
+        with a note saying how to resume): a script stopped by Ctrl-C stops.
+    :param int checkpoint_every: epochs between checkpoint writes (1).
+    :param resume: a checkpoint file to continue from: the network's state, the optimiser's,
+        the random number generators, the history and the epoch counter are restored, and the
+        fit runs its remaining epochs. Call ``fit`` with the same arguments as the run that
+        wrote it (a differing argument that shapes the trajectory raises
+        :class:`~pyro_sparse_bnn.errors.HyperparameterError`); then on the CPU the result is
+        bit-for-bit the one of an uninterrupted run with the same seed. ``bnn`` may be a fresh
+        network built like the one that was fitted. ``checkpoint`` and ``resume`` may be the
+        same file.
+    :returns: :class:`FitHistory` (on resume: the whole history, earlier epochs included).
+    :raises NonFiniteLossError: if the loss becomes NaN or infinite. The message names the
+        epoch, the step and the sample sites whose log-density or KL is not finite (with the
+        default :class:`~pyro_sparse_bnn.elbo.MeanFieldELBO`); the failing step is not
+        applied, so the network keeps its last finite parameters, and the checkpoint file, if
+        any, holds the last finite end-of-epoch state.
     """
     if not isinstance(bnn, SparseBNN):
         raise InputError(f"fit needs a SparseBNN, got {type(bnn).__name__}")
     epochs = _check_positive_int("epochs", epochs)
+    checkpoint_every = _check_positive_int("checkpoint_every", checkpoint_every)
+    checkpoint = None if checkpoint is None else _check_checkpoint_path(checkpoint)
+    shuffle, progress = check_bool("shuffle", shuffle), check_bool("progress", progress)
+    if callable(callbacks):
+        callbacks = [callbacks]
+    if not all(callable(c) for c in callbacks):
+        raise HyperparameterError("callbacks must be a sequence of functions callback(epoch, history, bnn)")
     batch_size = _check_positive_int("batch_size", batch_size)
     num_particles = _check_positive_int("num_particles", num_particles)
     lr = check_positive("lr", lr)
@@ -238,19 +327,30 @@ def fit(
             f"{num_data} examples"
         )
 
-    if seed is not None:
-        pyro.set_rng_seed(seed)
+    config = _fit_config(
+        epochs=epochs, batch_size=None if loader is not None else batch_size, lr=lr, lr_decay=lr_decay,
+        logit_lr=logit_lr, seed=seed, temperature=temperature, kl_warmup=kl_warmup,
+        indicator_warmup=indicator_warmup, num_particles=num_particles, shuffle=shuffle,
+        optim=type(optim).__name__, elbo=type(elbo).__name__, num_data=num_data,
+    )
     svi = SVI(
         bnn.model,
         bnn.guide,
         optim if optim is not None else JointAdam({"lr": lr}, _logit_multiplier(logits, lr, logit_lr)),
         elbo,
     )
-    history = FitHistory()
-    bar = tqdm(total=epochs * steps_per_epoch, disable=not progress, desc="SVI", unit="step",
-               mininterval=0.5)
+    _guard_non_finite(svi)
+    history, start_epoch = FitHistory(), 0
+    if resume is not None:
+        history, start_epoch = _resume(bnn, svi, resume, config)
+    elif seed is not None:
+        pyro.set_rng_seed(seed)
+    checkpoints = None if checkpoint is None else Checkpoints(checkpoint, checkpoint_every, bnn, svi.optim, config)
+    bar = tqdm(total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, disable=not progress,
+               desc="SVI", unit="step", mininterval=0.5)
+    epoch = start_epoch
     try:
-        for epoch in range(epochs):
+        for epoch in range(start_epoch, epochs):
             tau = float(schedule(epoch))
             bnn.set_temperature(tau)
             if kl_warmup:
@@ -264,19 +364,20 @@ def fit(
                 try:
                     with bnn.reparameterization(skip_slab_draws=skip_slab_draws):
                         loss = svi.step(x_batch, y_batch)
+                except _NonFiniteStep as failure:
+                    raise NonFiniteLossError(
+                        _non_finite_message(bnn, elbo, f"the loss became {failure.loss} {where}", checkpoints)
+                    ) from None
                 except ValueError as error:  # distribution validation saw NaN/inf parameters
-                    bad = _non_finite_parameters(bnn)
-                    if bad:
+                    if _non_finite_parameters(bnn):
+                        if isinstance(elbo, MeanFieldELBO):
+                            with bnn.reparameterization(skip_slab_draws=skip_slab_draws):
+                                elbo.non_finite_sites = elbo.diagnose(bnn.model, bnn.guide, x_batch, y_batch)
                         raise NonFiniteLossError(
-                            f"non-finite parameters {where}: {', '.join(bad)}"
+                            _non_finite_message(bnn, elbo, f"a distribution got non-finite parameters {where} "
+                                                f"({str(error).splitlines()[0]})", checkpoints)
                         ) from error
                     raise
-                if not math.isfinite(loss):
-                    bad = _non_finite_parameters(bnn)
-                    raise NonFiniteLossError(
-                        f"the loss became {loss} {where}"
-                        + (f"; non-finite parameters: {', '.join(bad)}" if bad else "")
-                    )
                 total += loss
                 steps += 1
                 bar.update(1)
@@ -289,10 +390,67 @@ def fit(
             bar.set_postfix(epoch=epoch + 1, elbo=f"{-history.loss[-1]:.4g}", tau=f"{tau:.3g}")
             if epoch_decay != 1.0:
                 _scale_learning_rate(svi.optim, epoch_decay)
-            if any(callback(epoch, history, bnn) for callback in callbacks):
+            stop = any(callback(epoch, history, bnn) for callback in callbacks)
+            if checkpoints is not None:
+                checkpoints.snapshot(epoch + 1, history)
+            if stop:
                 break
+    except KeyboardInterrupt as interrupt:
+        if checkpoints is not None:
+            checkpoints.flush()
+            interrupt.add_note(f"pyro_sparse_bnn.fit was interrupted in epoch {epoch}; {checkpoints.describe()}: "
+                               f"continue with fit(..., resume={str(checkpoint)!r})")
+        else:
+            interrupt.add_note(f"pyro_sparse_bnn.fit was interrupted in epoch {epoch}; pass checkpoint=path to "
+                               f"fit to be able to resume")
+        raise
+    except BaseException:
+        if checkpoints is not None:
+            checkpoints.flush()
+        raise
     finally:
         bar.close()
         for p in logits:
             p.requires_grad_(True)
+        for p in bnn.parameters():
+            p.grad = None
+    if checkpoints is not None:
+        checkpoints.flush()
     return history
+
+
+def _resume(bnn: SparseBNN, svi: SVI, path, config: dict):
+    """Restore the state of the checkpoint ``path`` into ``bnn`` and ``svi``; return the
+    history so far and the epoch to continue with."""
+    from .serialization import _state_into, read
+
+    contents = read(path, map_location=bnn.temperature.device)
+    state = contents.get("fit_state")
+    if not isinstance(state, dict):
+        raise SaveFileError(f"resume: {str(path)!r} is a saved network, not a checkpoint written by fit(checkpoint=...)")
+    _check_resume_config(state["config"], config, path)
+    _state_into(bnn, contents, repr(str(path)))
+    set_optimizer_state(svi.optim, dict(bnn.named_parameters()), state["optimizer"])
+    set_rng_state(state["rng"])
+    return FitHistory(**contents["history"]), int(state["epoch"])
+
+
+def _non_finite_message(bnn: SparseBNN, elbo, what: str, checkpoints: Optional[Checkpoints]) -> str:
+    """The :class:`NonFiniteLossError` message: what failed where, the sites whose terms are
+    not finite, the non-finite parameters, and where the last finite state is."""
+    parts = [what]
+    sites = getattr(elbo, "non_finite_sites", None)
+    if sites:
+        parts.append("non-finite terms at sample sites: " + ", ".join(f"{k!r} ({v})" for k, v in sites.items()))
+        sites.clear()
+    elif sites is None:
+        parts.append(f"(use MeanFieldELBO to have the failing sample sites named; {type(elbo).__name__} cannot)")
+    bad = _non_finite_parameters(bnn)
+    if bad:
+        parts.append(f"non-finite parameters: {', '.join(bad)}")
+    if checkpoints is not None:
+        parts.append(checkpoints.describe())
+    else:
+        parts.append("the network keeps its parameters from before the failing step; pass checkpoint=path "
+                     "to fit to keep the last finite end-of-epoch state in a file")
+    return "; ".join(parts)

@@ -32,6 +32,7 @@ import torch
 from .compress import analyse_structure
 from .errors import InputError
 from .network import SparseBNN
+from .validation import check_bnn, check_positive_int, check_threshold
 
 __all__ = [
     "edge_inclusion_probs",
@@ -104,6 +105,8 @@ def inclusion_draws(bnn: SparseBNN, num_samples: int = 1):
     :returns: ``(features, nodes)``: 0/1 tensors ``(num_samples, num_inputs)`` and
         ``{layer_name: (num_samples, out_units)}`` for every layer but the output layer.
     """
+    check_bnn(bnn, "inclusion_draws")
+    num_samples = check_positive_int("num_samples", num_samples, InputError)
     groups = []
     for layer in bnn.layers:
         probs = layer.inclusion_groups()
@@ -114,6 +117,7 @@ def inclusion_draws(bnn: SparseBNN, num_samples: int = 1):
 @torch.no_grad()
 def edge_inclusion_probs(bnn: SparseBNN) -> Dict[str, torch.Tensor]:
     """PIP of every weight, keyed by layer name; each of the layer's weight shape."""
+    check_bnn(bnn, "edge_inclusion_probs")
     return {layer.spec.name: layer.edge_inclusion_probs() for layer in bnn.layers}
 
 
@@ -124,6 +128,7 @@ def node_inclusion_probs(bnn: SparseBNN) -> Dict[str, torch.Tensor]:
 
     :returns: ``{layer_name: (out_units,)}`` for every layer but the output layer.
     """
+    check_bnn(bnn, "node_inclusion_probs")
     return _unit_inclusion(bnn, [layer.inclusion_groups() for layer in bnn.layers])[1]
 
 
@@ -131,6 +136,7 @@ def node_inclusion_probs(bnn: SparseBNN) -> Dict[str, torch.Tensor]:
 def feature_inclusion_probs(bnn: SparseBNN) -> torch.Tensor:
     """PIP of every input unit of the first layer: ``(num_inputs,)`` -- input features, or
     input channels for a network that starts with a conv layer."""
+    check_bnn(bnn, "feature_inclusion_probs")
     return _inputs_used(bnn.layers[0])
 
 
@@ -228,6 +234,7 @@ def inclusion_summary(
     :raises InputError: for fits of different models or a wrong number of feature names.
     """
     fits = check_same_network(bnn, "bnn")
+    threshold = check_threshold(threshold, fits[0].priors)
     if not 0 < interval <= 1:
         raise InputError(f"interval must lie in (0, 1], got {interval!r}")
     if feature_names is None:
@@ -259,6 +266,7 @@ def group_scale_summary(bnn: SparseBNN) -> pd.DataFrame:
         ``gamma``), ``scale_mean``, ``scale_std``, ``scale_q05`` and ``scale_q95``; empty when
         no layer has group scales.
     """
+    check_bnn(bnn, "group_scale_summary")
     frames = []
     for layer in bnn.layers:
         group_scales = getattr(layer, "group_scales", None)

@@ -275,6 +275,29 @@ class SparseBNN(nn.Module):
         )
         return self.likelihood.summarize(draws)
 
+    # -- saving and loading (see pyro_sparse_bnn.serialization) -------------------------
+    def save(self, path, history=None):
+        """Save this network (and optionally the ``history`` returned by ``fit``) to one file;
+        same as :func:`pyro_sparse_bnn.save`. :returns: the path written."""
+        from .serialization import save
+
+        return save(self, path, history)
+
+    @classmethod
+    def load(cls, path, map_location="cpu") -> "SparseBNN":
+        """Rebuild a network saved with :meth:`save`; same as :func:`pyro_sparse_bnn.load`."""
+        from .serialization import load
+
+        return load(path, map_location)
+
+    def load_state(self, path) -> "SparseBNN":
+        """Load the fitted state of a save file or checkpoint into this network, which must be
+        built the same way (architecture, priors, likelihood, dtype); a
+        :class:`~pyro_sparse_bnn.errors.SaveFileError` names what differs. :returns: ``self``."""
+        from .serialization import load_state
+
+        return load_state(self, path)
+
     def extra_repr(self):
         widths = "-".join(map(str, self.architecture.widths))
         priors = {type(p).__name__ for p in self.priors}

@@ -10,9 +10,12 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .errors import InputError
+from .errors import HyperparameterError, InputError, NotFittedError
 
-__all__ = ["as_tensor", "check_features", "check_finite", "check_same_length"]
+__all__ = [
+    "as_tensor", "check_features", "check_finite", "check_same_length", "check_bnn",
+    "check_positive_int", "check_bool", "check_threshold",
+]
 
 
 def as_tensor(value, name: str, dtype: Optional[torch.dtype] = None, device=None) -> torch.Tensor:
@@ -85,3 +88,55 @@ def check_same_length(tensors: Sequence[torch.Tensor], names: Sequence[str]) -> 
     if len(set(lengths)) > 1:
         described = ", ".join(f"{n} has {k}" for n, k in zip(names, lengths, strict=True))
         raise InputError(f"mismatched number of examples: {described}")
+
+
+def check_bnn(bnn, what: str, fitted: bool = False):
+    """Raise :class:`InputError` unless ``bnn`` is a :class:`~pyro_sparse_bnn.network.SparseBNN`
+    (and :class:`~pyro_sparse_bnn.errors.NotFittedError` if ``fitted`` and it is not fitted).
+
+    :param str what: the calling function, for the message.
+    """
+    from .network import SparseBNN
+
+    if not isinstance(bnn, SparseBNN):
+        raise InputError(f"{what} needs a SparseBNN as bnn, got {type(bnn).__name__}")
+    if fitted and not bnn.is_fitted:
+        raise NotFittedError(
+            f"{what}: the network has not been fitted yet (its guide still has its initial "
+            f"parameters); call pyro_sparse_bnn.fit first"
+        )
+    return bnn
+
+
+def check_positive_int(name: str, value, error=HyperparameterError) -> int:
+    """``value`` as an int if it is a positive integer (not a bool), else raise ``error``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer)) or int(value) != value or value < 1:
+        raise error(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_bool(name: str, value) -> bool:
+    """``value`` if it is ``True`` or ``False``, else raise :class:`HyperparameterError`."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise HyperparameterError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_threshold(threshold, priors) -> Optional[float]:
+    """A keep-rule ``threshold``: ``None`` (each prior's default) or a finite number, in
+    [0, 1] when some prior thresholds inclusion probabilities (its default lies in (0, 1)).
+
+    :raises HyperparameterError: otherwise.
+    """
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating, np.integer)) \
+            or not np.isfinite(threshold):
+        raise HyperparameterError(f"threshold must be None or a finite number, got {threshold!r}")
+    pip_priors = sorted({type(p).__name__ for p in priors if 0 < getattr(p, "threshold", -1) < 1})
+    if pip_priors and not 0 <= threshold <= 1:
+        raise HyperparameterError(
+            f"threshold must lie in [0, 1] (a posterior inclusion probability) for "
+            f"{', '.join(pip_priors)}, got {threshold!r}"
+        )
+    return float(threshold)
