@@ -83,7 +83,6 @@ from .priors import (
     theory_prior_inclusion,
 )
 from .reparameterization import LocalReparameterization, local_reparameterization
-from .serialization import load, load_history, load_state, save
 from .self_compression import (
     CompressionRound,
     SelfCompression,
@@ -92,6 +91,7 @@ from .self_compression import (
     shrink_bnn,
     unit_relevance,
 )
+from .serialization import load, load_history, load_state, save
 
 __version__ = "0.1.0"
 

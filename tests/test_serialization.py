@@ -4,7 +4,14 @@ import pytest
 import torch
 
 import pyro_sparse_bnn as psb
-from pyro_sparse_bnn import GaussianLikelihood, NonFiniteLossError, SaveFileError, SparseBNN, SpikeSlab, fit
+from pyro_sparse_bnn import (
+    GaussianLikelihood,
+    NonFiniteLossError,
+    SaveFileError,
+    SparseBNN,
+    SpikeSlab,
+    fit,
+)
 
 from .conftest import conv_net, mlp
 
