@@ -17,6 +17,7 @@ the bit-rounded module); the dense network's accuracy is the reference.
 """
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -96,6 +97,11 @@ def main(argv=None):
     parser.add_argument("--dense-lr", type=float, default=1e-3)
     parser.add_argument("--dense-accuracy", type=float, default=None,
                         help="reuse the dense network's test accuracy from an earlier run instead of training it")
+    parser.add_argument("--init-from-dense", action="store_true",
+                        help="start every BNN's posterior means at the trained dense network's weights "
+                             "(the budget is then the dense epochs plus --bnn-epochs)")
+    parser.add_argument("--bnn-epochs", type=int, default=None,
+                        help="epochs of SVI (default: --epochs, the dense network's budget)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default=None, help="directory with the Fashion-MNIST IDX files")
     parser.add_argument("--n-train", type=int, default=None, help="use only this many training images")
@@ -109,6 +115,9 @@ def main(argv=None):
     widths = [int(w) for w in args.widths.split("-")]
     results = {"settings": vars(args), "runs": {}}
 
+    if args.init_from_dense and args.dense_accuracy is not None:
+        parser.error("--init-from-dense needs the dense network trained in this run (drop --dense-accuracy)")
+    bnn_epochs = args.epochs if args.bnn_epochs is None else args.bnn_epochs
     if args.dense_accuracy is None:
         torch.manual_seed(args.seed)
         dense = train_deterministic(mlp(widths), data.x_train, data.y_train, epochs=args.epochs,
@@ -128,7 +137,8 @@ def main(argv=None):
             t = args.log_alpha_threshold
             options["log_alpha_threshold"] = t[0] if len(t) == 1 else t
         prior = PRIORS[name](**options)
-        bnn = psb.SparseBNN(mlp(widths), prior, likelihood="categorical", num_data=len(data.x_train),
+        network = copy.deepcopy(dense.module) if args.init_from_dense else mlp(widths)
+        bnn = psb.SparseBNN(network, prior, likelihood="categorical", num_data=len(data.x_train),
                             local_reparameterization=args.local_reparameterization)
         start = time.perf_counter()
 
@@ -142,7 +152,7 @@ def main(argv=None):
             bnn.load_state_dict(torch.load(Path(args.load) / f"{name}.pt"))
             fitted = {"loaded_from": args.load}
         else:
-            history = psb.fit(bnn, data.x_train, data.y_train, epochs=args.epochs, batch_size=args.batch_size,
+            history = psb.fit(bnn, data.x_train, data.y_train, epochs=bnn_epochs, batch_size=args.batch_size,
                               lr=args.lr, lr_decay=args.lr_decay, logit_lr=args.logit_lr,
                               kl_warmup=args.kl_warmup, indicator_warmup=args.indicator_warmup,
                               seed=args.seed, progress=False, callbacks=[report_nodes])
