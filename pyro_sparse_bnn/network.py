@@ -256,23 +256,31 @@ class SparseBNN(nn.Module):
             return poutine.replay(self.model, trace=guide_trace)(x)
 
     @torch.no_grad()
-    def predict(self, x, num_samples: int = 100, batch_size: Optional[int] = None) -> Prediction:
+    def predict(self, x, num_samples: int = 100, batch_size: Optional[int] = None,
+                seed: Optional[int] = None) -> Prediction:
         """Posterior predictive from ``num_samples`` Monte Carlo draws of the guide.
 
         :param x: inputs ``(batch, *input_shape)`` (tensor or array).
         :param int num_samples: number of guide draws.
         :param batch_size: split ``x`` into chunks of this size to bound memory.
+        :param seed: draw with this seed, so that two calls give identical predictions,
+            without touching the global random state (``None``: draw from the global state).
         :returns: :class:`~pyro_sparse_bnn.likelihoods.Prediction` (class probabilities, or
             mean and standard deviation for regression).
         """
         if int(num_samples) != num_samples or num_samples < 1:
             raise InputError(f"num_samples must be a positive integer, got {num_samples!r}")
+        if seed is not None and (isinstance(seed, bool) or int(seed) != seed):
+            raise InputError(f"seed must be an integer or None, got {seed!r}")
         x, _ = self.as_data(x)
         self.check_data(x)
         chunks = [x] if batch_size is None else torch.split(x, int(batch_size))
-        draws = torch.cat(
-            [torch.stack([self(chunk) for _ in range(int(num_samples))]) for chunk in chunks], dim=1
-        )
+        with torch.random.fork_rng(devices=[]) if seed is not None else nullcontext():
+            if seed is not None:
+                torch.manual_seed(int(seed))
+            draws = torch.cat(
+                [torch.stack([self(chunk) for _ in range(int(num_samples))]) for chunk in chunks], dim=1
+            )
         return self.likelihood.summarize(draws)
 
     # -- saving and loading (see pyro_sparse_bnn.serialization) -------------------------

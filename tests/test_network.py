@@ -8,7 +8,7 @@ from pyro import poutine
 from pyro.infer import SVI, Predictive, TraceMeanField_ELBO
 from torch import nn
 
-from pyro_sparse_bnn import GaussianLikelihood, MeanFieldELBO, SparseBNN, SpikeSlab
+from pyro_sparse_bnn import GaussianLikelihood, InputError, MeanFieldELBO, SparseBNN, SpikeSlab
 
 from .conftest import mlp
 
@@ -69,6 +69,17 @@ def test_predict_summarises_draws(small_bnn, classification_data):
     assert prediction.probs.shape == (60, 3) and prediction.draws.shape == (20, 60, 3)
     assert torch.allclose(prediction.probs.sum(-1), torch.ones(60))
     assert torch.all(prediction.std >= 0)
+
+
+def test_predict_with_a_seed_is_reproducible_and_leaves_the_global_state_alone(small_bnn, classification_data):
+    x, _ = classification_data
+    state = torch.get_rng_state()
+    first = small_bnn.predict(x, num_samples=5, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(small_bnn.predict(x, num_samples=5, seed=3).draws, first.draws)
+    assert not torch.equal(small_bnn.predict(x, num_samples=5, seed=4).draws, first.draws)
+    with pytest.raises(InputError, match="seed"):
+        small_bnn.predict(x, seed=1.5)
 
 
 @pytest.mark.parametrize("y_shape", [(30,), (30, 1)])
