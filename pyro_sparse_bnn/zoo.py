@@ -75,6 +75,7 @@ __all__ = [
     "render_card",
     "render_table",
     "update_readme_table",
+    "run_fingerprint",
     "SMOKE",
 ]
 
@@ -421,6 +422,19 @@ def _fit_options(train: dict, epochs: int, batch_size: int, progress: bool, prio
     return options
 
 
+#: the sections that decide what a run measures (the others are prose for the card)
+RUN_SECTIONS = ("data", "model", "prior", "likelihood", "train", "compress", "baselines")
+
+
+def run_fingerprint(entry: ZooEntry) -> str:
+    """SHA-256 of the checked sections that decide what a run measures, stored with the
+    metrics so that a card's numbers can be checked to come from the entry's current config
+    (the card's prose -- ``[entry]``, ``[budget]``, ``[published]`` -- may change without a
+    rerun)."""
+    sections = {name: entry.config[name] for name in RUN_SECTIONS}
+    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
+
+
 def _baseline_key(entry: ZooEntry, schedule: dict, smoke: bool) -> str:
     """Baselines depend on the data, architecture, likelihood and budget, not on the prior:
     entries that share these share their baselines (see ``baseline_cache`` of
@@ -605,8 +619,10 @@ def run_entry(
     cache_file = None if baseline_cache is None else Path(baseline_cache) / f"{key}.json"
     if cache_file is not None and cache_file.exists():
         baselines = json.loads(cache_file.read_text())
-        baselines["shared_from"] = baselines.get("shared_from") or baselines.pop("trained_by", None)
-        echo(f"baselines reused from {cache_file} (trained by entry {baselines['shared_from']})")
+        trained_by = baselines.pop("trained_by", None)
+        if trained_by != entry.name:  # a rerun of the same entry shares nothing
+            baselines["shared_from"] = trained_by
+        echo(f"baselines reused from {cache_file} (trained by entry {trained_by})")
     else:
         baselines = _run_baselines(entry_for_baselines, data, make_net, schedule, progress, echo)
         if cache_file is not None:
@@ -621,7 +637,7 @@ def run_entry(
     metrics = {
         "entry": entry.name,
         "config": str(entry.path),
-        "config_sha256": hashlib.sha256(entry.text.encode()).hexdigest(),
+        "run_config_sha256": run_fingerprint(entry),
         "command": command,
         "smoke": smoke,
         "task": data.task,
@@ -742,12 +758,14 @@ def render_card(entry: ZooEntry, metrics: Optional[dict] = None) -> str:
                          f"{_fmt(dense['seconds'], 'seconds')} |")
         gaussian = baselines.get("gaussian_bnn")
         if gaussian:
-            lines.append(f"| baseline: dense mean-field Gaussian BNN (`SelfCompressingGaussian`, no pruning) | "
+            itself = " (this entry's own BNN)" if gaussian.get("same_as_entry") else ""
+            lines.append(f"| baseline: dense mean-field Gaussian BNN (`SelfCompressingGaussian`, no pruning){itself} | "
                          f"{_fmt(gaussian[metric], kind)} | {compressed['architecture_before']} | 100 % | | | "
                          f"{_fmt(gaussian['seconds'], 'seconds')} |")
         lines.append("")
         if "validation_" + metric in metrics["bnn"]:
-            lines += [f"Validation {metric} of the BNN: {_fmt(metrics['bnn']['validation_' + metric], kind)} "
+            lines += [f"Validation {'accuracy' if metric == 'accuracy' else 'RMSE'} of the BNN: "
+                      f"{_fmt(metrics['bnn']['validation_' + metric], kind)} "
                       f"({metrics['data']['n_val']} examples).", ""]
         selection = compressed.get("feature_selection")
         if selection:
@@ -764,7 +782,8 @@ def render_card(entry: ZooEntry, metrics: Optional[dict] = None) -> str:
                       "data, split, architecture, initial weights and budget, and are shared.", ""]
         lines += [f"Total time of the run (fit, evaluation, baselines, plots): "
                   f"{_fmt(metrics['timing']['total_seconds'], 'seconds')}; "
-                  f"{1e3 * metrics['timing']['seconds_per_step']:.1f} ms per SVI step. Plots written with the run: "
+                  f"{1e3 * metrics['timing']['seconds_per_step']:.1f} ms per SVI step (wall-clock on a 2-core machine "
+                  "shared with other jobs: times vary severalfold between runs). Plots in the output directory: "
                   f"{', '.join(metrics.get('plots', [])) or 'none'}.", ""]
     lines += ["## Budget", ""]
     schedule_text = config["budget"].get("full_schedule")
