@@ -62,4 +62,10 @@ def test_notebook_runs_in_smoke_mode(path, monkeypatch):
     kernel = KernelManager(kernel_name="python3", kernel_spec_manager=_ThisInterpreter())
     client = NotebookClient(book, km=kernel, timeout=CELL_TIMEOUT, kernel_name="python3",
                             resources={"metadata": {"path": str(TUTORIALS)}})
-    client.execute()  # raises CellExecutionError, naming the cell, on any error
+    try:
+        client.execute()  # raises CellExecutionError, naming the cell, on any error
+    finally:
+        # the client does not own a kernel manager it was given: without this each kernel
+        # (about 500 MB) lives until pytest exits
+        if kernel.has_kernel:
+            kernel.shutdown_kernel(now=True)
