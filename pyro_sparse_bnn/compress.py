@@ -155,7 +155,7 @@ def _units(tensor: torch.Tensor, num_units: int) -> torch.Tensor:
     return tensor.reshape(tensor.shape[0], num_units, -1)
 
 
-def _input_columns(spec, kept_units: torch.Tensor) -> torch.Tensor:
+def input_columns(spec, kept_units: torch.Tensor) -> torch.Tensor:
     """Boolean mask over dim 1 of the weight of layer ``spec`` selecting the inputs that
     belong to ``kept_units`` (a mask over the previous layer's units)."""
     return kept_units.repeat_interleave(spec.in_units // len(kept_units))
@@ -430,7 +430,7 @@ def _precisions(bnn: SparseBNN, structure: Structure) -> Optional[List[LayerPrec
             mean, var = (layer.spec.split(m)[0] for m in layer.weight_moments())
         except NotImplementedError:
             return None
-        rows, cols = _kept_rows(structure, i), _input_columns(layer.spec, kept_units)
+        rows, cols = _kept_rows(structure, i), input_columns(layer.spec, kept_units)
         mask = structure.weight_masks[i][rows][:, cols]
         precisions.append(layer_precision(
             layer.spec.name, mean[rows][:, cols][mask], var[rows][:, cols][mask],
@@ -479,7 +479,7 @@ def compress(bnn: SparseBNN, threshold: Optional[float] = None, bits: bool = Fal
         modules.append(SelectInputs(kept_features, bnn.num_inputs, dim=1 if specs[0].kind == "conv2d" else -1))
         kept_units = structure.kept_features
         for i, spec in enumerate(specs):
-            rows, cols = _kept_rows(structure, i), _input_columns(spec, kept_units)
+            rows, cols = _kept_rows(structure, i), input_columns(spec, kept_units)
             weight = structure.weights[i][rows][:, cols]
             if bits:
                 weight = round_to_precision(weight, precision[i].significand_bits)

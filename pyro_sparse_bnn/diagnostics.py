@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 from .errors import InputError, NotFittedError
 from .inclusion import check_same_network, inclusion_draws
 from .network import SparseBNN
+from .validation import check_positive_int
 
 __all__ = [
     "to_inference_data",
@@ -70,12 +71,6 @@ def _without_local_reparameterization(fn: Callable) -> Callable:
     """``fn`` with the ``sparse_layer`` effect hidden from any enclosing handler: the model
     forms each weight tensor from its sample sites (log densities need actual weights)."""
     return poutine.block(fn, hide_types=["sparse_layer"])
-
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InputError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _fitted(fits: Fits, what: str = "bnn"):
@@ -140,7 +135,7 @@ def to_inference_data(
     """
     fits = _fitted(bnn)
     first = fits[0]
-    num_samples = _check_positive_int("num_samples", num_samples)
+    num_samples = check_positive_int("num_samples", num_samples, InputError)
     if feature_names is None:
         feature_names = [f"x{i}" for i in range(first.num_inputs)]
     elif len(feature_names) != first.num_inputs:
@@ -152,7 +147,7 @@ def to_inference_data(
     if x is not None:
         x, y = first.check_data(*first.as_data(x, y))
         chunks = [(x, y)] if batch_size is None else list(
-            zip(torch.split(x, _check_positive_int("batch_size", batch_size)),
+            zip(torch.split(x, check_positive_int("batch_size", batch_size, InputError)),
                 torch.split(y, batch_size), strict=True))
     if seed is not None:
         pyro.set_rng_seed(seed)
@@ -335,7 +330,7 @@ def variational_khat(model: Callable, guide: Callable, *args, num_samples: int =
     :raises InputError: if a latent model site has no guide site, or a log weight is NaN or
         ``+inf``.
     """
-    num_samples = _check_positive_int("num_samples", num_samples)
+    num_samples = check_positive_int("num_samples", num_samples, InputError)
     if num_samples < 10:
         raise InputError(f"num_samples must be at least 10 for a Pareto fit, got {num_samples}")
     if seed is not None:

@@ -78,7 +78,9 @@ def _schedule(temperature: TemperatureSchedule, bnn: SparseBNN, epochs: int) -> 
     return lambda epoch: value
 
 
-def _batches(x, y, batch_size: int, shuffle: bool):
+def minibatches(x, y, batch_size: int, shuffle: bool):
+    """Yield ``(x[idx], y[idx])`` minibatches of at most ``batch_size`` examples covering the
+    data once, in a random order (torch's global generator) when ``shuffle`` (``y`` may be ``None``)."""
     n = x.shape[0]
     order = torch.randperm(n, device=x.device) if shuffle else torch.arange(n, device=x.device)
     for start in range(0, n, batch_size):
@@ -167,8 +169,6 @@ def _check_checkpoint_path(path) -> Path:
         )
     return path
 
-
-_check_positive_int = check_positive_int
 
 
 def fit(
@@ -269,16 +269,16 @@ def fit(
     """
     if not isinstance(bnn, SparseBNN):
         raise InputError(f"fit needs a SparseBNN, got {type(bnn).__name__}")
-    epochs = _check_positive_int("epochs", epochs)
-    checkpoint_every = _check_positive_int("checkpoint_every", checkpoint_every)
+    epochs = check_positive_int("epochs", epochs)
+    checkpoint_every = check_positive_int("checkpoint_every", checkpoint_every)
     checkpoint = None if checkpoint is None else _check_checkpoint_path(checkpoint)
     shuffle, progress = check_bool("shuffle", shuffle), check_bool("progress", progress)
     if callable(callbacks):
         callbacks = [callbacks]
     if not all(callable(c) for c in callbacks):
         raise HyperparameterError("callbacks must be a sequence of functions callback(epoch, history, bnn)")
-    batch_size = _check_positive_int("batch_size", batch_size)
-    num_particles = _check_positive_int("num_particles", num_particles)
+    batch_size = check_positive_int("batch_size", batch_size)
+    num_particles = check_positive_int("num_particles", num_particles)
     lr = check_positive("lr", lr)
     if logit_lr is not None:
         logit_lr = check_positive("logit_lr", logit_lr)
@@ -358,7 +358,7 @@ def fit(
             for p in logits:  # frozen parameters get no gradient, so the optimiser skips them
                 p.requires_grad_(epoch >= indicator_warmup)
             start, total, steps = time.perf_counter(), 0.0, 0
-            batches = loader if loader is not None else _batches(x, y, batch_size, shuffle)
+            batches = loader if loader is not None else minibatches(x, y, batch_size, shuffle)
             for x_batch, y_batch in batches:
                 where = f"at epoch {epoch}, step {steps} (step {history.num_steps + steps} overall)"
                 try:

@@ -49,11 +49,12 @@ from tqdm.auto import tqdm
 from .architecture import ELEMENTWISE_MODULES
 from .distributions import normal_kl
 from .errors import HyperparameterError, InputError, NonFiniteLossError
-from .fit import FitHistory, _batches, _check_positive_int
+from .fit import FitHistory, minibatches
 from .likelihoods import GaussianLikelihood
 from .network import SparseBNN
 from .priors.base import check_positive
 from .priors.self_compressing import SelfCompressingLayer
+from .validation import check_positive_int
 
 __all__ = [
     "MomentPrediction",
@@ -251,8 +252,8 @@ def fit_moments(bnn: SparseBNN, x, y, *, epochs: int = 100, batch_size: int = 12
     :raises NonFiniteLossError: if the loss becomes NaN or infinite.
     """
     _trainable(bnn)
-    epochs = _check_positive_int("epochs", epochs)
-    batch_size = _check_positive_int("batch_size", batch_size)
+    epochs = check_positive_int("epochs", epochs)
+    batch_size = check_positive_int("batch_size", batch_size)
     lr = check_positive("lr", lr)
     x, y = bnn.check_data(*bnn.as_data(x, y))
     if bnn.num_data is None:
@@ -266,7 +267,7 @@ def fit_moments(bnn: SparseBNN, x, y, *, epochs: int = 100, batch_size: int = 12
     history = FitHistory()
     for _ in tqdm(range(epochs), disable=not progress, desc="moment fit", unit="epoch"):
         total, steps = 0.0, 0
-        for x_batch, y_batch in _batches(x, y, batch_size, shuffle=True):
+        for x_batch, y_batch in minibatches(x, y, batch_size, shuffle=True):
             loss = moment_loss(bnn, x_batch, y_batch)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"the moment loss became {float(loss)} after {history.num_steps + steps} steps")

@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .architecture import parse_sequential
-from .compress import _input_columns
+from .compress import input_columns
 from .errors import HyperparameterError, InputError, NotFittedError
 from .fit import fit
 from .network import SparseBNN
@@ -132,7 +132,7 @@ def select_units(relevance, fraction: Optional[float] = None, count: Optional[in
 def augmented_columns(spec: LayerSpec, kept_inputs: torch.Tensor) -> torch.Tensor:
     """Boolean mask over the ``fan_in + 1`` columns of the augmented matrix of ``spec`` that
     belong to the kept units of the previous layer (``kept_inputs``; the bias column is kept)."""
-    columns = _input_columns(spec, kept_inputs).repeat_interleave(spec.fan_in // spec.in_units)
+    columns = input_columns(spec, kept_inputs).repeat_interleave(spec.fan_in // spec.in_units)
     if spec.has_bias:
         columns = torch.cat([columns, columns.new_ones(1)])
     return columns
@@ -191,7 +191,7 @@ def shrink_network(net: nn.Sequential, keep, input_shape=None) -> nn.Sequential:
     """
     architecture = parse_sequential(net, input_shape)
     masks = _check_keep(architecture.specs, keep)
-    layers = {spec.name: _smaller_layer(spec.module, rows, _input_columns(spec, kept_in))
+    layers = {spec.name: _smaller_layer(spec.module, rows, input_columns(spec, kept_in))
               for spec, rows, kept_in in _row_masks(architecture.specs, masks)}
     modules = [layers[architecture.specs[s.layer_index].name] if s.is_parametric else copy.deepcopy(s.module)
                for s in architecture.stages]
