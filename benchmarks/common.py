@@ -1,12 +1,11 @@
 """Helpers shared by the benchmark scripts: timing with medians, JSON output."""
 
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
-import torch
+from pyro_sparse_bnn.zoo import environment
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -22,15 +21,6 @@ def median_time(fn, repeats: int = 7, number: int = 20, warmup: int = 5) -> floa
             fn()
         samples.append((time.perf_counter() - start) / number)
     return statistics.median(samples)
-
-
-def environment() -> dict:
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-    }
 
 
 def write(name: str, payload: dict) -> Path:

@@ -43,8 +43,7 @@ NETS = {"lenet5": psb.lenet5_caffe, "lenet300": psb.lenet_300_100}
 
 @torch.no_grad()
 def accuracy(module, x, y, batch_size=2000):
-    logits = torch.cat([module(chunk) for chunk in torch.split(x, batch_size)])
-    return float((logits.argmax(-1) == y).float().mean())
+    return psb.accuracy(torch.cat([module(chunk) for chunk in torch.split(x, batch_size)]), y)
 
 
 def posterior_mean_accuracy(bnn, x, y):
@@ -117,7 +116,7 @@ def main(argv=None):
     def record(round_index, fitted):
         row = rounds[round_index]
         prediction = fitted.predict(x_test, num_samples=args.num_samples, batch_size=2000)
-        row.update(round=round_index, bnn_accuracy=float((prediction.probs.argmax(-1) == y_test).float().mean()),
+        row.update(round=round_index, bnn_accuracy=psb.accuracy(prediction.probs, y_test),
                    bnn_mean_accuracy=posterior_mean_accuracy(fitted, x_test, y_test),
                    bnn_params=sum(layer.spec.num_params for layer in fitted.layers),
                    kept_units=[layer.spec.out_units for layer in fitted.layers[:-1]],

@@ -17,6 +17,7 @@ Typical use::
 from .bits import LayerPrecision, compression_rates, round_to_precision, weight_moments
 from .calibration import (
     CalibrationBins,
+    accuracy,
     expected_calibration_error,
     interval_coverage,
     predictive_pit,
@@ -131,6 +132,7 @@ __all__ = [
     "VariationalKhat",
     "psis_loo",
     "compare_priors",
+    "accuracy",
     "expected_calibration_error",
     "CalibrationBins",
     "interval_coverage",

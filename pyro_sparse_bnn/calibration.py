@@ -21,7 +21,16 @@ from .errors import InputError
 from .likelihoods import Prediction
 from .validation import as_tensor, check_finite, check_same_length
 
-__all__ = ["CalibrationBins", "expected_calibration_error", "predictive_pit", "interval_coverage"]
+__all__ = ["accuracy", "CalibrationBins", "expected_calibration_error", "predictive_pit", "interval_coverage"]
+
+
+def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of examples whose highest score is their label.
+
+    :param scores: logits or class probabilities ``(n, classes)``.
+    :param labels: integer labels ``(n,)``.
+    """
+    return float((scores.argmax(-1) == labels).double().mean())
 
 
 @dataclass

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .baselines import train_deterministic
+from .calibration import accuracy
 from .compress import compress, masked_posterior_mean
 from .datasets import digits
 from .fit import fit
@@ -58,10 +59,6 @@ def _pip_grid(pips: torch.Tensor, shape=(8, 8)) -> str:
     return "\n".join("   " + " ".join(f"{p:4.2f}" for p in row.tolist()) for row in rows)
 
 
-def _accuracy(logits_or_probs, labels) -> float:
-    return float((logits_or_probs.argmax(-1) == labels).float().mean())
-
-
 def run_demo(config: DemoConfig = DemoConfig(), echo=print) -> dict:
     """Run the demo and return its measured figures (accuracies, sizes, seconds)."""
     start = time.perf_counter()
@@ -95,12 +92,12 @@ def run_demo(config: DemoConfig = DemoConfig(), echo=print) -> dict:
     echo(_pip_grid(feature_inclusion_probs(bnn)))
 
     prediction = bnn.predict(data.x_test, num_samples=config.num_samples)
-    bnn_accuracy = _accuracy(prediction.probs, data.y_test)
+    bnn_accuracy = accuracy(prediction.probs, data.y_test)
     module, report = compress(bnn)
     with torch.no_grad():
         compressed_out = module(data.x_test)
         masked_out = masked_posterior_mean(bnn)(data.x_test)
-    compressed_accuracy = _accuracy(compressed_out, data.y_test)
+    compressed_accuracy = accuracy(compressed_out, data.y_test)
     echo("\ncompression report:")
     echo(str(report))
     dense = train_deterministic(
@@ -108,7 +105,7 @@ def run_demo(config: DemoConfig = DemoConfig(), echo=print) -> dict:
         batch_size=config.batch_size, seed=config.seed,
     )
     with torch.no_grad():
-        dense_accuracy = _accuracy(dense.module(data.x_test), data.y_test)
+        dense_accuracy = accuracy(dense.module(data.x_test), data.y_test)
     echo(f"\ntest accuracy: Bayesian network ({config.num_samples} posterior draws) "
          f"{bnn_accuracy:.3f}; compressed module {compressed_accuracy:.3f}; dense deterministic "
          f"network of the original shape, same epochs, {dense_accuracy:.3f}")
@@ -118,7 +115,7 @@ def run_demo(config: DemoConfig = DemoConfig(), echo=print) -> dict:
     for threshold in config.thresholds:
         swept_module, swept_report = compress(bnn, threshold=threshold)
         with torch.no_grad():
-            swept_accuracy = _accuracy(swept_module(data.x_test), data.y_test)
+            swept_accuracy = accuracy(swept_module(data.x_test), data.y_test)
         sweep.append({"threshold": threshold, "accuracy": swept_accuracy,
                       "nonzero_params": swept_report.nonzero_params_after})
     echo("PIP threshold of the kept weights (0.5 = median-probability model): "

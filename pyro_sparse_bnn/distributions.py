@@ -79,9 +79,12 @@ def bernoulli_kl(logits, prior_probs, probs=None):
     :param probs: ``sigmoid(logits)`` if already computed.
     :returns: tensor of the broadcast shape.
     """
+    probs = torch.sigmoid(logits) if probs is None else probs
+    prior = prior_probs if isinstance(prior_probs, float) else _python_scalar(torch.as_tensor(prior_probs))
+    if prior is not None and 0 < prior < 1:  # one lambda (a layer's): its logs in plain Python
+        return probs * (logits - (math.log(prior) - math.log1p(-prior))) - F.softplus(logits) - math.log1p(-prior)
     prior_probs = _compact(torch.as_tensor(prior_probs, dtype=logits.dtype, device=logits.device))
     prior_logit = torch.log(prior_probs) - torch.log1p(-prior_probs)
-    probs = torch.sigmoid(logits) if probs is None else probs
     return probs * (logits - prior_logit) - F.softplus(logits) - torch.log1p(-prior_probs)
 
 
@@ -357,11 +360,6 @@ class GatedNormal(TorchDistribution):
 
 @register_kl(ConcreteBernoulli, Bernoulli)
 def _kl_concrete_bernoulli(p, q):
-    prior = _python_scalar(q.probs)
-    if prior is not None and 0 < prior < 1:  # one lambda for the layer: its logs in plain Python
-        logits = p.logits
-        kl = p.probs * (logits - (math.log(prior) - math.log1p(-prior))) - F.softplus(logits)
-        return (kl - math.log1p(-prior)).expand(p.batch_shape)
     return bernoulli_kl(p.logits, q.probs, probs=p.probs).expand(p.batch_shape)
 
 

@@ -14,6 +14,7 @@ It is a drop-in Pyro ELBO: ``SVI(bnn.model, bnn.guide, optim, MeanFieldELBO())``
 import math
 from typing import Dict
 
+import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
@@ -120,7 +121,7 @@ class MeanFieldELBO(TraceMeanField_ELBO):
     def non_finite_terms(self, model_trace, guide_trace) -> Dict[str, str]:
         """Diagnose a non-finite loss: re-evaluate every site's term on the given traces and
         return ``{site name: description}`` for the terms that are NaN or infinite, e.g.
-        ``{"net.0.weight_slab": "KL = nan"}`` (``"log-likelihood = -inf"`` for observed
+        ``{"net.0.slab": "KL = nan"}`` (``"log-likelihood = -inf"`` for observed
         sites). The last failure seen while computing a loss is kept in
         :attr:`non_finite_sites`."""
         found = {}
@@ -135,8 +136,6 @@ class MeanFieldELBO(TraceMeanField_ELBO):
         """Run ``guide`` and ``model`` once with distribution validation off and return
         :meth:`non_finite_terms` of the traces: the sites whose terms are not finite, for a
         step that failed before a loss existed (a distribution rejected NaN parameters)."""
-        import pyro
-
         with pyro.validation_enabled(False):
             model_trace, guide_trace = self._get_trace(model, guide, args, kwargs)
             return self.non_finite_terms(model_trace, guide_trace)

@@ -28,7 +28,7 @@ from .errors import HyperparameterError, InputError
 from .likelihoods import Likelihood, Prediction, make_likelihood
 from .priors.base import Prior, PriorLayer, apply_layer, check_positive
 from .reparameterization import LocalReparameterization
-from .validation import as_tensor, check_features, check_same_length
+from .validation import as_tensor, check_features, check_positive_int, check_same_length
 
 __all__ = ["SparseBNN"]
 
@@ -268,8 +268,7 @@ class SparseBNN(nn.Module):
         :returns: :class:`~pyro_sparse_bnn.likelihoods.Prediction` (class probabilities, or
             mean and standard deviation for regression).
         """
-        if int(num_samples) != num_samples or num_samples < 1:
-            raise InputError(f"num_samples must be a positive integer, got {num_samples!r}")
+        num_samples = check_positive_int("num_samples", num_samples, InputError)
         if seed is not None and (isinstance(seed, bool) or int(seed) != seed):
             raise InputError(f"seed must be an integer or None, got {seed!r}")
         x, _ = self.as_data(x)

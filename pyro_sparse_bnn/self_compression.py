@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .architecture import parse_sequential
+from .calibration import accuracy
 from .compress import input_columns
 from .errors import HyperparameterError, InputError, NotFittedError
 from .fit import fit
@@ -255,9 +256,8 @@ def validation_metrics(bnn: SparseBNN, x, y, num_samples: int = 30, batch_size: 
     prediction = bnn.predict(x, num_samples=num_samples, batch_size=batch_size)
     if bnn.likelihood.is_classification:
         probs = prediction.probs
-        accuracy = float((probs.argmax(-1) == y).double().mean())
         picked = probs[torch.arange(len(y), device=y.device), y].clamp(min=torch.finfo(probs.dtype).tiny)
-        return accuracy, float(-picked.log().double().mean())
+        return accuracy(probs, y), float(-picked.log().double().mean())
     mean, std = prediction.mean.reshape(y.shape).double(), prediction.std.reshape(y.shape).double()
     rmse = float((mean - y).square().mean().sqrt())
     nll = 0.5 * torch.log(2 * math.pi * std.square()) + (y - mean).square() / (2 * std.square())

@@ -59,6 +59,7 @@ from torch import nn
 from . import datasets, nets
 from . import priors as prior_module
 from .baselines import train_deterministic
+from .calibration import accuracy
 from .compress import compress
 from .errors import SparseBNNError
 from .fit import fit
@@ -360,7 +361,7 @@ def _score(outputs: torch.Tensor, y: torch.Tensor, data: datasets.DataSplit) -> 
     """Accuracy of logits/probabilities ``(n, classes)``, or RMSE of predictions ``(n,)`` /
     ``(n, 1)`` in the data's original units."""
     if data.task == "classification":
-        return float((outputs.argmax(-1) == y).float().mean())
+        return accuracy(outputs, y)
     rmse = float((outputs.reshape(y.shape) - y).square().mean().sqrt())
     return rmse * data.info.get("target_std", 1.0)
 
@@ -515,7 +516,8 @@ def _save_plots(bnn, history, prediction, data, out: Path, echo) -> List[str]:
 
 
 # -- running -----------------------------------------------------------------------------------------
-def _environment() -> dict:
+def environment() -> dict:
+    """Python and torch versions, torch threads and machine, stored with every measurement."""
     return {"python": platform.python_version(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "machine": platform.machine()}
 
@@ -657,7 +659,7 @@ def run_entry(
         "timing": {"fit_seconds": fit_seconds, "seconds_per_step": fit_seconds / max(history.num_steps, 1),
                    "total_seconds": time.perf_counter() - start},
         "plots": plots,
-        "environment": _environment(),
+        "environment": environment(),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "card.md").write_text(render_card(entry, metrics))

@@ -72,3 +72,11 @@ def test_bad_input_is_named():
     with pytest.raises(InputError, match="levels"):
         interval_coverage(Prediction(torch.zeros(2), torch.zeros(2), torch.zeros(3, 2)), torch.zeros(2), 1.0,
                           levels=(1.5,))
+
+
+def test_accuracy_is_the_fraction_of_top_scores_on_the_label():
+    from pyro_sparse_bnn import accuracy
+
+    scores = torch.tensor([[0.1, 0.9], [2.0, -1.0], [0.3, 0.7], [0.6, 0.4]])
+    assert accuracy(scores, torch.tensor([1, 0, 0, 1])) == 0.5
+    assert accuracy(scores, torch.tensor([1, 0, 1, 0])) == 1.0
