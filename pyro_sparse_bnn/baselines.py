@@ -27,8 +27,8 @@ from torch import nn
 
 from .architecture import Architecture, parse_sequential
 from .compress import Compressed, CompressionReport, ConstantOutput, SelectInputs
-from .errors import InputError
-from .finetune import Finetuned, check_trainable, train_module
+from .errors import HyperparameterError, InputError
+from .finetune import Finetuned, check_trainable, finetune
 from .self_compression import network_relevance, shrink_network
 from .validation import check_seed
 
@@ -73,9 +73,8 @@ def train_deterministic(
     :raises InputError, HyperparameterError: as :func:`~pyro_sparse_bnn.finetune.finetune`.
     """
     check_trainable(net, "train_deterministic")
-    module = copy.deepcopy(net)
-    history = train_module(module, x, y, task=task, epochs=epochs, batch_size=batch_size, lr=lr,
-                           weight_decay=weight_decay, seed=seed, what="train_deterministic")
+    module, history = finetune(net, x, y, task=task, epochs=epochs, batch_size=batch_size, lr=lr,
+                               weight_decay=weight_decay, seed=seed, keep_zeros=False, progress=False)
     return DeterministicResult(module, history.loss, sum(history.seconds))
 
 
@@ -210,41 +209,25 @@ def reinitialized(module: nn.Module, seed: Optional[int] = 0) -> nn.Module:
     return fresh
 
 
-def train_from_scratch(
-    module: nn.Module,
-    x,
-    y,
-    *,
-    task=None,
-    epochs: int = 10,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    lr_decay: float = 1.0,
-    weight_decay: float = 0.0,
-    seed: Optional[int] = 0,
-    x_val=None,
-    y_val=None,
-    restore_best: bool = False,
-    progress: bool = True,
-) -> Finetuned:
+def train_from_scratch(module: nn.Module, x, y, *, seed: Optional[int] = 0, **options) -> Finetuned:
     """Train the architecture of ``module`` from a fresh initialisation (the "same widths
     from scratch" baseline of structured pruning).
 
     ``module`` -- a compressed module or the output of :func:`magnitude_prune` -- gives the
     architecture: its layer shapes and input selection. Its weights are discarded
     (:func:`reinitialized` with ``seed``) and every weight trains, zeros included: the
-    baseline is the small dense architecture. The arguments are those of
-    :func:`~pyro_sparse_bnn.finetune.finetune`; give it the budget of pruning plus
+    baseline is the small dense architecture. Give it the budget of pruning plus
     fine-tuning for a fair comparison.
 
+    :param seed: seed of the initialisation and of the training order (see
+        :func:`~pyro_sparse_bnn.finetune.finetune`).
+    :param options: the other keyword arguments of :func:`~pyro_sparse_bnn.finetune.finetune`
+        (``task``, ``epochs``, ``batch_size``, ``lr``, ``lr_decay``, ``weight_decay``,
+        ``x_val``, ``y_val``, ``restore_best``, ``progress``; not ``keep_zeros``).
     :returns: :class:`~pyro_sparse_bnn.finetune.Finetuned` ``(module, history)``.
     :raises InputError, HyperparameterError: as :func:`~pyro_sparse_bnn.finetune.finetune`.
     """
     check_trainable(module, "train_from_scratch")
-    fresh = reinitialized(module, seed)
-    history = train_module(
-        fresh, x, y, task=task, epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=lr_decay,
-        weight_decay=weight_decay, seed=seed, x_val=x_val, y_val=y_val, restore_best=restore_best,
-        progress=progress, what="train_from_scratch",
-    )
-    return Finetuned(fresh, history)
+    if "keep_zeros" in options:
+        raise HyperparameterError("train_from_scratch trains every weight of the architecture: drop keep_zeros")
+    return finetune(reinitialized(module, seed), x, y, seed=seed, keep_zeros=False, **options)

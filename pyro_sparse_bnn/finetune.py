@@ -13,8 +13,8 @@ Biases train. Example::
     tuned, history = psb.finetune(module, x_train, y_train, epochs=5, x_val=x_val, y_val=y_val)
     history.val_metric                # validation accuracy (or RMSE) after every epoch
 
-:func:`train_module` is the training loop itself, shared with the deterministic baselines of
-:mod:`pyro_sparse_bnn.baselines` (which train without masks).
+The deterministic baselines of :mod:`pyro_sparse_bnn.baselines` (the dense network, the
+pruned architecture trained from scratch) train with the same loop, without the masks.
 """
 
 import copy
@@ -44,7 +44,7 @@ from .validation import (
     check_seed,
 )
 
-__all__ = ["finetune", "Finetuned", "TrainingHistory", "train_module", "check_trainable", "structural_masks"]
+__all__ = ["finetune", "Finetuned", "TrainingHistory", "check_trainable", "structural_masks"]
 
 #: modules whose exactly-zero weights are held at zero by :func:`finetune`
 MASKED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -55,7 +55,7 @@ _EVAL_BATCH = 2048
 
 @dataclass
 class TrainingHistory:
-    """What happened during :func:`finetune` (or :func:`train_module`), one entry per epoch.
+    """What happened during :func:`finetune`, one entry per epoch.
 
     :ivar loss: mean training loss per epoch (cross-entropy or mean squared error, averaged
         over the epoch's examples).
@@ -103,8 +103,9 @@ def check_trainable(module, what: str) -> List[nn.Parameter]:
     """The trainable parameters of ``module``, or an :class:`InputError` saying why there are none.
 
     :param str what: the calling function, for the message.
-    :raises InputError: if ``module`` is not an ``nn.Module``, is a :class:`SparseBNN`, or has
-        no parameter that requires a gradient (a :class:`ConstantOutput` has none).
+    :raises InputError: if ``module`` is not an ``nn.Module``, is a :class:`SparseBNN`, has no
+        parameter that requires a gradient, or is a compressed network that keeps no input (a
+        :class:`ConstantOutput`, or a :class:`SelectInputs` selecting nothing).
     """
     if isinstance(module, SparseBNN):
         raise InputError(
@@ -113,13 +114,15 @@ def check_trainable(module, what: str) -> List[nn.Parameter]:
         )
     if not isinstance(module, nn.Module):
         raise InputError(f"{what} needs an nn.Module (e.g. the output of compress), got {type(module).__name__}")
+    if any(isinstance(m, ConstantOutput) or (isinstance(m, SelectInputs) and len(m.indices) == 0)
+           for m in module.modules()):
+        raise InputError(
+            f"{what}: the compressed network keeps no input (a ConstantOutput, or a SelectInputs that selects "
+            f"none): its output depends on no input, so there are no weights to train; compress at a lower "
+            f"threshold to keep some units"
+        )
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
-        if any(isinstance(m, ConstantOutput) for m in module.modules()):
-            raise InputError(
-                f"{what}: the module is a ConstantOutput -- the compressed network's output depends on no "
-                f"input, so it has no weights to train; compress at a lower threshold to keep some units"
-            )
         raise InputError(f"{what}: the module has no trainable parameters")
     return params
 
@@ -241,123 +244,29 @@ def _evaluate(module: nn.Module, x: torch.Tensor, y: torch.Tensor, classificatio
     return (accuracy(out, y) if classification else math.sqrt(loss)), loss
 
 
-def train_module(
-    module: nn.Module,
-    x,
-    y,
-    *,
-    task=None,
-    epochs: int = 10,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    lr_decay: float = 1.0,
-    weight_decay: float = 0.0,
-    seed: Optional[int] = 0,
-    x_val=None,
-    y_val=None,
-    restore_best: bool = False,
-    keep_zeros: bool = False,
-    progress: bool = False,
-    what: str = "train_module",
-) -> TrainingHistory:
-    """Train ``module`` **in place** (the loop behind :func:`finetune` and the baselines).
-
-    Takes the arguments of :func:`finetune` (``keep_zeros`` off by default) and ``what``, the
-    name of the calling function for messages and the progress bar.
-    """
-    params = check_trainable(module, what)
-    epochs = check_positive_int("epochs", epochs)
-    batch_size = check_positive_int("batch_size", batch_size)
-    lr = check_positive("lr", lr)
-    lr_decay = check_positive("lr_decay", lr_decay)
-    weight_decay = _check_weight_decay(weight_decay)
-    seed = check_seed(seed)
-    restore_best, keep_zeros = check_bool("restore_best", restore_best), check_bool("keep_zeros", keep_zeros)
-    progress = check_bool("progress", progress)
-    dtype, device = params[0].dtype, params[0].device
-    x, y, likelihood = _check_data(module, x, y, task, dtype, device)
-    classification = likelihood.is_classification
-    validate = x_val is not None or y_val is not None
-    if validate:
-        if x_val is None or y_val is None:
-            raise InputError("pass both x_val and y_val (or neither)")
-        x_val, y_val, _ = _check_data(module, x_val, y_val, likelihood, dtype, device, ("x_val", "y_val"))
-    elif restore_best:
-        raise HyperparameterError("restore_best needs validation data: pass x_val and y_val")
-
-    masks = structural_masks(module) if keep_zeros else []
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    scheduler = None if lr_decay == 1.0 else torch.optim.lr_scheduler.ExponentialLR(optimizer, lr_decay ** (1 / epochs))
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
-    history = TrainingHistory(metric_name="accuracy" if classification else "rmse")
-    was_training = module.training
-    best = None
-    if validate:
-        history.initial_val_metric, history.initial_val_loss = _evaluate(module, x_val, y_val, classification)
-        history.best_epoch = 0
-        best = (history.initial_val_metric, history.initial_val_loss)
-        best_state = copy.deepcopy(module.state_dict()) if restore_best else None
-    sign = 1 if classification else -1   # larger accuracy, smaller RMSE is better
+def _epoch(module, x, y, classification, optimizer, masks, batch_size, generator, bar, epoch) -> float:
+    """One pass over ``(x, y)`` in shuffled minibatches; the mean training loss."""
+    module.train()
     n = len(x)
-    steps_per_epoch = math.ceil(n / batch_size)
-    bar = tqdm(total=epochs * steps_per_epoch, disable=not progress, desc=what, unit="step", mininterval=0.5)
-    # a seed also fixes any randomness inside the module (dropout) without touching the global generator
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            for epoch in range(epochs):
-                start, total = time.perf_counter(), 0.0
-                module.train()
-                order = torch.randperm(n, generator=generator).to(x.device)
-                for step, i in enumerate(range(0, n, batch_size)):
-                    idx = order[i:i + batch_size]
-                    loss = _loss(module(x[idx]), y[idx], classification)
-                    value = loss.item()
-                    if not math.isfinite(value):
-                        raise NonFiniteLossError(
-                            f"{what}: the training loss became {value} at epoch {epoch}, step {step}; "
-                            f"try a smaller lr"
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    for weight, mask in masks:
-                        weight.grad.mul_(mask)
-                    optimizer.step()
-                    with torch.no_grad():
-                        for weight, mask in masks:
-                            weight.mul_(mask)
-                    total += value * len(idx)
-                    bar.update(1)
-                if scheduler is not None:
-                    scheduler.step()
-                history.loss.append(total / n)
-                postfix = {"epoch": epoch + 1, "loss": f"{history.loss[-1]:.4g}"}
-                if validate:
-                    metric, val_loss = _evaluate(module, x_val, y_val, classification)
-                    history.val_metric.append(metric)
-                    history.val_loss.append(val_loss)
-                    postfix[f"val_{history.metric_name}"] = f"{metric:.4g}"
-                    if sign * metric > sign * best[0] or (metric == best[0] and val_loss < best[1]):
-                        best, history.best_epoch = (metric, val_loss), epoch + 1
-                        if restore_best:
-                            best_state = copy.deepcopy(module.state_dict())
-                history.seconds.append(time.perf_counter() - start)
-                bar.set_postfix(postfix)
-    finally:
-        bar.close()
-        module.train(was_training)
-        for p in params:
-            p.grad = None
-    if restore_best:
-        module.load_state_dict(best_state)
-        history.restored = True
-    return history
+    order = torch.randperm(n, generator=generator).to(x.device)
+    total = 0.0
+    for step, i in enumerate(range(0, n, batch_size)):
+        idx = order[i:i + batch_size]
+        loss = _loss(module(x[idx]), y[idx], classification)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"the training loss became {value} at epoch {epoch}, step {step}; try a smaller lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for weight, mask in masks:
+            weight.grad.mul_(mask)
+        optimizer.step()
+        with torch.no_grad():
+            for weight, mask in masks:
+                weight.mul_(mask)
+        total += value * len(idx)
+        bar.update(1)
+    return total / n
 
 
 def finetune(
@@ -384,7 +293,8 @@ def finetune(
     order drawn from ``seed``): cross-entropy of the outputs (logits) against integer labels
     for classification, mean squared error for regression. Shapes, buffers (the input
     selection) and, with ``keep_zeros``, every exactly-zero weight of an ``nn.Linear`` /
-    ``nn.Conv*d`` stay as they are; all other weights and every bias train.
+    ``nn.Conv*d`` stay as they are; all other weights and every bias train. The baselines of
+    :mod:`pyro_sparse_bnn.baselines` train with this same loop, without the masks.
 
     :param module: the module to fine-tune, typically the output of
         :func:`~pyro_sparse_bnn.compress.compress` or
@@ -421,9 +331,11 @@ def finetune(
     :returns: :class:`Finetuned` ``(module, history)``: a new module (same structure, works
         with :func:`~pyro_sparse_bnn.export.export` and ``state_dict``) and its
         :class:`TrainingHistory`.
-    :raises InputError: if ``module`` is not an ``nn.Module``, is a :class:`SparseBNN`, or has
-        no trainable parameters -- a :class:`~pyro_sparse_bnn.compress.ConstantOutput` (a
-        compressed network whose output depends on no input) has nothing to fine-tune; if
+    :raises InputError: if ``module`` is not an ``nn.Module``, is a :class:`SparseBNN`, has
+        no trainable parameters, or keeps no input: a compressed network whose output depends
+        on no input (a :class:`~pyro_sparse_bnn.compress.ConstantOutput`, or a linear network
+        whose :class:`~pyro_sparse_bnn.compress.SelectInputs` selects nothing) has nothing to
+        fine-tune, which is reported as an error rather than returned unchanged; if
         ``x`` does not fit the module's input, contains NaN/inf or does not match ``y`` in
         length; if labels lie outside ``[0, outputs)`` or targets do not match the outputs'
         shape.
@@ -433,10 +345,75 @@ def finetune(
     :raises NonFiniteLossError: if the training loss becomes NaN or infinite.
     """
     check_trainable(module, "finetune")
-    tuned = copy.deepcopy(module)
-    history = train_module(
-        tuned, x, y, task=task, epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=lr_decay,
-        weight_decay=weight_decay, seed=seed, x_val=x_val, y_val=y_val, restore_best=restore_best,
-        keep_zeros=keep_zeros, progress=progress, what="finetune",
-    )
-    return Finetuned(tuned, history)
+    epochs = check_positive_int("epochs", epochs)
+    batch_size = check_positive_int("batch_size", batch_size)
+    lr = check_positive("lr", lr)
+    lr_decay = check_positive("lr_decay", lr_decay)
+    weight_decay = _check_weight_decay(weight_decay)
+    seed = check_seed(seed)
+    restore_best, keep_zeros = check_bool("restore_best", restore_best), check_bool("keep_zeros", keep_zeros)
+    progress = check_bool("progress", progress)
+    module = copy.deepcopy(module)
+    params = [p for p in module.parameters() if p.requires_grad]
+    dtype, device = params[0].dtype, params[0].device
+    x, y, likelihood = _check_data(module, x, y, task, dtype, device)
+    classification = likelihood.is_classification
+    validate = x_val is not None or y_val is not None
+    if validate:
+        if x_val is None or y_val is None:
+            raise InputError("pass both x_val and y_val (or neither)")
+        x_val, y_val, _ = _check_data(module, x_val, y_val, likelihood, dtype, device, ("x_val", "y_val"))
+    elif restore_best:
+        raise HyperparameterError("restore_best needs validation data: pass x_val and y_val")
+
+    masks = structural_masks(module) if keep_zeros else []
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    scheduler = None if lr_decay == 1.0 else torch.optim.lr_scheduler.ExponentialLR(optimizer, lr_decay ** (1 / epochs))
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    history = TrainingHistory(metric_name="accuracy" if classification else "rmse")
+    was_training = module.training
+    if validate:
+        history.initial_val_metric, history.initial_val_loss = _evaluate(module, x_val, y_val, classification)
+        history.best_epoch = 0
+        best = (history.initial_val_metric, history.initial_val_loss)
+        best_state = copy.deepcopy(module.state_dict()) if restore_best else None
+    sign = 1 if classification else -1   # larger accuracy, smaller RMSE is better
+    bar = tqdm(total=epochs * math.ceil(len(x) / batch_size), disable=not progress, desc="training", unit="step",
+               mininterval=0.5)
+    # a seed also fixes any randomness inside the module (dropout) without touching the global generator
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            for epoch in range(epochs):
+                start = time.perf_counter()
+                history.loss.append(_epoch(module, x, y, classification, optimizer, masks, batch_size, generator,
+                                           bar, epoch))
+                if scheduler is not None:
+                    scheduler.step()
+                postfix = {"epoch": epoch + 1, "loss": f"{history.loss[-1]:.4g}"}
+                if validate:
+                    metric, val_loss = _evaluate(module, x_val, y_val, classification)
+                    history.val_metric.append(metric)
+                    history.val_loss.append(val_loss)
+                    postfix[f"val_{history.metric_name}"] = f"{metric:.4g}"
+                    if sign * metric > sign * best[0] or (metric == best[0] and val_loss < best[1]):
+                        best, history.best_epoch = (metric, val_loss), epoch + 1
+                        if restore_best:
+                            best_state = copy.deepcopy(module.state_dict())
+                history.seconds.append(time.perf_counter() - start)
+                bar.set_postfix(postfix)
+    finally:
+        bar.close()
+        module.train(was_training)
+        for p in params:
+            p.grad = None
+    if restore_best:
+        module.load_state_dict(best_state)
+        history.restored = True
+    return Finetuned(module, history)
