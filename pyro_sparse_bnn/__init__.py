@@ -12,8 +12,10 @@ Typical use::
     module, report = psb.compress(bnn)
     psb.save(bnn, "bnn.pt", history)          # bnn = psb.load("bnn.pt")
     psb.export(module, "bnn.ts", example_input=x_train[:8])
+    tuned, history = psb.finetune(module, x_train, y_train, epochs=5)   # structure fixed
 """
 
+from .baselines import magnitude_prune, train_from_scratch
 from .bits import LayerPrecision, compression_rates, round_to_precision, weight_moments
 from .calibration import (
     CalibrationBins,
@@ -51,6 +53,7 @@ from .errors import (
     UnsupportedLayerError,
 )
 from .export import export
+from .finetune import Finetuned, TrainingHistory, finetune
 from .fit import FitHistory, fit, geometric_temperature
 from .inclusion import (
     edge_inclusion_probs,
@@ -148,6 +151,11 @@ __all__ = [
     "SelectInputs",
     "ConstantOutput",
     "masked_posterior_mean",
+    "finetune",
+    "Finetuned",
+    "TrainingHistory",
+    "magnitude_prune",
+    "train_from_scratch",
     "weight_moments",
     "LayerPrecision",
     "round_to_precision",

@@ -272,9 +272,15 @@ def analyse_structure(bnn: SparseBNN, threshold: Optional[float] = None) -> Stru
     )
 
 
-def _layer_module(spec, weight: torch.Tensor, bias: torch.Tensor) -> nn.Module:
-    """A deterministic ``nn.Linear`` or ``nn.Conv2d`` (with ``spec``'s stride, padding and
-    dilation) sized after ``weight`` and holding ``weight`` and ``bias``."""
+def layer_module(spec, weight: torch.Tensor, bias: torch.Tensor) -> nn.Module:
+    """A deterministic ``nn.Linear`` or ``nn.Conv2d`` sized after ``weight`` and holding
+    copies of ``weight`` and ``bias`` (always with a bias), in their dtype and on their device.
+
+    :param spec: the :class:`~pyro_sparse_bnn.priors.base.LayerSpec` of the layer it replaces
+        (its kind; a conv layer's kernel size, stride, padding and dilation).
+    :param weight: ``(out_features, in_features)`` or ``(out_channels, in_channels, kh, kw)``.
+    :param bias: ``(out_units,)``.
+    """
     if spec.kind == "linear":
         layer = nn.Linear(weight.shape[1], weight.shape[0], bias=True)
     else:
@@ -299,7 +305,7 @@ def masked_posterior_mean(bnn: SparseBNN, threshold: Optional[float] = None) -> 
     for stage in bnn.architecture.stages:
         if stage.is_parametric:
             weight, bias, _ = next(layers)
-            modules.append(_layer_module(bnn.layers[stage.layer_index].spec, weight, bias))
+            modules.append(layer_module(bnn.layers[stage.layer_index].spec, weight, bias))
         else:
             modules.append(copy.deepcopy(stage.module))
     return nn.Sequential(*modules)
@@ -483,7 +489,7 @@ def compress(bnn: SparseBNN, threshold: Optional[float] = None, bits: bool = Fal
             weight = structure.weights[i][rows][:, cols]
             if bits:
                 weight = round_to_precision(weight, precision[i].significand_bits)
-            modules.append(_layer_module(spec, weight, structure.biases[i][rows]))
+            modules.append(layer_module(spec, weight, structure.biases[i][rows]))
             modules.extend(copy.deepcopy(m) for m in between[i + 1])
             kept = int(structure.weight_masks[i][rows][:, cols].sum())
             kept_weights += kept

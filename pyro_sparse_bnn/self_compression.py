@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .architecture import parse_sequential
 from .calibration import accuracy
-from .compress import input_columns
+from .compress import SelectInputs, input_columns
 from .errors import HyperparameterError, InputError, NotFittedError
 from .fit import fit
 from .network import SparseBNN
@@ -143,23 +143,23 @@ def _check_keep(specs: Sequence[LayerSpec], keep) -> List[torch.Tensor]:
     keep = list(keep)
     if len(keep) != len(specs) - 1:
         raise InputError(f"keep needs one mask per hidden layer ({len(specs) - 1}), got {len(keep)}")
-    masks = []
-    for spec, mask in zip(specs, keep, strict=False):
-        mask = torch.as_tensor(mask)
-        if mask.dtype != torch.bool or mask.shape != (spec.out_units,):
-            raise InputError(
-                f"keep mask of layer {spec.name} must be a boolean tensor of shape ({spec.out_units},), "
-                f"got {mask.dtype} {tuple(mask.shape)}"
-            )
-        if not mask.any():
-            raise InputError(f"keep mask of layer {spec.name} removes every unit")
-        masks.append(mask)
-    return masks
+    return [_check_mask(mask, spec.out_units, f"keep mask of layer {spec.name}")
+            for spec, mask in zip(specs, keep, strict=False)]
 
 
-def _row_masks(specs, keep):
-    """Kept rows of every layer (all rows of the output layer) and the kept input units."""
-    kept_in = torch.ones(specs[0].in_units, dtype=torch.bool)
+def _check_mask(mask, num_units: int, what: str) -> torch.Tensor:
+    mask = torch.as_tensor(mask)
+    if mask.dtype != torch.bool or mask.shape != (num_units,):
+        raise InputError(f"{what} must be a boolean tensor of shape ({num_units},), got {mask.dtype} {tuple(mask.shape)}")
+    if not mask.any():
+        raise InputError(f"{what} removes every unit")
+    return mask
+
+
+def _row_masks(specs, keep, kept_inputs=None):
+    """Kept rows of every layer (all rows of the output layer) and the kept input units
+    (``kept_inputs`` of the first layer: all by default)."""
+    kept_in = torch.ones(specs[0].in_units, dtype=torch.bool) if kept_inputs is None else kept_inputs.cpu()
     for i, spec in enumerate(specs):
         rows = keep[i] if i < len(keep) else torch.ones(spec.out_units, dtype=torch.bool)
         yield spec, rows.cpu(), kept_in
@@ -181,21 +181,41 @@ def _smaller_layer(module: nn.Module, rows: torch.Tensor, columns: torch.Tensor)
     return smaller
 
 
-def shrink_network(net: nn.Sequential, keep, input_shape=None) -> nn.Sequential:
-    """A copy of ``net`` with hidden units physically removed.
+def shrink_network(net: nn.Sequential, keep, input_shape=None, kept_inputs=None) -> nn.Sequential:
+    """A copy of ``net`` with hidden units (and optionally input units) physically removed.
 
     :param net: an ``nn.Sequential`` of the kind :class:`SparseBNN` takes.
     :param keep: one boolean mask ``(out_units,)`` per hidden parametric layer; a removed
         unit takes its row (weights and bias) and its columns in the next layer with it (a
         conv channel: its ``H * W`` block after ``nn.Flatten``).
+    :param input_shape: shape of one example (see
+        :func:`~pyro_sparse_bnn.architecture.parse_sequential`; ``None`` infers it).
+    :param kept_inputs: ``None`` (keep every input), or a boolean mask over the first
+        layer's input units (features of a linear layer, channels of a conv layer); the
+        removed ones lose their columns of the first layer, and a
+        :class:`~pyro_sparse_bnn.compress.SelectInputs` placed just before that layer picks
+        the kept ones, so the copy still takes the full input, as a compressed module does.
     :returns: a flat ``nn.Sequential`` with the same fixed modules and smaller layers.
+    :raises InputError: for masks of the wrong shape or dtype, or masks that remove every unit
+        of a layer.
     """
     architecture = parse_sequential(net, input_shape)
-    masks = _check_keep(architecture.specs, keep)
+    specs = architecture.specs
+    masks = _check_keep(specs, keep)
+    if kept_inputs is not None:
+        kept_inputs = _check_mask(kept_inputs, specs[0].in_units, f"kept_inputs of layer {specs[0].name}")
     layers = {spec.name: _smaller_layer(spec.module, rows, input_columns(spec, kept_in))
-              for spec, rows, kept_in in _row_masks(architecture.specs, masks)}
-    modules = [layers[architecture.specs[s.layer_index].name] if s.is_parametric else copy.deepcopy(s.module)
-               for s in architecture.stages]
+              for spec, rows, kept_in in _row_masks(specs, masks, kept_inputs)}
+    modules = []
+    for stage in architecture.stages:
+        if stage.is_parametric:
+            if stage.layer_index == 0 and kept_inputs is not None:
+                indices = kept_inputs.nonzero().flatten().to(specs[0].module.weight.device)
+                modules.append(SelectInputs(indices, specs[0].in_units,
+                                            dim=1 if specs[0].kind == "conv2d" else -1))
+            modules.append(layers[specs[stage.layer_index].name])
+        else:
+            modules.append(copy.deepcopy(stage.module))
     return nn.Sequential(*modules)
 
 

@@ -14,7 +14,7 @@ from .errors import HyperparameterError, InputError, NotFittedError
 
 __all__ = [
     "as_tensor", "check_features", "check_finite", "check_same_length", "check_bnn",
-    "check_positive_int", "check_bool", "check_threshold",
+    "check_positive_int", "check_bool", "check_threshold", "check_seed",
 ]
 
 
@@ -113,6 +113,16 @@ def check_positive_int(name: str, value, error=HyperparameterError) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer)) or int(value) != value or value < 1:
         raise error(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def check_seed(seed) -> Optional[int]:
+    """``seed`` as an int if it is ``None`` or a non-negative integer (not a bool), else raise
+    :class:`HyperparameterError`."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise HyperparameterError(f"seed must be None or a non-negative integer, got {seed!r}")
+    return int(seed)
 
 
 def check_bool(name: str, value) -> bool:

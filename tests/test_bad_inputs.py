@@ -139,6 +139,14 @@ CASES = {
                                                             "export takes the compressed deterministic module"),
     "export to an unknown format": (lambda t: psb.export(psb.compress(fitted()).module, t / "m.x", format="tflite"),
                                     InputError, "format must be one of"),
+    "fine-tune the network instead of the compressed module": (lambda t: psb.finetune(fitted(), X, Y), InputError,
+                                                               "finetune takes a deterministic module"),
+    "fine-tune a constant output": (lambda t: psb.finetune(psb.ConstantOutput(torch.zeros(3)), X, Y), InputError,
+                                    "keeps no input"),
+    "fine-tune with labels out of range": (lambda t: psb.finetune(psb.compress(fitted()).module, X, Y + 1),
+                                           InputError, r"must lie in \[0, 3\)"),
+    "prune to widths of another network": (lambda t: psb.magnitude_prune(mlp([5, 4, 3]), (5, 4, 4, 3)), InputError,
+                                           "needs 3: inputs, one per hidden layer, outputs"),
 }
 
 

@@ -128,6 +128,11 @@ def test_shrinking_rejects_bad_masks_and_other_priors():
     other = SparseBNN(mlp([3, 4, 2]), SpikeSlabNode(), num_data=10)
     with pytest.raises(HyperparameterError, match="SelfCompressingGaussian"):
         shrink_bnn(other, [torch.ones(4, dtype=torch.bool)])
+    keep = [torch.ones(4, dtype=torch.bool)]
+    with pytest.raises(InputError, match=r"kept_inputs .* shape \(3,\)"):
+        shrink_network(mlp([3, 4, 2]), keep, kept_inputs=torch.ones(4, dtype=torch.bool))
+    with pytest.raises(InputError, match="kept_inputs .* removes every unit"):
+        shrink_network(mlp([3, 4, 2]), keep, kept_inputs=torch.zeros(3, dtype=torch.bool))
 
 
 # -- the loop -------------------------------------------------------------------------------
