@@ -10,6 +10,8 @@ Typical use::
     history = psb.fit(bnn, x_train, y_train, epochs=200)
     print(psb.inclusion_summary(bnn))
     module, report = psb.compress(bnn)
+    front = psb.frontier(bnn, x_val, y_val)   # size / validation accuracy at many thresholds
+    module, report = psb.compress(bnn, threshold=front.select(tolerance=0.01))
     psb.save(bnn, "bnn.pt", history)          # bnn = psb.load("bnn.pt")
     psb.export(module, "bnn.ts", example_input=x_train[:8])
 """
@@ -27,6 +29,7 @@ from .compress import (
     CompressionReport,
     ConstantOutput,
     SelectInputs,
+    ThresholdChoice,
     compress,
     masked_posterior_mean,
 )
@@ -41,6 +44,7 @@ from .diagnostics import (
 from .distributions import ConcreteBernoulli, GatedNormal, bernoulli_kl, normal_kl
 from .elbo import MeanFieldELBO
 from .errors import (
+    DegenerateNetworkWarning,
     ExportError,
     HyperparameterError,
     InputError,
@@ -52,6 +56,7 @@ from .errors import (
 )
 from .export import export
 from .fit import FitHistory, fit, geometric_temperature
+from .frontier import Frontier, frontier
 from .inclusion import (
     edge_inclusion_probs,
     feature_inclusion_probs,
@@ -66,6 +71,7 @@ from .nets import lenet5_caffe, lenet_300_100, mlp
 from .network import SparseBNN
 from .plots import (
     plot_elbo,
+    plot_frontier,
     plot_group_scales,
     plot_inclusion_forest,
     plot_inclusion_heatmap,
@@ -142,11 +148,15 @@ __all__ = [
     "plot_elbo",
     "plot_group_scales",
     "plot_reliability_diagram",
+    "plot_frontier",
+    "frontier",
+    "Frontier",
     "compress",
     "Compressed",
     "CompressionReport",
     "SelectInputs",
     "ConstantOutput",
+    "ThresholdChoice",
     "masked_posterior_mean",
     "weight_moments",
     "LayerPrecision",
@@ -164,6 +174,7 @@ __all__ = [
     "NonFiniteLossError",
     "SaveFileError",
     "ExportError",
+    "DegenerateNetworkWarning",
     "save",
     "load",
     "load_history",
