@@ -142,9 +142,14 @@ class Frontier:
         if index is None:
             values = self.table[self.metric]
             best = self.table.loc[values.idxmax() if self.metric == "accuracy" else values.idxmin()]
+            if self.metric == "accuracy":
+                needed = f"{self.posterior - best[self.metric]:.3g}"
+            else:
+                needed = f"{best[self.metric] / self.posterior - 1:.3g}"
             raise HyperparameterError(
                 f"no network of the frontier is {bound}: the best, {best.architecture} at {best.rule}, has "
-                f"validation {label} {best[self.metric]:.4g}; raise the tolerance, or give lower thresholds"
+                f"validation {label} {best[self.metric]:.4g}; a tolerance of {needed} accepts it, or give "
+                f"other thresholds"
             )
         row = self.table.loc[index]
         reason = (f"smallest network {bound} (validation {label} {row[self.metric]:.4g} with "

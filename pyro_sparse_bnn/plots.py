@@ -213,7 +213,7 @@ def plot_frontier(front: Frontier, tolerance: Optional[float] = 0.01, figsize=No
     if not degenerate.empty:
         ax.plot(degenerate.nonzero_params, degenerate[metric], "x", markersize=9, color="C3",
                 label="output ignores the input")
-    title = f"{label} against size"
+    title = f"{label.capitalize()} against size"
     if tolerance is not None:
         limit = front.limit(tolerance)
         band = f"within {tolerance:g}" if metric == "accuracy" else f"within {100 * tolerance:g} %"
