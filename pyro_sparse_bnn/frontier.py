@@ -78,10 +78,10 @@ class Frontier:
 
     :ivar pandas.DataFrame table: one row per threshold, ordered by threshold (see
         :func:`frontier` for the columns); ``table.attrs`` repeats ``metric``,
-        ``posterior`` and ``params_before``.
+        ``posterior_metric`` and ``params_before``.
     :ivar str metric: ``"accuracy"`` (classification) or ``"rmse"`` (regression): the name of
         the metric column.
-    :ivar float posterior: the posterior predictive's validation metric.
+    :ivar float posterior_metric: the validation metric of the uncompressed posterior predictive.
     :ivar int params_before: parameters of the uncompressed network.
     :ivar int num_samples: guide draws of the posterior predictive.
     :ivar seed: seed of those draws.
@@ -89,18 +89,18 @@ class Frontier:
 
     table: pd.DataFrame
     metric: str
-    posterior: float
+    posterior_metric: float
     params_before: int
     num_samples: int
     seed: Optional[int]
 
     def limit(self, tolerance: float = 0.01) -> float:
         """The worst validation metric within ``tolerance`` of the posterior's: accuracy
-        ``posterior - tolerance``, RMSE ``posterior * (1 + tolerance)``."""
+        ``posterior_metric - tolerance``, RMSE ``posterior_metric * (1 + tolerance)``."""
         tolerance = _check_tolerance(tolerance)
         if self.metric == "accuracy":
-            return self.posterior - tolerance
-        return self.posterior * (1 + tolerance)
+            return self.posterior_metric - tolerance
+        return self.posterior_metric * (1 + tolerance)
 
     def within(self, tolerance: float = 0.01) -> pd.Series:
         """Boolean Series over the rows: is the row's validation metric within ``tolerance``
@@ -136,16 +136,16 @@ class Frontier:
         index = self.selected_index(tolerance)
         label = "accuracy" if self.metric == "accuracy" else "RMSE"
         if self.metric == "accuracy":
-            bound = f"within {tolerance:g} of the posterior's validation accuracy {self.posterior:.4g}"
+            bound = f"within {tolerance:g} of the posterior's validation accuracy {self.posterior_metric:.4g}"
         else:
-            bound = f"whose validation RMSE is within {100 * tolerance:g} % of the posterior's {self.posterior:.4g}"
+            bound = f"whose validation RMSE is within {100 * tolerance:g} % of the posterior's {self.posterior_metric:.4g}"
         if index is None:
             values = self.table[self.metric]
             best = self.table.loc[values.idxmax() if self.metric == "accuracy" else values.idxmin()]
             if self.metric == "accuracy":
-                needed = f"{self.posterior - best[self.metric]:.3g}"
+                needed = f"{self.posterior_metric - best[self.metric]:.3g}"
             else:
-                needed = f"{best[self.metric] / self.posterior - 1:.3g}"
+                needed = f"{best[self.metric] / self.posterior_metric - 1:.3g}"
             raise HyperparameterError(
                 f"no network of the frontier is {bound}: the best, {best.architecture} at {best.rule}, has "
                 f"validation {label} {best[self.metric]:.4g}; a tolerance of {needed} accepts it, or give "
@@ -159,7 +159,7 @@ class Frontier:
 
     def __str__(self):
         return (f"validation {self.metric} of the posterior predictive ({self.num_samples} draws): "
-                f"{self.posterior:.4g}\n{self.table.to_string()}")
+                f"{self.posterior_metric:.4g}\n{self.table.to_string()}")
 
 
 # -- data and arguments -----------------------------------------------------------------------
@@ -369,7 +369,7 @@ def frontier(bnn: SparseBNN, x_val, y_val, thresholds: Optional[Sequence[float]]
     classification = bnn.likelihood.is_classification
     metric = "accuracy" if classification else "rmse"
     prediction = bnn.predict(x_val, num_samples=num_samples, batch_size=batch_size, seed=seed)
-    posterior = _metric(prediction.mean, y_val, classification)
+    posterior_metric = _metric(prediction.mean, y_val, classification)
     chunks = [x_val] if batch_size is None else torch.split(x_val, batch_size)
 
     def evaluate(module):
@@ -384,6 +384,6 @@ def frontier(bnn: SparseBNN, x_val, y_val, thresholds: Optional[Sequence[float]]
             records.append(_record(bnn, threshold, keep_rule, {metric: evaluate(module)}, report))
     table = pd.DataFrame.from_records(records)
     params_before = report.params_before
-    table.attrs.update(metric=metric, posterior=posterior, params_before=params_before)
-    return Frontier(table=table, metric=metric, posterior=posterior, params_before=params_before,
+    table.attrs.update(metric=metric, posterior_metric=posterior_metric, params_before=params_before)
+    return Frontier(table=table, metric=metric, posterior_metric=posterior_metric, params_before=params_before,
                     num_samples=int(num_samples), seed=seed)

@@ -203,8 +203,8 @@ def plot_frontier(front: Frontier, tolerance: Optional[float] = 0.01, figsize=No
     ordered = table.sort_values(["nonzero_params", "threshold"])
     fig, ax = plt.subplots(figsize=figsize or (6.5, 4.2))
     ax.plot(ordered.nonzero_params, ordered[metric], "o-", color="C0", label="compressed network")
-    ax.axhline(front.posterior, color="black", linestyle="--",
-               label=f"posterior predictive ({front.posterior:.3g})")
+    ax.axhline(front.posterior_metric, color="black", linestyle="--",
+               label=f"posterior predictive ({front.posterior_metric:.3g})")
     rule = table[table.keep_rule]
     if not rule.empty:
         ax.plot(rule.nonzero_params, rule[metric], "s", markersize=10, markerfacecolor="none",
@@ -217,7 +217,7 @@ def plot_frontier(front: Frontier, tolerance: Optional[float] = 0.01, figsize=No
     if tolerance is not None:
         limit = front.limit(tolerance)
         band = f"within {tolerance:g}" if metric == "accuracy" else f"within {100 * tolerance:g} %"
-        ax.axhspan(min(limit, front.posterior), max(limit, front.posterior), color="C2", alpha=0.15,
+        ax.axhspan(min(limit, front.posterior_metric), max(limit, front.posterior_metric), color="C2", alpha=0.15,
                    label=f"{band} of the posterior")
         index = front.selected_index(tolerance)
         if index is not None:

@@ -96,8 +96,8 @@ def test_every_prior_gives_monotone_rows_whose_metrics_a_hand_evaluation_reprodu
     table = front.table
     # the posterior's metric: the posterior predictive mean of the same seeded draws
     probs = bnn.predict(x, num_samples=5, seed=4).probs
-    assert front.posterior == pytest.approx(hand_accuracy(lambda v: probs, x, y))
-    assert table.attrs["posterior"] == front.posterior and table.attrs["metric"] == "accuracy"
+    assert front.posterior_metric == pytest.approx(hand_accuracy(lambda v: probs, x, y))
+    assert table.attrs["posterior_metric"] == front.posterior_metric and table.attrs["metric"] == "accuracy"
     # the default grid: no two rows with the same network, from everything kept (every PIP
     # of these random guides lies in (0, 1)) to a network that reads no input
     assert not table.duplicated(["architecture", "nonzero_params"]).any()
@@ -145,7 +145,7 @@ def test_select_is_the_smallest_row_within_the_tolerance_and_compress_uses_it():
     front = frontier(bnn, x, y, num_samples=5)
     accuracies = {row.Index: hand_accuracy(compressed(bnn, row.threshold)[0], x, y) for row in front.table.itertuples()}
     for tolerance in [0.0, 0.02, 0.1, 0.3, 1.0]:
-        within = [i for i, a in accuracies.items() if a >= front.posterior - tolerance - 1e-12]
+        within = [i for i, a in accuracies.items() if a >= front.posterior_metric - tolerance - 1e-12]
         if not within:
             with pytest.raises(HyperparameterError, match="no network of the frontier"):
                 front.select(tolerance)
@@ -154,7 +154,7 @@ def test_select_is_the_smallest_row_within_the_tolerance_and_compress_uses_it():
         chosen = front.table.loc[front.selected_index(tolerance)]
         assert choice.threshold == chosen.threshold and choice.architecture == chosen.architecture
         # it meets the tolerance, and no row with fewer parameters does
-        assert accuracies[chosen.name] >= front.posterior - tolerance - 1e-12
+        assert accuracies[chosen.name] >= front.posterior_metric - tolerance - 1e-12
         assert chosen.nonzero_params == min(front.table.nonzero_params[within])
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -162,7 +162,7 @@ def test_select_is_the_smallest_row_within_the_tolerance_and_compress_uses_it():
         assert [w.category for w in caught] == [DegenerateNetworkWarning] * bool(chosen.degenerate)
         assert report.threshold == choice.threshold
         assert f"smallest network within {tolerance:g} of the posterior's validation accuracy" in report.threshold_reason
-        assert hand_accuracy(module, x, y) >= front.posterior - tolerance - 1e-12
+        assert hand_accuracy(module, x, y) >= front.posterior_metric - tolerance - 1e-12
 
 
 def hand_table(metric, values, nonzero, params=None):
@@ -177,7 +177,7 @@ def hand_table(metric, values, nonzero, params=None):
 def test_selection_rule_on_a_hand_made_accuracy_table():
     # posterior 0.90: tolerance 0.02 accepts >= 0.88 -> rows 0, 1, 3; the smallest is row 3
     table = hand_table("accuracy", [0.91, 0.89, 0.85, 0.88, 0.70], [1000, 500, 200, 100, 10])
-    front = Frontier(table, "accuracy", posterior=0.90, params_before=1000, num_samples=10, seed=0)
+    front = Frontier(table, "accuracy", posterior_metric=0.90, params_before=1000, num_samples=10, seed=0)
     assert front.within(0.02).tolist() == [True, True, False, True, False]
     assert front.selected_index(0.02) == 3
     choice = front.select(0.02)
@@ -185,7 +185,7 @@ def test_selection_rule_on_a_hand_made_accuracy_table():
     assert "within 0.02 of the posterior's validation accuracy 0.9" in choice.reason and "100 of 1,000" in choice.reason
     assert front.selected_index(0.0) == 0 and front.selected_index(0.2) == 4
     with pytest.raises(HyperparameterError, match="no network of the frontier.*best, a0.*a tolerance of 0.04 accepts"):
-        Frontier(table, "accuracy", posterior=0.95, params_before=1000, num_samples=10, seed=0).select(0.01)
+        Frontier(table, "accuracy", posterior_metric=0.95, params_before=1000, num_samples=10, seed=0).select(0.01)
     with pytest.raises(HyperparameterError, match="tolerance"):
         front.select(-0.1)
     # equal size: the better metric wins
@@ -196,7 +196,7 @@ def test_selection_rule_on_a_hand_made_accuracy_table():
 def test_selection_rule_on_a_hand_made_rmse_table():
     # posterior RMSE 2.0: tolerance 0.1 is relative, accepting RMSE <= 2.2 -> rows 0 and 2
     table = hand_table("rmse", [1.9, 2.3, 2.2, 3.0], [400, 300, 200, 100])
-    front = Frontier(table, "rmse", posterior=2.0, params_before=400, num_samples=10, seed=0)
+    front = Frontier(table, "rmse", posterior_metric=2.0, params_before=400, num_samples=10, seed=0)
     assert front.limit(0.1) == pytest.approx(2.2)
     assert front.within(0.1).tolist() == [True, False, True, False]
     assert front.selected_index(0.1) == 2 and front.selected_index(0.0) == 0
@@ -216,7 +216,7 @@ def test_regression_rows_are_rmse_of_the_compressed_module(outputs):
     assert front.metric == "rmse" and "rmse" in front.table.columns
     check_rows(bnn, front, x, y, hand_rmse)
     mean = bnn.predict(x, num_samples=5, seed=1).mean
-    assert front.posterior == pytest.approx(hand_rmse(lambda v: mean, x, y), rel=1e-6)
+    assert front.posterior_metric == pytest.approx(hand_rmse(lambda v: mean, x, y), rel=1e-6)
     index = front.selected_index(10.0)  # a huge tolerance: the smallest network of all
     assert front.table.nonzero_params[index] == front.table.nonzero_params.min()
 

@@ -106,7 +106,7 @@ def test_frontier_plot_shows_the_rows_the_posterior_the_band_and_the_choice():
     assert list(points.get_xdata()) == ordered.nonzero_params.tolist()
     assert list(points.get_ydata()) == pytest.approx(ordered.accuracy.tolist())
     (posterior,) = [line for line in ax.lines if line.get_linestyle() == "--"]
-    assert list(posterior.get_ydata()) == [front.posterior] * 2
+    assert list(posterior.get_ydata()) == [front.posterior_metric] * 2
     (star,) = [line for line in ax.lines if line.get_marker() == "*"]
     assert list(star.get_xdata()) == [front.table.nonzero_params.min()]
     assert len(ax.patches) == 1  # the tolerance band
