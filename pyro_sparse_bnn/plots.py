@@ -190,7 +190,8 @@ def plot_frontier(front: Frontier, tolerance: Optional[float] = 0.01, figsize=No
     table: the posterior predictive's metric as a dashed line, the band of networks within
     ``tolerance`` of it shaded, the keep rule's rows as squares, networks that do not depend
     on their input as crosses, and the network :meth:`Frontier.select
-    <pyro_sparse_bnn.frontier.Frontier.select>` picks as a star.
+    <pyro_sparse_bnn.frontier.Frontier.select>` picks as a star (or a note that none is
+    within ``tolerance``).
 
     :param front: the :class:`~pyro_sparse_bnn.frontier.Frontier` of ``frontier(bnn, x_val, y_val)``.
     :param tolerance: as in ``front.select`` (``None``: no band and no chosen point).
@@ -224,6 +225,8 @@ def plot_frontier(front: Frontier, tolerance: Optional[float] = 0.01, figsize=No
             row = table.loc[index]
             ax.plot([row.nonzero_params], [row[metric]], "*", markersize=16, color="C3",
                     label=f"chosen: {row.architecture}, {int(row.nonzero_params):,} parameters")
+        else:
+            ax.text(0.02, 0.02, "no network within the tolerance", transform=ax.transAxes, color="C3")
         title += f" (tolerance {tolerance:g})"
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))

@@ -111,6 +111,9 @@ def test_frontier_plot_shows_the_rows_the_posterior_the_band_and_the_choice():
     assert list(star.get_xdata()) == [front.table.nonzero_params.min()]
     assert len(ax.patches) == 1  # the tolerance band
     assert ax.xaxis.get_major_formatter()(1000, 0) == "1,000"
+    assert not ax.texts
+    unreachable = psb.Frontier(front.table, "accuracy", 1.5, front.params_before, 3, 0)  # no row within
+    assert [t.get_text() for t in plot_frontier(unreachable).axes[0].texts] == ["no network within the tolerance"]
     bare = plot_frontier(front, tolerance=None).axes[0]
     assert not [line for line in bare.lines if line.get_marker() == "*"] and not bare.patches
     with pytest.raises(InputError, match="Frontier"):
