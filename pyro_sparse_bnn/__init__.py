@@ -10,6 +10,8 @@ Typical use::
     history = psb.fit(bnn, x_train, y_train, epochs=200)
     print(psb.inclusion_summary(bnn))
     module, report = psb.compress(bnn)
+    front = psb.frontier(bnn, x_val, y_val)   # size / validation accuracy at many thresholds
+    module, report = psb.compress(bnn, threshold=front.select(tolerance=0.01))
     psb.save(bnn, "bnn.pt", history)          # bnn = psb.load("bnn.pt")
     psb.export(module, "bnn.ts", example_input=x_train[:8])
     tuned, history = psb.finetune(module, x_train, y_train, epochs=5)   # structure fixed
@@ -29,6 +31,7 @@ from .compress import (
     CompressionReport,
     ConstantOutput,
     SelectInputs,
+    ThresholdChoice,
     compress,
     masked_posterior_mean,
 )
@@ -43,6 +46,7 @@ from .diagnostics import (
 from .distributions import ConcreteBernoulli, GatedNormal, bernoulli_kl, normal_kl
 from .elbo import MeanFieldELBO
 from .errors import (
+    DegenerateNetworkWarning,
     ExportError,
     HyperparameterError,
     InputError,
@@ -55,6 +59,7 @@ from .errors import (
 from .export import export
 from .finetune import Finetuned, TrainingHistory, finetune
 from .fit import FitHistory, fit, geometric_temperature
+from .frontier import Frontier, frontier
 from .inclusion import (
     edge_inclusion_probs,
     feature_inclusion_probs,
@@ -69,6 +74,7 @@ from .nets import lenet5_caffe, lenet_300_100, mlp
 from .network import SparseBNN
 from .plots import (
     plot_elbo,
+    plot_frontier,
     plot_group_scales,
     plot_inclusion_forest,
     plot_inclusion_heatmap,
@@ -145,11 +151,15 @@ __all__ = [
     "plot_elbo",
     "plot_group_scales",
     "plot_reliability_diagram",
+    "plot_frontier",
+    "frontier",
+    "Frontier",
     "compress",
     "Compressed",
     "CompressionReport",
     "SelectInputs",
     "ConstantOutput",
+    "ThresholdChoice",
     "masked_posterior_mean",
     "finetune",
     "Finetuned",
@@ -172,6 +182,7 @@ __all__ = [
     "NonFiniteLossError",
     "SaveFileError",
     "ExportError",
+    "DegenerateNetworkWarning",
     "save",
     "load",
     "load_history",

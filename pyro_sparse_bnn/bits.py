@@ -122,8 +122,11 @@ def weight_moments(bnn: SparseBNN) -> Dict[str, Tuple[torch.Tensor, torch.Tensor
 
 
 def compression_rates(precisions) -> Tuple[float, float]:
-    """``(architecture compression, bit compression)`` from per-layer :class:`LayerPrecision`."""
+    """``(architecture compression, bit compression)`` from per-layer :class:`LayerPrecision`;
+    both are ``inf`` when no weight is kept (a network whose output is a constant)."""
     before = sum(p.weights_before for p in precisions)
     after = sum(p.kept_weights for p in precisions)
+    if after == 0:
+        return math.inf, math.inf
     bits = sum(p.kept_weights * p.bits_per_weight for p in precisions)
-    return before / max(after, 1), 32 * before / max(bits, 1)
+    return before / after, 32 * before / bits

@@ -36,24 +36,48 @@ input features (or channels) itself, so it is a drop-in replacement of the origi
 For a network that starts with a linear layer, ``module[1:]`` (after any leading
 parameter-free modules) takes the reduced input ``x[:, report.kept_features]``. A network
 whose output depends on no input at all compresses to a :class:`ConstantOutput`.
+
+Choosing the threshold. ``compress(bnn, threshold=t)`` applies one PIP threshold to every
+layer; ``threshold=None`` applies each prior's own keep rule (which may differ between
+layers). :func:`pyro_sparse_bnn.frontier.frontier` evaluates the compressed network at many
+thresholds on validation data, and its ``select(tolerance)`` returns a
+:class:`ThresholdChoice` -- the threshold of the smallest network within ``tolerance`` of the
+posterior -- which ``compress`` takes in place of a number and whose reason it records
+(``report.threshold_reason``).
+
+A useless result is never silent: when the kept network reads no input -- some layer keeps
+no weight from a unit that depends on the input, so no input feature and no hidden unit is
+kept and every example gets the same prediction -- ``compress`` still returns it, but warns
+with a :class:`~pyro_sparse_bnn.errors.DegenerateNetworkWarning` that names the layer that
+cuts the input off, and records the message in ``report.warnings``.
 """
 
 import copy
+import math
+import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .bits import LayerPrecision, compression_rates, layer_precision, round_to_precision
+from .errors import DegenerateNetworkWarning, InputError
 from .network import SparseBNN
+from .priors.bayesian_compression import GroupScaleLayer
+from .priors.self_compressing import SelfCompressingLayer
 from .validation import check_bnn, check_bool, check_threshold
 
 __all__ = [
     "compress",
     "Compressed",
     "CompressionReport",
+    "ThresholdChoice",
+    "describe_keep_rule",
+    "reused_readouts",
     "SelectInputs",
     "ConstantOutput",
     "Structure",
@@ -120,6 +144,23 @@ class Structure:
     constant_nodes: List[torch.Tensor]
     folded_nodes: List[torch.Tensor] = field(default_factory=list)
 
+    @property
+    def widths(self) -> tuple:
+        """Units of the compressed network: kept inputs, kept units of every hidden layer,
+        outputs (``CompressionReport.architecture_after``)."""
+        return ((int(self.kept_features.sum()),) + tuple(int(k.sum()) for k in self.kept_nodes)
+                + (self.weights[-1].shape[0],))
+
+    def kept_weight_masks(self) -> List[torch.Tensor]:
+        """Per layer, the mask of kept weights of the compressed layer (its kept units' rows
+        and the columns of the kept units before it), in the compressed layer's shape."""
+        masks, kept_units = [], self.kept_features
+        for i, mask in enumerate(self.weight_masks):
+            rows = _kept_rows(self, i)
+            masks.append(mask[rows][:, kept_units.repeat_interleave(mask.shape[1] // len(kept_units))])
+            kept_units = rows
+        return masks
+
 
 def _require_fitted(bnn: SparseBNN, what: str):
     check_bnn(bnn, what, fitted=True)
@@ -136,9 +177,37 @@ def _between(bnn: SparseBNN):
     return groups
 
 
+#: the readouts of the active :func:`reused_readouts` block: ``{(id(layer), method): result}``
+_READOUTS: ContextVar[Optional[dict]] = ContextVar("pyro_sparse_bnn_compress_readouts", default=None)
+
+
+@contextmanager
+def reused_readouts():
+    """Within this block, :func:`compress` and :func:`analyse_structure` read every layer's
+    posterior means and weight moments once and reuse them: they do not depend on the
+    threshold, so compressing one network at many thresholds costs one readout. The guides
+    must not change inside the block."""
+    token = _READOUTS.set({})
+    try:
+        yield
+    finally:
+        _READOUTS.reset(token)
+
+
+def _read(layer, method: str):
+    """``getattr(layer, method)()``, once per layer inside a :func:`reused_readouts` block."""
+    cache = _READOUTS.get()
+    if cache is None:
+        return getattr(layer, method)()
+    key = (id(layer), method)
+    if key not in cache:
+        cache[key] = getattr(layer, method)()
+    return cache[key]
+
+
 def _masked_layers(bnn: SparseBNN, threshold):
     for layer in bnn.layers:
-        weight, bias = layer.posterior_mean()
+        weight, bias = _read(layer, "posterior_mean")
         weight_mask, bias_mask = layer.keep_masks(threshold)
         if bias is None:
             bias = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
@@ -321,6 +390,12 @@ class CompressionReport:
     that remain (as zeros) inside kept units and count every bias of the compressed network.
     Widths (``architecture_before`` / ``after``) count the units of the first layer's input
     and of every layer: nodes of linear layers, channels of conv layers.
+
+    ``threshold`` is the PIP threshold applied to every layer (``None``: each prior's keep
+    rule), ``threshold_reason`` says which rule that is and why it was chosen, and
+    ``warnings`` holds the message of every
+    :class:`~pyro_sparse_bnn.errors.DegenerateNetworkWarning` that ``compress`` emitted
+    (empty for a network that reads its input).
     """
 
     architecture_before: tuple
@@ -336,6 +411,8 @@ class CompressionReport:
     threshold: Optional[float] = None
     precision: Optional[List[LayerPrecision]] = None
     rounded: bool = False
+    threshold_reason: str = ""
+    warnings: List[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -351,24 +428,26 @@ class CompressionReport:
     @property
     def weight_compression(self) -> Optional[float]:
         """Louizos et al.'s architecture compression rate: weights (biases excluded) before /
-        weights of the structurally pruned network (``None`` without weight moments)."""
+        weights of the structurally pruned network (``None`` without weight moments, ``inf``
+        when no weight is kept)."""
         return None if self.precision is None else compression_rates(self.precision)[0]
 
     @property
     def bit_compression(self) -> Optional[float]:
         """``32 * weights before / bits of the kept weights`` at each layer's precision
-        (``None`` for a prior without weight moments)."""
+        (``None`` for a prior without weight moments, ``inf`` when no weight is kept)."""
         return None if self.precision is None else compression_rates(self.precision)[1]
 
     @staticmethod
-    def _arch(widths):
+    def format_architecture(widths) -> str:
+        """Widths as a string, e.g. ``(784, 300, 100, 10)`` -> ``"784-300-100-10"``."""
         return "-".join(str(w) for w in widths)
 
     def as_dict(self) -> dict:
         """JSON-serialisable summary."""
         return {
-            "architecture_before": self._arch(self.architecture_before),
-            "architecture_after": self._arch(self.architecture_after),
+            "architecture_before": self.format_architecture(self.architecture_before),
+            "architecture_after": self.format_architecture(self.architecture_after),
             "kept_features": self.kept_features.tolist(),
             "kept_nodes": {k: v.tolist() for k, v in self.kept_nodes.items()},
             "params_before": self.params_before,
@@ -384,12 +463,14 @@ class CompressionReport:
             "bit_compression": self.bit_compression,
             "precision": None if self.precision is None else [p.as_dict() for p in self.precision],
             "rounded": self.rounded,
+            "threshold_reason": self.threshold_reason,
+            "warnings": list(self.warnings),
             **self.extra,
         }
 
     def __str__(self):
         rows = [
-            ("architecture", self._arch(self.architecture_before), self._arch(self.architecture_after)),
+            ("architecture", self.format_architecture(self.architecture_before), self.format_architecture(self.architecture_after)),
             ("parameters", f"{self.params_before:,}", f"{self.params_after:,}"),
             ("non-zero parameters", f"{self.params_before:,}", f"{self.nonzero_params_after:,}"),
             ("FLOPs per example", f"{self.flops_before:,}", f"{self.flops_after:,}"),
@@ -402,7 +483,9 @@ class CompressionReport:
             f"compression: {self.architecture_compression:.1f}x structural, "
             f"{self.sparse_compression:.1f}x counting non-zeros"
         )
-        if self.precision is not None:
+        if self.precision is not None and math.isinf(self.weight_compression):
+            lines.append("weights: none kept")
+        elif self.precision is not None:
             lines.append("bits per weight (sign + exponent + significand): " + ", ".join(
                 f"{p.layer} 1+{p.exponent_bits}+{p.significand_bits}" for p in self.precision))
             lines.append(
@@ -410,7 +493,88 @@ class CompressionReport:
                 f"{self.bit_compression:.1f}x bit compression"
                 + (" (weights rounded to these precisions)" if self.rounded else "")
             )
+        if self.threshold_reason:
+            lines.append(f"threshold: {self.threshold_reason}")
+        lines.extend(f"warning: {message}" for message in self.warnings)
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """A keep-rule threshold and the reason it was chosen, as returned by
+    :meth:`Frontier.select <pyro_sparse_bnn.frontier.Frontier.select>`.
+    ``compress(bnn, threshold=choice)`` applies ``choice.threshold`` and records
+    ``choice.reason`` as ``report.threshold_reason``.
+
+    :ivar threshold: PIP threshold for every layer, or ``None`` for each prior's keep rule.
+    :ivar str reason: why this threshold, in words.
+    :ivar architecture: the compressed architecture the choice was made for, e.g.
+        ``"313-107-32-10"`` (``None``: not checked). ``compress`` raises
+        :class:`~pyro_sparse_bnn.errors.InputError` when the network gives another one: the
+        choice was made on a different network, or before it was refitted.
+    """
+
+    threshold: Optional[float]
+    reason: str
+    architecture: Optional[str] = None
+
+
+def _threshold_text(t: float) -> str:
+    """``t`` with 4 significant digits, or as many more as it takes to show it exactly (up to
+    6) and never to print a value strictly between 0 and 1 as 0 or 1."""
+    for digits in range(4, 18):
+        text = f"{t:.{digits}g}"
+        if float(text) == t or (digits >= 6 and 0 < float(text) < 1) or not 0 < t < 1:
+            return text
+    return repr(t)
+
+
+def _pip_text(layers, threshold: float) -> str:
+    """``PIP > t``, with the equivalent rule of the priors of ``layers`` that have their own."""
+    text = f"PIP > {_threshold_text(threshold)}"
+    if 0 < threshold < 1 and any(isinstance(layer, GroupScaleLayer) for layer in layers):
+        text += f" (log alpha < {math.log1p(-threshold) - math.log(threshold):.3g})"
+    if 0 <= threshold < 1 and any(isinstance(layer, SelfCompressingLayer) for layer in layers):
+        text += f" (SNR > {math.sqrt(threshold / (1 - threshold)):.3g})"
+    return text
+
+
+def describe_keep_rule(bnn: SparseBNN, threshold: Optional[float] = None) -> str:
+    """The keep rule that ``compress(bnn, threshold)`` applies, in words: ``"PIP > 0.5"``,
+    with the equivalent ``log alpha < t`` of Bayesian Compression layers and ``SNR > s`` of
+    self-compressing ones; for ``threshold=None`` each prior's keep rule, per layer when the
+    layers' rules differ."""
+    if threshold is not None:
+        return _pip_text(bnn.layers, float(threshold))
+    rules = [_pip_text([layer], layer.default_threshold) for layer in bnn.layers]
+    if len(set(rules)) == 1:
+        return f"the prior's keep rule, {rules[0]}"
+    return "each layer's keep rule: " + ", ".join(
+        f"{layer.spec.name} {rule}" for layer, rule in zip(bnn.layers, rules, strict=True))
+
+
+def _degeneracy(bnn: SparseBNN, structure: Structure, rule: str) -> List[str]:
+    """The message of a :class:`DegenerateNetworkWarning` for a kept network that reads no
+    input (empty for a network whose output depends on the input)."""
+    if structure.kept_features.any():
+        return []
+    names = [layer.spec.name for layer in bnn.layers]
+    # the first layer none of whose units varies with the input cuts the input off
+    cut = next((i for i, constant in enumerate(structure.constant_nodes) if constant.all()), len(names) - 1)
+    if cut == 0:
+        where = ("the output layer" if len(names) == 1 else "the first layer") + f" {names[0]!r} keeps no weight from any input"
+    elif cut == len(names) - 1:
+        where = f"the output layer {names[cut]!r} keeps no weight from a hidden unit that depends on the input"
+    else:
+        where = f"no unit of hidden layer {names[cut]!r} keeps a weight from a unit that depends on the input"
+    hidden = "" if len(names) == 1 else ", no hidden unit"
+    return [
+        f"with {rule}, the compressed network does not depend on its input: {where}, so it keeps no "
+        f"input feature{hidden}, and its output is the same constant for every example. Use a lower "
+        f"threshold (pyro_sparse_bnn.frontier(bnn, x_val, y_val) shows the validation metric and "
+        f"size at every threshold), or refit with a prior that prunes less (e.g. a larger "
+        f"prior_inclusion) or for longer."
+    ]
 
 
 class Compressed(NamedTuple):
@@ -433,7 +597,7 @@ def _precisions(bnn: SparseBNN, structure: Structure) -> Optional[List[LayerPrec
     kept_units = structure.kept_features
     for i, layer in enumerate(bnn.layers):
         try:
-            mean, var = (layer.spec.split(m)[0] for m in layer.weight_moments())
+            mean, var = (layer.spec.split(m)[0] for m in _read(layer, "weight_moments"))
         except NotImplementedError:
             return None
         rows, cols = _kept_rows(structure, i), input_columns(layer.spec, kept_units)
@@ -447,24 +611,41 @@ def _precisions(bnn: SparseBNN, structure: Structure) -> Optional[List[LayerPrec
 
 
 @torch.no_grad()
-def compress(bnn: SparseBNN, threshold: Optional[float] = None, bits: bool = False) -> Compressed:
+def compress(bnn: SparseBNN, threshold: Union[float, ThresholdChoice, None] = None, bits: bool = False) -> Compressed:
     """Build the compressed deterministic network of a fitted sparse BNN.
 
     :param bnn: a fitted :class:`~pyro_sparse_bnn.network.SparseBNN`.
     :param threshold: keep-rule threshold for every layer's prior (``None``: each prior's
-        default; for spike-and-slab priors a weight is kept when its PIP exceeds it).
+        default; a weight or group is kept when its PIP exceeds it), or the
+        :class:`ThresholdChoice` of ``pyro_sparse_bnn.frontier(bnn, x_val, y_val).select(tolerance)``
+        (the smallest network within ``tolerance`` of the posterior on validation data).
     :param bool bits: round every kept weight to its layer's significand precision
         (:mod:`pyro_sparse_bnn.bits`); the report carries the precisions and the bit
         compression rate whether or not the weights are rounded.
     :returns: :class:`Compressed` ``(module, report)``; ``module`` is an ``nn.Sequential``
         that takes the full input ``(batch, *input_shape)`` and returns
-        ``(batch, outputs)`` (see the module docstring).
+        ``(batch, outputs)`` (see the module docstring). ``report.threshold_reason`` says
+        which rule was applied and why.
     :raises NotFittedError: if the network has not been fitted.
+    :raises InputError: for a :class:`ThresholdChoice` made for a network with another
+        compressed architecture.
+    :warns DegenerateNetworkWarning: when the compressed network does not depend on its input
+        (the message, also in ``report.warnings``, names the layer that cuts it off).
     """
     _require_fitted(bnn, "compress")
-    threshold = check_threshold(threshold, bnn.priors)
+    choice = threshold if isinstance(threshold, ThresholdChoice) else None
+    threshold = check_threshold(threshold if choice is None else choice.threshold, bnn.priors)
     bits = check_bool("bits", bits)
     structure = analyse_structure(bnn, threshold)
+    rule = describe_keep_rule(bnn, threshold)
+    architecture = CompressionReport.format_architecture(structure.widths)
+    if choice is not None and choice.architecture is not None and choice.architecture != architecture:
+        raise InputError(
+            f"compress: the threshold choice ({choice.reason}) was made for a network that compresses "
+            f"to {choice.architecture}, but this one compresses to {architecture} at {rule}; it was "
+            f"chosen on another network or before this one was refitted: compute the frontier again"
+        )
+    problems = _degeneracy(bnn, structure, rule)
     between = _between(bnn)
     specs = [layer.spec for layer in bnn.layers]
     kept_features = structure.kept_features.nonzero().flatten()
@@ -476,8 +657,8 @@ def compress(bnn: SparseBNN, threshold: Optional[float] = None, bits: bool = Fal
         )
 
     kept_weights, flops_after, nonzero_flops_after = 0, 0, 0
-    if bnn.architecture.has_conv and len(kept_features) == 0:
-        # no input reaches the output (and a conv layer cannot have zero channels)
+    if len(kept_features) == 0:
+        # no input reaches the output: no zero-width layers, just the constant
         modules: List[nn.Module] = [ConstantOutput(structure.biases[-1])]
         params_after = nonzero_params_after = structure.biases[-1].numel()
     else:
@@ -502,7 +683,7 @@ def compress(bnn: SparseBNN, threshold: Optional[float] = None, bits: bool = Fal
     module = nn.Sequential(*modules)
 
     before = bnn.architecture.widths
-    after = (len(kept_features),) + tuple(int(k.sum()) for k in structure.kept_nodes) + (before[-1],)
+    after = structure.widths
     report = CompressionReport(
         architecture_before=before,
         architecture_after=after,
@@ -520,5 +701,9 @@ def compress(bnn: SparseBNN, threshold: Optional[float] = None, bits: bool = Fal
         threshold=threshold,
         precision=precision,
         rounded=bool(bits),
+        threshold_reason=rule if choice is None else f"{rule}: {choice.reason}",
+        warnings=problems,
     )
+    for message in problems:
+        warnings.warn(message, DegenerateNetworkWarning, stacklevel=3)  # past torch.no_grad's wrapper
     return Compressed(module, report)

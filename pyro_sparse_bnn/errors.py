@@ -3,7 +3,8 @@
 Every error the library raises on purpose derives from :class:`SparseBNNError`, and also
 from the built-in exception a Python user would expect (``ValueError`` for bad values,
 ``TypeError`` for unsupported layer types, ``RuntimeError`` for calls made in the wrong
-state), so ``except ValueError`` keeps working in user code.
+state), so ``except ValueError`` keeps working in user code. :class:`DegenerateNetworkWarning`
+is a warning (a ``UserWarning``), not an error: the result is still returned.
 """
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "NonFiniteLossError",
     "SaveFileError",
     "ExportError",
+    "DegenerateNetworkWarning",
 ]
 
 
@@ -49,3 +51,9 @@ class SaveFileError(SparseBNNError, ValueError):
 
 class ExportError(SparseBNNError, RuntimeError):
     """Exporting a compressed module failed, or the exported file computes different outputs."""
+
+
+class DegenerateNetworkWarning(UserWarning):
+    """``compress`` built a network that cannot be useful: it keeps no input feature, no unit
+    of some hidden layer, or its output does not depend on the input (the same prediction
+    for every example). The message says which layer cuts the input off and what to change."""

@@ -177,6 +177,21 @@ def check_same_network(fits, what: str = "fits") -> List[SparseBNN]:
     return fits
 
 
+def _unit_threshold(bnn: SparseBNN, index: int, threshold: Optional[float]) -> float:
+    """The keep-rule threshold of the layer whose switches decide whether the units feeding
+    layer ``index`` are used: the input groups of a Bayesian Compression linear layer, else
+    the units' own switches (node indicators, a conv layer's channel scales, relevance), else
+    the layer's edges (``threshold`` itself when one is given)."""
+    if threshold is not None:
+        return threshold
+    layer = bnn.layers[index]
+    if index > 0 and layer.input_inclusion_probs() is None:
+        own = bnn.layers[index - 1]
+        if own.output_inclusion_probs() is not None:
+            return own.default_threshold
+    return layer.default_threshold
+
+
 def _single_fit_summary(bnn: SparseBNN, threshold, feature_names) -> pd.DataFrame:
     structure = analyse_structure(bnn, threshold)
     frames = [
@@ -185,15 +200,18 @@ def _single_fit_summary(bnn: SparseBNN, threshold, feature_names) -> pd.DataFram
             "unit": range(bnn.num_inputs),
             "name": list(feature_names),
             "pip": feature_inclusion_probs(bnn).cpu().numpy(),
+            "threshold": _unit_threshold(bnn, 0, threshold),
             "kept": structure.kept_features.cpu().numpy(),
         })
     ]
-    for (name, pips), kept in zip(node_inclusion_probs(bnn).items(), structure.kept_nodes, strict=True):
+    nodes = zip(node_inclusion_probs(bnn).items(), structure.kept_nodes, strict=True)
+    for i, ((name, pips), kept) in enumerate(nodes):
         frames.append(pd.DataFrame({
             "layer": name,
             "unit": range(len(pips)),
             "name": [f"{name}[{j}]" for j in range(len(pips))],
             "pip": pips.cpu().numpy(),
+            "threshold": _unit_threshold(bnn, i + 1, threshold),
             "kept": kept.cpu().numpy(),
         }))
     return pd.concat(frames, ignore_index=True)
@@ -209,10 +227,22 @@ def inclusion_summary(
     """One row per input feature (input channel of a conv-first network) and hidden node
     (channel of a conv layer): its PIP, an interval, and whether it is kept.
 
-    ``kept`` is the decision of the median-probability model that :func:`compress` builds
-    (a unit is kept when it has a kept outgoing edge -- PIP of that edge above the
-    threshold -- and is not constant), so it can differ from ``pip > threshold``: a node
-    with many weak edges can have a high PIP yet no single kept edge.
+    Two columns answer "is this unit in?", by two different rules:
+
+    * ``kept`` is exactly what :func:`~pyro_sparse_bnn.compress.compress` keeps at the same
+      threshold (``report.kept_features`` / ``report.kept_nodes``): the unit reaches the
+      output through kept weights -- each with its own PIP above the threshold -- and is
+      not a constant folded into the next layer's bias;
+    * ``above_threshold`` is ``pip > threshold``, the unit's marginal inclusion probability
+      against the keep-rule threshold in the ``threshold`` column (the rule of the layer
+      whose switches decide the unit: a Bayesian Compression linear layer's input groups,
+      else the unit's own indicator or scale, else its outgoing edges).
+
+    They differ where the unit's PIP and its kept weights tell different stories: a node
+    with many weak outgoing edges has a high PIP (one of them is probably on) yet no single
+    edge above the threshold; a node whose incoming weights are all pruned outputs a
+    constant that ``compress`` folds away, whatever its PIP; a node whose kept edges lead
+    only to removed units is removed too.
 
     Given several independent fits of the same model (e.g. restarts with different seeds),
     ``pip`` is the mean of their PIPs, ``pip_lower`` / ``pip_upper`` the equal-tailed
@@ -229,8 +259,8 @@ def inclusion_summary(
         (default ``x0, x1, ...``).
     :param float interval: probability mass of the interval across fits (0.9).
     :returns: DataFrame with columns ``layer`` (``"input"`` or the layer name), ``unit``
-        (index), ``name``, ``pip``, ``pip_lower``, ``pip_upper``, ``kept`` and
-        ``kept_fraction``.
+        (index), ``name``, ``pip``, ``pip_lower``, ``pip_upper``, ``threshold``,
+        ``above_threshold``, ``kept`` and ``kept_fraction``.
     :raises InputError: for fits of different models or a wrong number of feature names.
     """
     fits = check_same_network(bnn, "bnn")
@@ -252,9 +282,12 @@ def inclusion_summary(
     summary["pip"] = pips.mean(axis=0)
     summary["pip_lower"] = np.quantile(pips, tail, axis=0)
     summary["pip_upper"] = np.quantile(pips, 1 - tail, axis=0)
+    summary["threshold"] = tables[0].threshold
+    summary["above_threshold"] = summary.pip > summary.threshold
     summary["kept_fraction"] = kept.mean(axis=0)
     summary["kept"] = summary.kept_fraction > 0.5
-    return summary[["layer", "unit", "name", "pip", "pip_lower", "pip_upper", "kept", "kept_fraction"]]
+    return summary[["layer", "unit", "name", "pip", "pip_lower", "pip_upper", "threshold", "above_threshold",
+                    "kept", "kept_fraction"]]
 
 
 @torch.no_grad()

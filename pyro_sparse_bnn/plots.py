@@ -1,5 +1,5 @@
 """Figures of a fitted network: PIP forest plot, inclusion heatmaps, ELBO history, group
-scales and the reliability diagram.
+scales, the reliability diagram and the size / validation-metric frontier.
 
 Every function works headless (it uses matplotlib's object API and never calls
 ``plt.show``; select the Agg backend with ``MPLBACKEND=Agg`` on a server) and returns the
@@ -13,10 +13,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from .calibration import CalibrationBins, expected_calibration_error
 from .errors import InputError
 from .fit import FitHistory
+from .frontier import Frontier
 from .inclusion import edge_inclusion_probs
 from .network import SparseBNN
 
@@ -26,6 +28,7 @@ __all__ = [
     "plot_elbo",
     "plot_group_scales",
     "plot_reliability_diagram",
+    "plot_frontier",
 ]
 
 
@@ -177,5 +180,61 @@ def plot_reliability_diagram(probs: Union[CalibrationBins, torch.Tensor, np.ndar
     count_ax.set_xlabel("confidence")
     count_ax.set_ylabel("examples")
     count_ax.set_xlim(0, 1)
+    fig.tight_layout()
+    return fig
+
+
+def plot_frontier(front: Frontier, tolerance: Optional[float] = 0.01, figsize=None) -> Figure:
+    """Validation metric of the compressed network against the parameters it keeps (non-zero
+    parameters, log axis), one point per row of a :func:`~pyro_sparse_bnn.frontier.frontier`
+    table: the posterior predictive's metric as a dashed line, the band of networks within
+    ``tolerance`` of it shaded, the keep rule's rows as squares, networks that do not depend
+    on their input as crosses, and the network :meth:`Frontier.select
+    <pyro_sparse_bnn.frontier.Frontier.select>` picks as a star (or a note that none is
+    within ``tolerance``).
+
+    :param front: the :class:`~pyro_sparse_bnn.frontier.Frontier` of ``frontier(bnn, x_val, y_val)``.
+    :param tolerance: as in ``front.select`` (``None``: no band and no chosen point).
+    :returns: the figure (one axes).
+    """
+    if not isinstance(front, Frontier):
+        raise InputError(f"plot_frontier needs the Frontier returned by frontier, got {type(front).__name__}")
+    table, metric = front.table, front.metric
+    label = "validation accuracy" if metric == "accuracy" else "validation RMSE"
+    ordered = table.sort_values(["nonzero_params", "threshold"])
+    fig, ax = plt.subplots(figsize=figsize or (6.5, 4.2))
+    ax.plot(ordered.nonzero_params, ordered[metric], "o-", color="C0", label="compressed network")
+    ax.axhline(front.posterior_metric, color="black", linestyle="--",
+               label=f"posterior predictive ({front.posterior_metric:.3g})")
+    rule = table[table.keep_rule]
+    if not rule.empty:
+        ax.plot(rule.nonzero_params, rule[metric], "s", markersize=10, markerfacecolor="none",
+                color="C1", label="keep rule")
+    degenerate = table[table.degenerate]
+    if not degenerate.empty:
+        ax.plot(degenerate.nonzero_params, degenerate[metric], "x", markersize=9, color="C3",
+                label="output ignores the input")
+    title = f"{label.capitalize()} against size"
+    if tolerance is not None:
+        limit = front.limit(tolerance)
+        band = f"within {tolerance:g}" if metric == "accuracy" else f"within {100 * tolerance:g} %"
+        ax.axhspan(min(limit, front.posterior_metric), max(limit, front.posterior_metric), color="C2", alpha=0.15,
+                   label=f"{band} of the posterior")
+        index = front.selected_index(tolerance)
+        if index is not None:
+            row = table.loc[index]
+            ax.plot([row.nonzero_params], [row[metric]], "*", markersize=16, color="C3",
+                    label=f"chosen: {row.architecture}, {int(row.nonzero_params):,} parameters")
+        else:
+            ax.text(0.02, 0.02, "no network within the tolerance", transform=ax.transAxes, color="C3")
+        title += f" (tolerance {tolerance:g})"
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("parameters kept (non-zero, log scale)")
+    ax.set_ylabel(label)
+    ax.set_title(title)
+    ax.legend(fontsize="small")
     fig.tight_layout()
     return fig

@@ -143,7 +143,8 @@ def check_threshold(threshold, priors) -> Optional[float]:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating, np.integer)) \
             or not np.isfinite(threshold):
         raise HyperparameterError(f"threshold must be None or a finite number, got {threshold!r}")
-    pip_priors = sorted({type(p).__name__ for p in priors if 0 < getattr(p, "threshold", -1) < 1})
+    # a prior's threshold is its PIP threshold, or None for one per layer (Bayesian Compression)
+    pip_priors = sorted({type(p).__name__ for p in priors if p.threshold is None or 0 < p.threshold < 1})
     if pip_priors and not 0 <= threshold <= 1:
         raise HyperparameterError(
             f"threshold must lie in [0, 1] (a posterior inclusion probability) for "

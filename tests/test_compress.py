@@ -1,6 +1,7 @@
 """compress: exact, physically smaller, with a correct report."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -8,17 +9,21 @@ from torch import nn
 
 from pyro_sparse_bnn import (
     ConstantOutput,
+    DegenerateNetworkWarning,
+    GroupNormalJeffreys,
+    HyperparameterError,
     NotFittedError,
     SelectInputs,
     SparseBNN,
     SpikeSlab,
     SpikeSlabNode,
+    ThresholdChoice,
     compress,
     masked_posterior_mean,
 )
-from pyro_sparse_bnn.compress import analyse_structure
+from pyro_sparse_bnn.compress import analyse_structure, reused_readouts
 
-from .conftest import mlp
+from .conftest import mlp, randomize_guide
 
 ON, OFF = 20.0, -20.0  # logits of a kept / a dropped edge
 
@@ -93,15 +98,29 @@ def test_random_masks_compress_exactly(widths, bias, seed):
                 torch.rand(layer.block.gates.logits.shape, generator=generator) < 0.3, ON, OFF))
             layer.block.slab.loc.normal_(generator=generator)
     x = torch.randn(20, widths[0])
-    module, report = compress(bnn)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module, report = compress(bnn)
     with torch.no_grad():
         assert torch.allclose(module(x), masked_posterior_mean(bnn)(x), atol=1e-5)
     # physically smaller tensors, consistent with the report
     linear = [m for m in module if isinstance(m, nn.Linear)]
-    widths_after = (linear[0].in_features,) + tuple(m.out_features for m in linear)
-    assert widths_after == report.architecture_after
+    if linear:
+        widths_after = (linear[0].in_features,) + tuple(m.out_features for m in linear)
+        assert widths_after == report.architecture_after and not caught
+    else:  # no path from the input to the output survived the random masks
+        assert isinstance(module[0], ConstantOutput) and report.architecture_after[0] == 0
+        assert [w.category for w in caught] == [DegenerateNetworkWarning]
     assert report.nonzero_params_after <= report.params_after
     assert report.flops_after <= report.flops_before
+
+
+def compress_recording(bnn, **kwargs):
+    """``compress`` with every warning recorded."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = compress(bnn, **kwargs)
+    return result, caught
 
 
 def test_every_hidden_node_pruned_gives_a_constant_network():
@@ -110,13 +129,120 @@ def test_every_hidden_node_pruned_gives_a_constant_network():
     with torch.no_grad():
         bnn.layers[0].block.gates.logits.fill_(OFF)
         bnn.layers[0].block.gates.logits[:, -1] = ON  # biases only
-    module, report = compress(bnn)
-    assert report.architecture_after == (0, 0, 2)
+    (module, report), caught = compress_recording(bnn)
+    # no zero-width nn.Linear (whose initialisation warns), only our own warning
+    assert [w.category for w in caught] == [DegenerateNetworkWarning]
+    assert report.architecture_after == (0, 0, 2) and isinstance(module[0], ConstantOutput)
     x = torch.randn(5, 3)
     with torch.no_grad():
         out = module(x)
         assert torch.allclose(out, masked_posterior_mean(bnn)(x), atol=1e-6)
         assert torch.allclose(out, out[:1].expand_as(out))
+    # no weight is kept: the weight rates are infinite, not 12 / 1, and printed as such
+    assert report.weight_compression == report.bit_compression == float("inf")
+    assert report.params_after == report.nonzero_params_after == 2 and report.flops_after == 0
+    assert "weights: none kept" in str(report)
+    assert json.loads(json.dumps(report.as_dict()))["bit_compression"] == float("inf")
+
+
+def layered_bnn(prior):
+    """4 inputs -> 5 -> 3 -> 2 outputs (sigmoid), every indicator on, random means."""
+    torch.manual_seed(0)
+    bnn = SparseBNN(mlp([4, 5, 3, 2], nn.Sigmoid), prior, num_data=10)
+    with torch.no_grad():
+        for layer in bnn.layers:
+            layer.block.gates.logits.fill_(ON)
+            layer.block.slab.loc.normal_()
+    return bnn
+
+
+@pytest.mark.parametrize("case, layer, words", [
+    ("no input kept", 0, "the first layer 'net.0' keeps no weight from any input"),
+    ("empty hidden layer", 1, "no unit of hidden layer 'net.2' keeps a weight"),
+    ("constant output", 2, "the output layer 'net.4' keeps no weight from a hidden unit"),
+])
+def test_a_network_that_ignores_its_input_warns_and_says_what_to_change(case, layer, words):
+    bnn = layered_bnn(SpikeSlabNode() if case == "empty hidden layer" else SpikeSlab(prior_inclusion=0.1))
+    with torch.no_grad():
+        logits = bnn.layers[layer].block.gates.logits
+        if case == "empty hidden layer":
+            logits.fill_(OFF)        # every node indicator of net.2 off: its units output sigmoid(0)
+        else:
+            logits[:, :-1] = OFF     # every weight of the layer off, its biases on
+    (module, report), caught = compress_recording(bnn)
+    assert [w.category for w in caught] == [DegenerateNetworkWarning]
+    message = str(caught[0].message)
+    assert words in message, message
+    assert "the same constant for every example" in message and "lower threshold" in message
+    assert "frontier(bnn, x_val, y_val)" in message and "prior_inclusion" in message
+    assert caught[0].filename == __file__  # the warning points at the caller, not inside torch
+    assert report.warnings == [message] and f"warning: {message}" in str(report)
+    assert report.architecture_after == (0, 0, 0, 2) and isinstance(module[0], ConstantOutput)
+    x = torch.randn(6, 4)
+    with torch.no_grad():
+        assert torch.allclose(module(x), masked_posterior_mean(bnn)(x), atol=1e-6)
+
+
+def test_a_strict_threshold_warns_and_a_good_network_is_silent():
+    bnn = layered_bnn(SpikeSlab(prior_inclusion=0.1))
+    with torch.no_grad():
+        for layer in bnn.layers:
+            layer.block.gates.logits.fill_(3.0)  # every PIP 0.953
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        module, report = compress(bnn, threshold=0.9)
+        assert report.warnings == [] and report.architecture_after == (4, 5, 3, 2)
+        assert compress(designed_bnn()).report.warnings == []
+    with pytest.warns(DegenerateNetworkWarning, match="with PIP > 0.999, the compressed network does not depend"):
+        compress(bnn, threshold=0.999)
+
+
+def test_the_report_says_which_threshold_and_why():
+    bnn = designed_bnn()
+    assert compress(bnn).report.threshold_reason == "the prior's keep rule, PIP > 0.5"
+    assert compress(bnn, threshold=0.3).report.threshold_reason == "PIP > 0.3"
+    report = compress(bnn, threshold=ThresholdChoice(0.3, "because", architecture="2-1-2")).report
+    assert report.threshold == 0.3 and report.threshold_reason == "PIP > 0.3: because"
+    assert "threshold: PIP > 0.3: because" in str(report)
+    assert report.as_dict()["threshold_reason"] == "PIP > 0.3: because" and report.as_dict()["warnings"] == []
+
+
+def test_bayesian_compression_with_one_threshold_per_layer():
+    torch.manual_seed(0)
+    t = [2.0, 0.0, 1.0]
+    bnn = randomize_guide(SparseBNN(mlp([4, 5, 3, 2]), GroupNormalJeffreys(log_alpha_threshold=t), num_data=10),
+                          seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (it used to fail in the threshold check)
+        module, report = compress(bnn)
+    assert report.architecture_after[0] > 0
+    # layer l keeps the weights of its input group g iff log alpha_g < t_l
+    for layer, mask, t_l in zip(bnn.layers, analyse_structure(bnn).weight_masks, t, strict=True):
+        assert torch.equal(mask, (layer.log_alpha() < t_l)[None, :].expand_as(mask))
+    x = torch.randn(8, 4)
+    with torch.no_grad():
+        assert torch.allclose(module(x), masked_posterior_mean(bnn)(x), atol=1e-5)
+    assert report.threshold is None
+    assert report.threshold_reason == ("each layer's keep rule: net.0 PIP > 0.119203 (log alpha < 2), "
+                                       "net.2 PIP > 0.5 (log alpha < 0), net.4 PIP > 0.268941 (log alpha < 1)")
+    with pytest.raises(HyperparameterError, match=r"\[0, 1\]"):
+        compress(bnn, threshold=1.5)
+
+
+def test_reused_readouts_read_each_layer_once_and_change_nothing(monkeypatch):
+    bnn = designed_bnn()
+    x = torch.randn(8, 4)
+    expected = [compress(bnn, threshold=t).module(x) for t in (0.3, 0.5, 0.9)]
+    calls = []
+    original = type(bnn.layers[0]).posterior_mean
+    monkeypatch.setattr(type(bnn.layers[0]), "posterior_mean", lambda self: calls.append(self) or original(self))
+    with reused_readouts():
+        outputs = [compress(bnn, threshold=t).module(x) for t in (0.3, 0.5, 0.9)]
+    assert len(calls) == len(bnn.layers)
+    compress(bnn)  # outside the block: read again
+    assert len(calls) == 2 * len(bnn.layers)
+    for a, b in zip(expected, outputs, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_compressed_module_takes_full_or_reduced_input():
@@ -135,7 +261,8 @@ def test_threshold_changes_the_kept_edges():
     with torch.no_grad():
         bnn.layers[0].block.gates.logits.copy_(torch.logit(torch.full((4, 4), 0.7)))
     assert compress(bnn, threshold=0.5).report.architecture_after == (3, 4, 2)
-    assert compress(bnn, threshold=0.8).report.architecture_after == (0, 0, 2)
+    with pytest.warns(DegenerateNetworkWarning, match="first layer 'net.0' keeps no weight"):
+        assert compress(bnn, threshold=0.8).report.architecture_after == (0, 0, 2)
 
 
 def test_report_is_json_serialisable_and_printable():
@@ -274,7 +401,8 @@ def test_a_conv_net_that_reads_no_input_compresses_to_its_constant_output():
     with torch.no_grad():
         bnn.layers[0].block.gates.logits.fill_(OFF)
         bnn.layers[1].block.gates.logits.fill_(ON)
-    module, report = compress(bnn)
+    with pytest.warns(DegenerateNetworkWarning, match="the first layer 'net.1' keeps no weight from any input"):
+        module, report = compress(bnn)
     assert report.architecture_after == (0, 0, 2) and report.params_after == 2
     assert isinstance(module[0], ConstantOutput)
     x = torch.randn(5, 36)

@@ -1,5 +1,7 @@
 """Edge, node and feature PIPs and the inclusion summary."""
 
+import math
+
 import pytest
 import torch
 
@@ -62,7 +64,8 @@ def test_node_pips_stay_accurate_for_near_certain_edges():
 def test_summary_matches_the_guide_and_compress(bnn):
     names = [f"f{i}" for i in range(4)]
     summary = inclusion_summary(bnn, feature_names=names)
-    assert list(summary.columns) == ["layer", "unit", "name", "pip", "pip_lower", "pip_upper", "kept", "kept_fraction"]
+    assert list(summary.columns) == ["layer", "unit", "name", "pip", "pip_lower", "pip_upper", "threshold",
+                                     "above_threshold", "kept", "kept_fraction"]
     features = summary[summary.layer == "input"]
     assert features.name.tolist() == names
     assert torch.allclose(torch.tensor(features.pip.values), feature_inclusion_probs(bnn))
@@ -74,6 +77,63 @@ def test_summary_matches_the_guide_and_compress(bnn):
     for name, kept in report.kept_nodes.items():
         rows = summary[summary.layer == name]
         assert rows.unit[rows.kept].tolist() == kept.tolist()
+
+
+def test_kept_is_what_compress_keeps_and_above_threshold_is_the_pip_rule():
+    """3 inputs -> 3 hidden -> 2 outputs with hand-set edge PIPs, where the unit PIPs and the
+    kept network tell different stories:
+
+    * hidden 0: edge from x0 on; two outgoing edges of PIP 0.4, so its PIP is
+      1 - 0.6^2 = 0.64 > 0.5 yet no outgoing edge is kept: removed;
+    * hidden 1: no incoming edge, bias on, outgoing edge on: PIP ~1 but it outputs a
+      constant that compress folds into the next bias: removed;
+    * hidden 2: edge from x1 on, outgoing edge on: kept;
+    * x0: its edge is on (PIP ~1) but it feeds only the removed hidden 0: removed;
+      x1 is kept; x2 has no edge (PIP ~0).
+    """
+    torch.manual_seed(0)
+    model = SparseBNN(mlp([3, 3, 2]), SpikeSlab(prior_inclusion=0.1), num_data=10)
+    on, off = 20.0, -20.0
+    first = torch.full((3, 4), off)
+    first[0, 0] = first[1, 3] = first[2, 1] = first[2, 3] = on
+    second = torch.full((2, 4), off)
+    second[:, 0] = torch.logit(torch.tensor(0.4))
+    second[0, 1] = second[1, 2] = on
+    second[:, 3] = on
+    with torch.no_grad():
+        model.layers[0].block.gates.logits.copy_(first)
+        model.layers[1].block.gates.logits.copy_(second)
+        for layer in model.layers:
+            layer.block.slab.loc.normal_()
+    summary = inclusion_summary(model)
+    assert summary.pip.tolist() == pytest.approx([1, 1, 0, 0.64, 1, 1], abs=1e-6)
+    assert (summary.threshold == 0.5).all()
+    assert summary.above_threshold.tolist() == [True, True, False, True, True, True]
+    assert summary.kept.tolist() == [False, True, False, False, False, True]
+    _, report = compress(model)
+    assert report.kept_features.tolist() == [1] and report.kept_nodes["net.0"].tolist() == [2]
+    # and at another threshold both rules move with it
+    strict = inclusion_summary(model, threshold=0.7)
+    assert strict.above_threshold.tolist() == [True, True, False, False, True, True]
+    assert strict.kept.tolist() == summary.kept.tolist()
+
+
+def test_the_threshold_column_is_the_rule_of_the_layer_that_decides_the_unit():
+    """Bayesian Compression with one log-alpha threshold per layer: on a linear layer the
+    next layer's input groups decide a unit, on a conv layer its own channel scale."""
+    pip = [1 / (1 + math.exp(t)) for t in (-3.0, -2.0, -1.0)]
+    torch.manual_seed(0)
+    linear = randomize_guide(SparseBNN(mlp([4, 5, 3, 2]), GroupNormalJeffreys(log_alpha_threshold=[-3.0, -2.0, -1.0]),
+                                       num_data=10), seed=2)
+    summary = inclusion_summary(linear)
+    for layer, expected in [("input", pip[0]), ("net.0", pip[1]), ("net.2", pip[2])]:
+        rows = summary[summary.layer == layer]
+        assert rows.threshold.tolist() == pytest.approx([expected] * len(rows))
+        assert rows.above_threshold.tolist() == (rows.pip > expected).tolist()
+    conv = conv_bnn(GroupNormalJeffreys(log_alpha_threshold=[-3.0, -2.0, -1.0]))  # conv, conv, linear
+    summary = inclusion_summary(conv)
+    assert summary.threshold.tolist() == pytest.approx([pip[0]] * (2 + 3) + [pip[2]] * 4)
+    assert (inclusion_summary(conv, threshold=0.3).threshold == 0.3).all()
 
 
 def test_summary_rejects_wrong_number_of_feature_names(bnn):

@@ -13,6 +13,7 @@ import pyro_sparse_bnn as psb  # noqa: E402
 from pyro_sparse_bnn import InputError, SparseBNN, SpikeSlab, to_inference_data  # noqa: E402
 from pyro_sparse_bnn.plots import (  # noqa: E402
     plot_elbo,
+    plot_frontier,
     plot_group_scales,
     plot_inclusion_forest,
     plot_inclusion_heatmap,
@@ -88,3 +89,32 @@ def test_reliability_diagram_has_the_diagram_and_the_counts():
     y = torch.tensor([0, 1, 1, 1])
     figure = plot_reliability_diagram(probs, y, num_bins=5)
     assert len(figure.axes) == 2 and figure.axes[0].get_title().startswith("ECE = ")
+
+
+def test_frontier_plot_shows_the_rows_the_posterior_the_band_and_the_choice():
+    bnn = fit(0)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(40, 4, generator=generator)
+    y = (x[:, 0] > 0).long()
+    front = psb.frontier(bnn, x, y, num_samples=3)
+    figure = plot_frontier(front, tolerance=1.0)  # accepts every row: the choice is the smallest
+    (ax,) = figure.axes
+    assert ax.get_xscale() == "log" and ax.get_ylabel() == "validation accuracy"
+    assert "parameters kept" in ax.get_xlabel() and "tolerance 1" in ax.get_title()
+    ordered = front.table.sort_values(["nonzero_params", "threshold"])
+    points = ax.lines[0]
+    assert list(points.get_xdata()) == ordered.nonzero_params.tolist()
+    assert list(points.get_ydata()) == pytest.approx(ordered.accuracy.tolist())
+    (posterior,) = [line for line in ax.lines if line.get_linestyle() == "--"]
+    assert list(posterior.get_ydata()) == [front.posterior_metric] * 2
+    (star,) = [line for line in ax.lines if line.get_marker() == "*"]
+    assert list(star.get_xdata()) == [front.table.nonzero_params.min()]
+    assert len(ax.patches) == 1  # the tolerance band
+    assert ax.xaxis.get_major_formatter()(1000, 0) == "1,000"
+    assert not ax.texts
+    unreachable = psb.Frontier(front.table, "accuracy", 1.5, front.params_before, 3, 0)  # no row within
+    assert [t.get_text() for t in plot_frontier(unreachable).axes[0].texts] == ["no network within the tolerance"]
+    bare = plot_frontier(front, tolerance=None).axes[0]
+    assert not [line for line in bare.lines if line.get_marker() == "*"] and not bare.patches
+    with pytest.raises(InputError, match="Frontier"):
+        plot_frontier(front.table)
