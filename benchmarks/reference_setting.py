@@ -30,7 +30,6 @@ output says so. Results go to ``benchmarks/results/reference_setting_<prior>_see
 """
 
 import argparse
-import copy
 import importlib
 import io
 import sys
@@ -70,9 +69,9 @@ def weight_compression(architecture: str) -> float:
 
 
 @torch.no_grad()
-def posterior_mean_network(bnn: psb.SparseBNN, network: nn.Sequential) -> nn.Sequential:
-    """``network`` with every weight and bias at its posterior mean, nothing pruned."""
-    net = copy.deepcopy(network)
+def posterior_mean_network(bnn: psb.SparseBNN) -> nn.Sequential:
+    """LeNet-300-100 with every weight and bias at its posterior mean, nothing pruned."""
+    net = lenet_300_100()
     for module, layer in zip([m for m in net if isinstance(m, nn.Linear)], bnn.layers, strict=True):
         weight, bias = layer.posterior_mean()
         module.weight.copy_(weight)
@@ -106,7 +105,7 @@ def run_ours(args, data):
 
     def report(epoch, history, bnn):
         if (epoch + 1) % args.report_every == 0:
-            accuracy = psb.accuracy(posterior_mean_network(bnn, network)(data.x_test), data.y_test)
+            accuracy = psb.accuracy(posterior_mean_network(bnn)(data.x_test), data.y_test)
             arch = psb.compress(bnn)[1].as_dict()["architecture_after"]
             print(f"  epoch {epoch + 1}: loss {history.loss[-1]:.5g}, posterior-mean accuracy {accuracy:.4f}, "
                   f"kept {arch}", flush=True)
@@ -130,7 +129,7 @@ def run_ours(args, data):
         row = {
             "prior": repr(prior),
             "posterior_predictive": psb.accuracy(prediction.probs, data.y_test),
-            "posterior_mean": psb.accuracy(posterior_mean_network(bnn, network)(data.x_test), data.y_test),
+            "posterior_mean": psb.accuracy(posterior_mean_network(bnn)(data.x_test), data.y_test),
             "compressed": psb.accuracy(module(data.x_test), data.y_test),
             "compressed_rounded": psb.accuracy(rounded(data.x_test), data.y_test),
         }
