@@ -198,6 +198,21 @@ def _layer_value(name: str, value, spec: LayerSpec, network: NetworkInfo, shorte
 class BayesianCompressionPrior(Prior):
     """Hyperparameters shared by the Bayesian Compression priors.
 
+    The priors default to the weights' guide of the authors' code: log-variance parameters
+    started at ``log sigma^2 = -9``, and the first layer's variances bounded at 0.04. Both
+    matter within a practical training budget. While ``sigma^2`` is small, the KL term
+    pushes every ``log sigma^2`` up at a steady pace, and under the softplus
+    parameterisation the same Adam steps move ``log sigma^2`` twice as fast. The first layer
+    reads the raw inputs, hundreds of them far from zero, and the ELBO favours first-layer
+    variances near the prior's 1 (each such weight saves about one nat of KL); the noise
+    this adds to every pre-activation is then answered by shrinking the group scales of whole
+    inputs, and the fitted network prunes more and predicts worse. Bounding the variances
+    restricts the variational family -- the objective is still the ELBO, maximised over
+    fewer distributions, so the ELBO reached is lower -- and on LeNet-300-100 with
+    Fashion-MNIST in [-1, 1] (30 epochs) it is what brings the posterior-mean network to
+    the dense network's accuracy. ``max_variance=None`` and
+    ``weight_parameterization="softplus"`` give the unrestricted family.
+
     :param log_alpha_threshold: keep a group when ``log alpha < t``; one ``t`` for every
         layer or a sequence with one per layer (-3).
     :param float init_rho: initial ``rho`` of the weights' guide (``sigma = softplus(rho)``)
@@ -223,8 +238,8 @@ class BayesianCompressionPrior(Prior):
     init_weight_log_var = -9.0
 
     def __init__(self, log_alpha_threshold: Union[float, Sequence[float]], init_rho: float,
-                 max_variance: Union[None, float, Sequence[Optional[float]]] = None,
-                 weight_parameterization: str = "softplus", init_weight_log_var: float = -9.0):
+                 max_variance: Union[None, float, Sequence[Optional[float]]] = (0.04,),
+                 weight_parameterization: str = "log_variance", init_weight_log_var: float = -9.0):
         self.log_alpha_threshold = _per_layer("log_alpha_threshold", log_alpha_threshold, check_finite)
         self.init_rho = check_finite("init_rho", init_rho)
         self.max_variance = _per_layer("max_variance", max_variance, check_positive, allow_none=True)

@@ -62,18 +62,9 @@ class GroupNormalJeffreys(BayesianCompressionPrior):
     """BC-GNJ: one log-uniform (normal-Jeffreys) group scale per input unit of each linear
     layer and per output channel of each conv layer.
 
-    The defaults of the weights' guide are those of the authors' code: log-variance
-    parameters started at ``log sigma^2 = -9``, and the first layer's variances bounded at
-    0.04. Both matter within a practical training budget. The KL term pushes every
-    ``log sigma^2`` up at a steady pace; under the softplus parameterisation the same Adam
-    steps move ``log sigma^2`` about twice as fast, and on LeNet-300-100 / Fashion-MNIST (30
-    epochs) the variances then outgrow what the likelihood tolerates, the fit prunes more
-    units and loses accuracy. The first layer reads the raw inputs, hundreds of them far from
-    zero, so unbounded variances there add input noise that the fit answers by shrinking
-    the group scales of whole inputs; bounding them (a restriction of the variational
-    family, so the objective is still the ELBO, only over fewer distributions) kept the
-    posterior-mean network at the dense network's accuracy in that setting. ``max_variance=None``
-    and ``weight_parameterization="softplus"`` give the unrestricted family.
+    The weights' guide defaults to the authors' (log-variance parameters, first layer
+    bounded at 0.04); :class:`~pyro_sparse_bnn.priors.bayesian_compression.BayesianCompressionPrior`
+    says why.
 
     :param log_alpha_threshold: keep a group when ``log alpha < t``; one ``t`` for all
         layers or one per layer (the authors use ``[-2.8, -3, -5]`` for LeNet-300-100) (-3).
