@@ -4,10 +4,15 @@ Adam with learning rate 1e-3, 30 epochs, keep rule ``log alpha < (-2.8, -3, -5)`
 
 Needs the Debian package ``dataset-fashion-mnist`` or ``--data DIR`` with the four IDX files.
 
-    python benchmarks/reference_setting.py --seed 0
-    python benchmarks/reference_setting.py --seed 0 --max-variance none none none   # unbounded
-    python benchmarks/reference_setting.py --prior bcghs --seed 0
-    python benchmarks/reference_setting.py --seed 0 --reference-dir ~/Tutorial_BayesianCompressionForDL
+    OMP_NUM_THREADS=1 python benchmarks/reference_setting.py --seed 0          # the prior's defaults
+    OMP_NUM_THREADS=1 python benchmarks/reference_setting.py --seed 0 --weight-parameterization softplus \
+        --max-variance none --tag unrestricted                                   # the unrestricted family
+    OMP_NUM_THREADS=1 python benchmarks/reference_setting.py --seed 0 --max-variance 0.04 none none \
+        --weight-parameterization softplus --tag softplus_bounded               # one difference at a time
+    OMP_NUM_THREADS=1 python benchmarks/reference_setting.py --prior bcghs --seed 0
+    OMP_NUM_THREADS=1 python benchmarks/reference_setting.py --seed 0 --dense --no-ours --tag dense
+    OMP_NUM_THREADS=1 python benchmarks/reference_setting.py --seed 0 --no-ours \
+        --reference-dir ~/Tutorial_BayesianCompressionForDL --tag reference     # the authors' layers
 
 Each run reports the test accuracy of
 
