@@ -76,7 +76,10 @@ class SpikeSlab(IndicatorPrior):
         needs the training-set size.
     :param float delta: ``delta`` of the theory-driven ``lambda``.
     :param float init_inclusion: initial ``gamma`` (0.99).
-    :param float init_rho: initial slab ``rho``; ``sigma = softplus(rho)`` (-6).
+    :param init_rho: initial slab ``rho`` (``sigma = softplus(rho)``); ``None`` (default):
+        per layer, half the spread of the default initial weights
+        (:meth:`~pyro_sparse_bnn.priors.base.IndicatorPrior.layer_init_rho`); -6 is the
+        authors' initialisation.
     :param bool hard: straight-through hard indicators (default) or soft relaxed ones.
     :param float threshold: default PIP threshold of the median-probability model (0.5).
     """
@@ -87,7 +90,7 @@ class SpikeSlab(IndicatorPrior):
         prior_inclusion: Optional[float] = None,
         delta: float = 0.1,
         init_inclusion: float = 0.99,
-        init_rho: float = -6.0,
+        init_rho: Optional[float] = None,
         hard: bool = True,
         threshold: float = 0.5,
     ):
@@ -126,7 +129,7 @@ class SpikeSlabLayer(PriorLayer):
         self.block = SpikeSlabBlock(
             "edge_indicator", spec.param_shape,
             init_loc=spec.augment(spec.module.weight, spec.module.bias),
-            **prior.block_arguments(prior_inclusion),
+            **prior.block_arguments(prior_inclusion, spec),
         )
 
     def model(self) -> LayerDraw:

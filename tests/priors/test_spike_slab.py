@@ -67,13 +67,25 @@ def test_sites_cover_weights_and_bias_in_one_augmented_matrix():
 def test_guide_starts_at_the_published_initialisation():
     torch.manual_seed(0)
     net = mlp([3, 4, 2])
-    bnn = SparseBNN(net, SpikeSlab(prior_inclusion=0.1), num_data=10)
+    bnn = SparseBNN(net, SpikeSlab(prior_inclusion=0.1, init_rho=-6.0), num_data=10)
     layer = bnn.layers[0]
     assert isinstance(layer, SpikeSlabLayer)
     assert torch.allclose(layer.edge_inclusion_probs(), torch.full((4, 3), 0.99))
     assert torch.allclose(layer.block.slab.scale, F.softplus(torch.tensor(-6.0)).expand(4, 4))
     weight, bias = layer.posterior_mean()
     assert torch.equal(weight, net[0].weight.detach()) and torch.equal(bias, net[0].bias.detach())
+
+
+def test_default_slab_scale_is_half_the_spread_of_the_default_initial_weights():
+    torch.manual_seed(0)
+    net = mlp([30, 48, 2])
+    bnn = SparseBNN(net, SpikeSlab(prior_inclusion=0.1), num_data=10)
+    for layer, linear in zip(bnn.layers, [net[0], net[2]], strict=True):
+        # nn.Linear draws its weights from U(-1/sqrt(fan_in), 1/sqrt(fan_in)): sd 1/sqrt(3 fan_in)
+        expected = 0.5 / (3 * linear.in_features) ** 0.5
+        assert torch.allclose(layer.block.slab.scale, torch.full(layer.spec.param_shape, expected))
+        # and the spread of the drawn weights is that sd
+        assert abs(float(linear.weight.std()) / (2 * expected) - 1) < 0.1
 
 
 def test_keep_masks_threshold_the_inclusion_probabilities():
