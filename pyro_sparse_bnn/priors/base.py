@@ -528,6 +528,16 @@ class IndicatorPrior(Prior):
         self.hard = bool(hard)
         self.threshold = check_probability("threshold", threshold)
 
+    #: constructor arguments of the authors' setting where it differs from the defaults
+    published_arguments: dict = {"init_rho": -6.0}
+
+    @classmethod
+    def published(cls, **arguments) -> "IndicatorPrior":
+        """The prior at its paper's published settings (:attr:`published_arguments`: the
+        authors' slab initialisation ``rho = -6`` and, for :class:`SpikeSlab`, the
+        theory-driven ``lambda``); ``arguments`` override them or set the others."""
+        return cls(**{**cls.published_arguments, **arguments})
+
     def resolve_prior_inclusion(self, spec: LayerSpec, network: NetworkInfo) -> float:
         """``lambda`` for the layer ``spec``: the given value or the prior's default rule."""
         raise NotImplementedError

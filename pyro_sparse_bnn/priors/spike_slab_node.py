@@ -71,7 +71,19 @@ class GroupScales:
 
 
 class NodePrior(IndicatorPrior):
-    """Base of the node-level priors: the default ``lambda`` is :func:`layerwise_prior_inclusion`."""
+    """Base of the node-level priors: the default ``lambda`` is :func:`layerwise_prior_inclusion`.
+
+    **Defaults and the published setting.** The layer-wise ``lambda`` and every other
+    hyperparameter are Jantre et al.'s except the slab's initial scale: by default it starts
+    at half the spread of the default initial weights
+    (:meth:`~pyro_sparse_bnn.priors.base.IndicatorPrior.layer_init_rho`) rather than at
+    ``softplus(-6)``. At the authors' initialisation the slab KL of a node starts at hundreds
+    of nats (about 5.5 per incoming weight), and with 200 epochs on scikit-learn's breast
+    cancer and digits data every node-level prior switched off every node of the first layers
+    (breast cancer: a constant network) or kept 4 to 9 (digits: 0.39-0.81 accuracy); with the
+    default start they kept 5-20 % of the parameters within a point or two of a dense
+    network. ``cls.published()`` (or ``init_rho=-6.0``) gives the authors' initialisation.
+    """
 
     layer_class = None
 

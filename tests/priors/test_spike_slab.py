@@ -44,13 +44,26 @@ def test_theory_prior_inclusion_for_the_bai_network():
     assert lam == pytest.approx(math.exp(-9.03956), rel=1e-4)
     torch.manual_seed(0)
     net = mlp([200, 7, 7, 7, 1])
-    bnn = SparseBNN(net, SpikeSlab(), likelihood="gaussian", num_data=3000)
-    assert all(layer.prior_inclusion == pytest.approx(lam) for layer in bnn.layers)
+    for prior in (SpikeSlab(prior_inclusion="theory"), SpikeSlab(prior_inclusion=None), SpikeSlab.published()):
+        bnn = SparseBNN(net, prior, likelihood="gaussian", num_data=3000)
+        assert all(layer.prior_inclusion == pytest.approx(lam) for layer in bnn.layers)
 
 
 def test_theory_lambda_needs_the_data_size():
     with pytest.raises(HyperparameterError, match="num_data"):
-        SparseBNN(mlp([3, 2, 2]), SpikeSlab())
+        SparseBNN(mlp([3, 2, 2]), SpikeSlab(prior_inclusion="theory"))
+
+
+def test_default_lambda_is_one_half_and_needs_no_data_size():
+    bnn = SparseBNN(mlp([3, 2, 2]), SpikeSlab())
+    assert [layer.prior_inclusion for layer in bnn.layers] == [0.5, 0.5]
+
+
+def test_published_setting_is_the_theory_lambda_and_the_authors_initialisation():
+    prior = SpikeSlab.published(prior_scale=2.0)
+    assert (prior.prior_inclusion, prior.init_rho, prior.prior_scale) == ("theory", -6.0, 2.0)
+    bnn = SparseBNN(mlp([3, 4, 2]), prior, num_data=10)
+    assert torch.allclose(bnn.layers[0].block.slab.scale, F.softplus(torch.tensor(-6.0)).expand(4, 4))
 
 
 def test_sites_cover_weights_and_bias_in_one_augmented_matrix():
@@ -109,6 +122,7 @@ def test_keep_masks_threshold_the_inclusion_probabilities():
         (dict(prior_scale=float("nan")), "prior_scale"),
         (dict(prior_inclusion=0.0), "prior_inclusion"),
         (dict(prior_inclusion=1.5), "prior_inclusion"),
+        (dict(prior_inclusion="auto"), "prior_inclusion"),
         (dict(init_inclusion=1.0), "init_inclusion"),
         (dict(delta=-0.1), "delta"),
         (dict(threshold=1.0), "threshold"),
