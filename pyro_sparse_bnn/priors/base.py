@@ -299,6 +299,11 @@ def _logit(p: float) -> float:
     return math.log(p) - math.log1p(-p)
 
 
+def _inverse_softplus(y: float) -> float:
+    """``x`` with ``softplus(x) = log(1 + exp(x)) = y`` for ``y > 0``: ``y + log(1 - exp(-y))``."""
+    return y + math.log(-math.expm1(-y))
+
+
 # --------------------------------------------------------------------------------------
 # Reusable pieces of guides
 # --------------------------------------------------------------------------------------
@@ -344,16 +349,31 @@ class GaussianSlab(nn.Module):
     :class:`~pyro_sparse_bnn.distributions.GatedNormal`, whose KL is weighted by the gate's
     inclusion probability.
 
+    With ``max_variance`` the guide's variances are bounded: ``softplus(rho)^2 <= max_variance``.
+    Every guide run first projects ``rho`` onto that set (:meth:`project`, a clamp), so
+    each optimiser step is followed by a projection before the next ELBO evaluation --
+    projected gradient ascent on the ELBO over the bounded family -- and the readouts
+    (:attr:`scale`) clamp too, so a value set by hand or loaded never exceeds the bound.
+
     :param torch.Tensor init_loc: initial posterior mean (its shape is the slab's shape).
     :param float prior_scale: prior standard deviation ``sigma_0``.
     :param float init_rho: initial ``rho``; the posterior scale is ``softplus(rho)``.
+    :param max_variance: upper bound on every posterior variance ``softplus(rho)^2``
+        (``None``: unbounded, the default).
+    :raises HyperparameterError: if ``max_variance`` is not ``None`` or positive and finite.
     """
 
-    def __init__(self, init_loc: torch.Tensor, prior_scale: float, init_rho: float):
+    def __init__(self, init_loc: torch.Tensor, prior_scale: float, init_rho: float,
+                 max_variance: Optional[float] = None):
         super().__init__()
         self.loc = nn.Parameter(init_loc.detach().clone())
         self.rho = nn.Parameter(torch.full_like(self.loc, init_rho))
         self.register_buffer("prior_scale", torch.tensor(float(prior_scale)))
+        #: the bound on the posterior variances (``None``: unbounded)
+        self.max_variance = None if max_variance is None else check_positive("max_variance", max_variance)
+        #: the largest ``rho`` within the bound, ``softplus^-1(sqrt(max_variance))``
+        self.max_rho = None if max_variance is None else _inverse_softplus(math.sqrt(self.max_variance))
+        self.project()
 
     @property
     def shape(self):
@@ -361,8 +381,15 @@ class GaussianSlab(nn.Module):
 
     @property
     def scale(self) -> torch.Tensor:
-        """Posterior standard deviation ``softplus(rho)`` (no gradient)."""
-        return F.softplus(self.rho.detach())
+        """Posterior standard deviation ``softplus(rho)``, at most ``sqrt(max_variance)`` (no gradient)."""
+        scale = F.softplus(self.rho.detach())
+        return scale if self.max_variance is None else scale.clamp(max=math.sqrt(self.max_variance))
+
+    @torch.no_grad()
+    def project(self) -> None:
+        """Clamp ``rho`` in place at :attr:`max_rho` (nothing to do without ``max_variance``)."""
+        if self.max_rho is not None:
+            self.rho.clamp_(max=self.max_rho)
 
     def prior_dist(self):
         return cached_prior(self, "prior", self.prior_scale, lambda: dist.Normal(
@@ -381,6 +408,7 @@ class GaussianSlab(nn.Module):
         """Sample the guide's slab site ``site`` of ``layer`` (announcing ``site_loc`` and
         ``site_rho``), flagged :data:`LAYER_SLAB`: the prior promises to use its value only
         as the slab of the layer's :class:`LayerDraw`."""
+        self.project()
         loc = layer.param(site + "_loc", self.loc)
         rho = layer.param(site + "_rho", self.rho)
         return pyro.sample(layer.site(site), self.guide_dist(loc, rho, gate=gate, gate_probs=gate_probs),

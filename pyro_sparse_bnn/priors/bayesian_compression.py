@@ -34,7 +34,16 @@ import pyro
 import torch
 
 from ..errors import HyperparameterError
-from .base import GaussianSlab, LayerDraw, LayerSpec, NetworkInfo, Prior, PriorLayer, check_finite
+from .base import (
+    GaussianSlab,
+    LayerDraw,
+    LayerSpec,
+    NetworkInfo,
+    Prior,
+    PriorLayer,
+    check_finite,
+    check_positive,
+)
 
 __all__ = ["BayesianCompressionPrior", "GroupScaleLayer"]
 
@@ -51,10 +60,12 @@ class GroupScaleLayer(PriorLayer):
 
     :param float init_scale: ``E[z_g]`` at the guide's initial state; the slab's initial mean
         is the user's initial weights divided by it, so the network starts from them.
+    :param max_variance: bound on the slab's posterior variances (``None``: unbounded; see
+        :class:`~pyro_sparse_bnn.priors.base.GaussianSlab`).
     """
 
     def __init__(self, spec: LayerSpec, prior: "BayesianCompressionPrior", threshold: float,
-                 init_scale: float = 1.0):
+                 init_scale: float = 1.0, max_variance: Optional[float] = None):
         super().__init__(spec, threshold)
         #: whether the groups are output units (conv channels, bias scaled too) rather than
         #: input units (linear layers)
@@ -65,7 +76,7 @@ class GroupScaleLayer(PriorLayer):
             init_loc = init_loc / init_scale
         else:
             init_loc = torch.cat([init_loc[:, : spec.fan_in] / init_scale, init_loc[:, spec.fan_in:]], dim=1)
-        self.slab = GaussianSlab(init_loc, 1.0, prior.init_rho)
+        self.slab = GaussianSlab(init_loc, 1.0, prior.init_rho, max_variance=max_variance)
         self.register_buffer("bias_scale", torch.ones(int(spec.has_bias)))
 
     # -- hooks ---------------------------------------------------------------------------
@@ -149,31 +160,58 @@ class GroupScaleLayer(PriorLayer):
         return z_mean * mu, z_mean.square() * var + z_var * (mu.square() + var)
 
 
+def _per_layer(name: str, value, check, allow_none: bool = False):
+    """``value`` checked as a per-layer hyperparameter: one number for every layer (returned
+    as a float) or a non-empty sequence with one entry per layer (returned as a tuple);
+    ``check(name, number)`` validates each number, and entries may be ``None`` when
+    ``allow_none``."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, Number) and not isinstance(value, bool):
+        return check(name, value)
+    try:
+        values = list(value)
+    except TypeError:
+        raise HyperparameterError(
+            f"{name} must be a number or a sequence of numbers (one per layer), got {value!r}"
+        ) from None
+    if not values:
+        raise HyperparameterError(f"{name} must not be an empty sequence")
+    return tuple(None if v is None and allow_none else check(name, v) for v in values)
+
+
+def _layer_value(name: str, value, spec: LayerSpec, network: NetworkInfo):
+    """Layer ``spec``'s entry of a per-layer hyperparameter checked by :func:`_per_layer`."""
+    if not isinstance(value, tuple):
+        return value
+    num_layers = network.num_hidden_layers + 1
+    if len(value) != num_layers:
+        raise HyperparameterError(f"{name} has {len(value)} values but the network has {num_layers} layers")
+    return value[spec.index]
+
+
 class BayesianCompressionPrior(Prior):
     """Hyperparameters shared by the Bayesian Compression priors.
 
     :param log_alpha_threshold: keep a group when ``log alpha < t``; one ``t`` for every
         layer or a sequence with one per layer (-3).
     :param float init_rho: initial ``rho`` of the weights' guide (``sigma = softplus(rho)``).
+    :param max_variance: bound on the posterior variance ``sigma^2`` of every weight ``w~``
+        and bias: ``None`` (unbounded), one number for every layer, or a sequence with one
+        entry (a number or ``None``) per layer.
+    :raises HyperparameterError: for a non-finite threshold or ``init_rho``, a
+        ``max_variance`` that is not positive and finite, or an empty sequence.
     """
 
     layer_class = None
+    #: the bound on the slab variances (class default for networks saved before it existed)
+    max_variance = None
 
-    def __init__(self, log_alpha_threshold: Union[float, Sequence[float]], init_rho: float):
-        if isinstance(log_alpha_threshold, Number):
-            self.log_alpha_threshold = check_finite("log_alpha_threshold", log_alpha_threshold)
-        else:
-            try:
-                values = list(log_alpha_threshold)
-            except TypeError:
-                raise HyperparameterError(
-                    f"log_alpha_threshold must be a number or a sequence of numbers (one per layer), "
-                    f"got {log_alpha_threshold!r}"
-                ) from None
-            if not values:
-                raise HyperparameterError("log_alpha_threshold must not be an empty sequence")
-            self.log_alpha_threshold = tuple(check_finite("log_alpha_threshold", v) for v in values)
+    def __init__(self, log_alpha_threshold: Union[float, Sequence[float]], init_rho: float,
+                 max_variance: Union[None, float, Sequence[Optional[float]]] = None):
+        self.log_alpha_threshold = _per_layer("log_alpha_threshold", log_alpha_threshold, check_finite)
         self.init_rho = check_finite("init_rho", init_rho)
+        self.max_variance = _per_layer("max_variance", max_variance, check_positive, allow_none=True)
 
     @property
     def threshold(self) -> Optional[float]:
@@ -184,15 +222,12 @@ class BayesianCompressionPrior(Prior):
 
     def layer_threshold(self, spec: LayerSpec, network: NetworkInfo) -> float:
         """PIP threshold ``sigmoid(-t_l)`` of layer ``spec``."""
-        t = self.log_alpha_threshold
-        if isinstance(t, tuple):
-            num_layers = network.num_hidden_layers + 1
-            if len(t) != num_layers:
-                raise HyperparameterError(
-                    f"log_alpha_threshold has {len(t)} values but the network has {num_layers} layers"
-                )
-            t = t[spec.index]
-        return 1 / (1 + math.exp(t))
+        return 1 / (1 + math.exp(_layer_value("log_alpha_threshold", self.log_alpha_threshold, spec, network)))
+
+    def layer_max_variance(self, spec: LayerSpec, network: NetworkInfo) -> Optional[float]:
+        """The bound on the slab variances of layer ``spec`` (``None``: unbounded)."""
+        return _layer_value("max_variance", self.max_variance, spec, network)
 
     def build(self, spec: LayerSpec, network: NetworkInfo) -> GroupScaleLayer:
-        return self.layer_class(spec, self, self.layer_threshold(spec, network))
+        return self.layer_class(spec, self, self.layer_threshold(spec, network),
+                                max_variance=self.layer_max_variance(spec, network))

@@ -12,7 +12,7 @@ standard deviations of the log of the group's own pair ``(a_g, b_g)``: the squar
 coefficient of variation of the LogNormal ``z~_g``.
 """
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -31,9 +31,9 @@ class BCHorseshoeLayer(GroupScaleLayer):
     ``<layer>.slab``.
     """
 
-    def __init__(self, spec, prior: "GroupHorseshoe", threshold: float):
+    def __init__(self, spec, prior: "GroupHorseshoe", threshold: float, max_variance=None):
         # the guide starts at a = b = 1: z_g = global_scale
-        super().__init__(spec, prior, threshold, init_scale=prior.global_scale)
+        super().__init__(spec, prior, threshold, init_scale=prior.global_scale, max_variance=max_variance)
         self.scales = HorseshoeScales(self.num_groups, prior.global_scale, prior.init_rho)
 
     def model_scale(self):
@@ -62,11 +62,15 @@ class GroupHorseshoe(BayesianCompressionPrior):
         layers or one per layer (-3).
     :param float init_rho: initial ``rho`` of the weights' guide and of the LogNormal scale
         factors (-5).
+    :param max_variance: bound on the posterior variances of the weights ``w~`` and biases:
+        ``None`` (unbounded), one number for every layer, or one entry (number or ``None``)
+        per layer.
     """
 
     layer_class = BCHorseshoeLayer
 
     def __init__(self, global_scale: float = 1.0,
-                 log_alpha_threshold: Union[float, Sequence[float]] = -3.0, init_rho: float = -5.0):
-        super().__init__(log_alpha_threshold, init_rho)
+                 log_alpha_threshold: Union[float, Sequence[float]] = -3.0, init_rho: float = -5.0,
+                 max_variance: Union[None, float, Sequence[Optional[float]]] = None):
+        super().__init__(log_alpha_threshold, init_rho, max_variance)
         self.global_scale = check_positive("global_scale", global_scale)
