@@ -30,7 +30,6 @@ output says so. Results go to ``benchmarks/results/reference_setting_<prior>_see
 """
 
 import argparse
-import copy
 import importlib
 import io
 import sys
@@ -70,9 +69,9 @@ def weight_compression(architecture: str) -> float:
 
 
 @torch.no_grad()
-def posterior_mean_network(bnn: psb.SparseBNN, network: nn.Sequential) -> nn.Sequential:
-    """``network`` with every weight and bias at its posterior mean, nothing pruned."""
-    net = copy.deepcopy(network)
+def posterior_mean_network(bnn: psb.SparseBNN) -> nn.Sequential:
+    """LeNet-300-100 with every weight and bias at its posterior mean, nothing pruned."""
+    net = lenet_300_100()
     for module, layer in zip([m for m in net if isinstance(m, nn.Linear)], bnn.layers, strict=True):
         weight, bias = layer.posterior_mean()
         module.weight.copy_(weight)
@@ -93,6 +92,10 @@ def run_ours(args, data):
         options["max_variance"] = parse_max_variance(args.max_variance)
     if args.init_rho is not None:
         options["init_rho"] = args.init_rho
+    if args.weight_parameterization is not None:
+        options["weight_parameterization"] = args.weight_parameterization
+    if args.init_weight_log_var is not None:
+        options["init_weight_log_var"] = args.init_weight_log_var
     if args.init_log_var is not None and args.prior == "bcgnj":
         options["init_log_var"] = args.init_log_var
     prior = PRIORS[args.prior](**options)
@@ -102,7 +105,7 @@ def run_ours(args, data):
 
     def report(epoch, history, bnn):
         if (epoch + 1) % args.report_every == 0:
-            accuracy = psb.accuracy(posterior_mean_network(bnn, network)(data.x_test), data.y_test)
+            accuracy = psb.accuracy(posterior_mean_network(bnn)(data.x_test), data.y_test)
             arch = psb.compress(bnn)[1].as_dict()["architecture_after"]
             print(f"  epoch {epoch + 1}: loss {history.loss[-1]:.5g}, posterior-mean accuracy {accuracy:.4f}, "
                   f"kept {arch}", flush=True)
@@ -116,6 +119,8 @@ def run_ours(args, data):
     psb.fit(bnn, data.x_train, data.y_train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
             seed=args.seed, progress=False, callbacks=[report], **fit_options)
     seconds = time.perf_counter() - start
+    if args.save:
+        bnn.save(args.save)
 
     prediction = bnn.predict(data.x_test, num_samples=args.samples, batch_size=2000, seed=args.seed)
     module, report_ = psb.compress(bnn)
@@ -124,7 +129,7 @@ def run_ours(args, data):
         row = {
             "prior": repr(prior),
             "posterior_predictive": psb.accuracy(prediction.probs, data.y_test),
-            "posterior_mean": psb.accuracy(posterior_mean_network(bnn, network)(data.x_test), data.y_test),
+            "posterior_mean": psb.accuracy(posterior_mean_network(bnn)(data.x_test), data.y_test),
             "compressed": psb.accuracy(module(data.x_test), data.y_test),
             "compressed_rounded": psb.accuracy(rounded(data.x_test), data.y_test),
         }
@@ -219,6 +224,10 @@ def main(argv=None):
                         help="bound on the slab variances: one value, or one per layer ('none': unbounded); "
                              "default: the prior's own")
     parser.add_argument("--init-rho", type=float, default=None, help="initial slab rho (default: the prior's)")
+    parser.add_argument("--weight-parameterization", choices=["softplus", "log_variance"], default=None,
+                        help="parameterisation of the weights' guide standard deviation (default: the prior's)")
+    parser.add_argument("--init-weight-log-var", type=float, default=None,
+                        help="initial log variance of the weights' guide under log_variance (default: the prior's)")
     parser.add_argument("--init-log-var", type=float, default=None,
                         help="initial log variance of the group scales, BC-GNJ (default: the prior's)")
     parser.add_argument("--adam-eps", type=float, default=None,
@@ -233,6 +242,7 @@ def main(argv=None):
                         help="a checkout of the authors' tutorial code: also run their layers in this setting")
     parser.add_argument("--report-every", type=int, default=10, help="epochs between progress lines")
     parser.add_argument("--data", default=None, help="directory with the Fashion-MNIST IDX files")
+    parser.add_argument("--save", default=None, help="file to save our fitted network in (psb.load reads it)")
     parser.add_argument("--tag", default="", help="suffix of the results file name")
     args = parser.parse_args(argv)
     if not 0 < args.kl_weight <= 1:

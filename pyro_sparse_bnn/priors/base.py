@@ -50,6 +50,7 @@ __all__ = [
     "PriorLayer",
     "BernoulliGates",
     "GaussianSlab",
+    "SLAB_PARAMETERIZATIONS",
     "SpikeSlabBlock",
     "LogNormalScale",
     "IndicatorPrior",
@@ -307,6 +308,10 @@ def _inverse_softplus(y: float) -> float:
 # --------------------------------------------------------------------------------------
 # Reusable pieces of guides
 # --------------------------------------------------------------------------------------
+#: the parameterisations of :class:`GaussianSlab`'s standard deviation, with the name of the
+#: parameter each one learns
+SLAB_PARAMETERIZATIONS = {"softplus": "rho", "log_variance": "log_var"}
+
 class BernoulliGates(nn.Module):
     """Bernoulli indicators with a binary Concrete guide.
 
@@ -345,34 +350,60 @@ class BernoulliGates(nn.Module):
 class GaussianSlab(nn.Module):
     """A Gaussian slab ``beta`` with prior ``Normal(0, prior_scale)``.
 
-    Guide ``Normal(loc, softplus(rho))``, or -- when gated by a spike-and-slab indicator --
+    Guide ``Normal(loc, sigma)``, or -- when gated by a spike-and-slab indicator --
     :class:`~pyro_sparse_bnn.distributions.GatedNormal`, whose KL is weighted by the gate's
-    inclusion probability.
+    inclusion probability. The standard deviation ``sigma`` has one of two
+    parameterisations (:data:`SLAB_PARAMETERIZATIONS`):
 
-    With ``max_variance`` the guide's variances are bounded: ``softplus(rho)^2 <= max_variance``.
-    Every guide run first projects ``rho`` onto that set (:meth:`project`, a clamp), so
-    each optimiser step is followed by a projection before the next ELBO evaluation --
+    * ``"softplus"``: ``sigma = softplus(rho)``, parameter ``rho``;
+    * ``"log_variance"``: ``sigma = exp(log_var / 2)``, parameter ``log_var`` (the
+      parameterisation of Kingma et al.'s and Louizos et al.'s variational-dropout code).
+
+    Both describe the same family; they differ in how fast a gradient step moves the
+    variance. Where ``sigma`` is small (``rho << 0``), ``softplus(rho) ~ exp(rho)``, so a step
+    of ``d`` in ``rho`` changes ``log sigma^2`` by ``2 d`` against ``d`` for a step in
+    ``log_var``: with Adam, whose steps have about the size of the learning rate whatever the
+    gradient's scale, the log-variance parameterisation lets the variances move half as fast.
+
+    With ``max_variance`` the guide's variances are bounded: ``sigma^2 <= max_variance``.
+    Every guide run first projects the parameter onto that set (:meth:`project`, a clamp),
+    so each optimiser step is followed by a projection before the next ELBO evaluation --
     projected gradient ascent on the ELBO over the bounded family -- and the readouts
     (:attr:`scale`) clamp too, so a value set by hand or loaded never exceeds the bound.
 
     :param torch.Tensor init_loc: initial posterior mean (its shape is the slab's shape).
     :param float prior_scale: prior standard deviation ``sigma_0``.
-    :param float init_rho: initial ``rho``; the posterior scale is ``softplus(rho)``.
-    :param max_variance: upper bound on every posterior variance ``softplus(rho)^2``
-        (``None``: unbounded, the default).
-    :raises HyperparameterError: if ``max_variance`` is not ``None`` or positive and finite.
+    :param float init_rho: initial value of the scale parameter (``rho``, or ``log sigma^2``
+        with ``parameterization="log_variance"``).
+    :param max_variance: upper bound on every posterior variance ``sigma^2`` (``None``:
+        unbounded, the default).
+    :param str parameterization: ``"softplus"`` (default) or ``"log_variance"``.
+    :raises HyperparameterError: if ``max_variance`` is not ``None`` or positive and finite,
+        or for an unknown ``parameterization``.
     """
 
     def __init__(self, init_loc: torch.Tensor, prior_scale: float, init_rho: float,
-                 max_variance: Optional[float] = None):
+                 max_variance: Optional[float] = None, parameterization: str = "softplus"):
         super().__init__()
+        if parameterization not in SLAB_PARAMETERIZATIONS:
+            raise HyperparameterError(
+                f"parameterization must be one of {', '.join(map(repr, SLAB_PARAMETERIZATIONS))}, "
+                f"got {parameterization!r}"
+            )
+        self.parameterization = parameterization
+        #: name of the scale parameter: ``"rho"`` or ``"log_var"``
+        self.scale_name = SLAB_PARAMETERIZATIONS[parameterization]
         self.loc = nn.Parameter(init_loc.detach().clone())
-        self.rho = nn.Parameter(torch.full_like(self.loc, init_rho))
+        self.register_parameter(self.scale_name, nn.Parameter(torch.full_like(self.loc, init_rho)))
         self.register_buffer("prior_scale", torch.tensor(float(prior_scale)))
         #: the bound on the posterior variances (``None``: unbounded)
         self.max_variance = None if max_variance is None else check_positive("max_variance", max_variance)
-        #: the largest ``rho`` within the bound, ``softplus^-1(sqrt(max_variance))``
-        self.max_rho = None if max_variance is None else _inverse_softplus(math.sqrt(self.max_variance))
+        #: the largest scale parameter within the bound: ``softplus^-1(sqrt(max_variance))``
+        #: or ``log(max_variance)`` (``None``: unbounded)
+        self.max_scale_param = None
+        if self.max_variance is not None:
+            self.max_scale_param = (_inverse_softplus(math.sqrt(self.max_variance)) if parameterization == "softplus"
+                                    else math.log(self.max_variance))
         self.project()
 
     @property
@@ -380,24 +411,34 @@ class GaussianSlab(nn.Module):
         return self.loc.shape
 
     @property
+    def scale_param(self) -> nn.Parameter:
+        """The scale parameter (``rho`` or ``log_var``)."""
+        return getattr(self, self.scale_name)
+
+    def scale_of(self, param: torch.Tensor) -> torch.Tensor:
+        """The standard deviation ``sigma`` of a value of the scale parameter (differentiable)."""
+        return F.softplus(param) if self.parameterization == "softplus" else torch.exp(0.5 * param)
+
+    @property
     def scale(self) -> torch.Tensor:
-        """Posterior standard deviation ``softplus(rho)``, at most ``sqrt(max_variance)`` (no gradient)."""
-        scale = F.softplus(self.rho.detach())
+        """Posterior standard deviation ``sigma``, at most ``sqrt(max_variance)`` (no gradient)."""
+        scale = self.scale_of(self.scale_param.detach())
         return scale if self.max_variance is None else scale.clamp(max=math.sqrt(self.max_variance))
 
     @torch.no_grad()
     def project(self) -> None:
-        """Clamp ``rho`` in place at :attr:`max_rho` (nothing to do without ``max_variance``)."""
-        if self.max_rho is not None:
-            self.rho.clamp_(max=self.max_rho)
+        """Clamp the scale parameter in place at :attr:`max_scale_param` (nothing to do
+        without ``max_variance``)."""
+        if self.max_scale_param is not None:
+            self.scale_param.clamp_(max=self.max_scale_param)
 
     def prior_dist(self):
         return cached_prior(self, "prior", self.prior_scale, lambda: dist.Normal(
             torch.zeros_like(self.prior_scale), self.prior_scale, validate_args=False
         ).expand(self.shape).to_event(self.loc.dim()))
 
-    def guide_dist(self, loc, rho, gate=None, gate_probs=None):
-        scale = F.softplus(rho)
+    def guide_dist(self, loc, scale_param, gate=None, gate_probs=None):
+        scale = self.scale_of(scale_param)
         if gate is None:
             base = dist.Normal(loc, scale, validate_args=False)
         else:
@@ -406,12 +447,12 @@ class GaussianSlab(nn.Module):
 
     def guide_sample(self, layer: "PriorLayer", site: str, gate=None, gate_probs=None) -> torch.Tensor:
         """Sample the guide's slab site ``site`` of ``layer`` (announcing ``site_loc`` and
-        ``site_rho``), flagged :data:`LAYER_SLAB`: the prior promises to use its value only
-        as the slab of the layer's :class:`LayerDraw`."""
+        ``site_rho`` or ``site_log_var``), flagged :data:`LAYER_SLAB`: the prior promises to
+        use its value only as the slab of the layer's :class:`LayerDraw`."""
         self.project()
         loc = layer.param(site + "_loc", self.loc)
-        rho = layer.param(site + "_rho", self.rho)
-        return pyro.sample(layer.site(site), self.guide_dist(loc, rho, gate=gate, gate_probs=gate_probs),
+        scale_param = layer.param(f"{site}_{self.scale_name}", self.scale_param)
+        return pyro.sample(layer.site(site), self.guide_dist(loc, scale_param, gate=gate, gate_probs=gate_probs),
                            infer={LAYER_SLAB: True})
 
 

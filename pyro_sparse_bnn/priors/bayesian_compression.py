@@ -35,6 +35,7 @@ import torch
 
 from ..errors import HyperparameterError
 from .base import (
+    SLAB_PARAMETERIZATIONS,
     GaussianSlab,
     LayerDraw,
     LayerSpec,
@@ -76,7 +77,9 @@ class GroupScaleLayer(PriorLayer):
             init_loc = init_loc / init_scale
         else:
             init_loc = torch.cat([init_loc[:, : spec.fan_in] / init_scale, init_loc[:, spec.fan_in:]], dim=1)
-        self.slab = GaussianSlab(init_loc, 1.0, prior.init_rho, max_variance=max_variance)
+        parameterization = prior.weight_parameterization
+        init = prior.init_rho if parameterization == "softplus" else prior.init_weight_log_var
+        self.slab = GaussianSlab(init_loc, 1.0, init, max_variance=max_variance, parameterization=parameterization)
         self.register_buffer("bias_scale", torch.ones(int(spec.has_bias)))
 
     # -- hooks ---------------------------------------------------------------------------
@@ -180,14 +183,16 @@ def _per_layer(name: str, value, check, allow_none: bool = False):
     return tuple(None if v is None and allow_none else check(name, v) for v in values)
 
 
-def _layer_value(name: str, value, spec: LayerSpec, network: NetworkInfo):
-    """Layer ``spec``'s entry of a per-layer hyperparameter checked by :func:`_per_layer`."""
+def _layer_value(name: str, value, spec: LayerSpec, network: NetworkInfo, shorter_means_none: bool = False):
+    """Layer ``spec``'s entry of a per-layer hyperparameter checked by :func:`_per_layer`; with
+    ``shorter_means_none`` a sequence may stop before the last layer, the layers after its
+    end getting ``None``."""
     if not isinstance(value, tuple):
         return value
     num_layers = network.num_hidden_layers + 1
-    if len(value) != num_layers:
+    if len(value) > num_layers or (len(value) < num_layers and not shorter_means_none):
         raise HyperparameterError(f"{name} has {len(value)} values but the network has {num_layers} layers")
-    return value[spec.index]
+    return value[spec.index] if spec.index < len(value) else None
 
 
 class BayesianCompressionPrior(Prior):
@@ -195,23 +200,41 @@ class BayesianCompressionPrior(Prior):
 
     :param log_alpha_threshold: keep a group when ``log alpha < t``; one ``t`` for every
         layer or a sequence with one per layer (-3).
-    :param float init_rho: initial ``rho`` of the weights' guide (``sigma = softplus(rho)``).
+    :param float init_rho: initial ``rho`` of the weights' guide (``sigma = softplus(rho)``)
+        under the softplus parameterisation.
     :param max_variance: bound on the posterior variance ``sigma^2`` of every weight ``w~``
-        and bias: ``None`` (unbounded), one number for every layer, or a sequence with one
-        entry (a number or ``None``) per layer.
-    :raises HyperparameterError: for a non-finite threshold or ``init_rho``, a
-        ``max_variance`` that is not positive and finite, or an empty sequence.
+        and bias: ``None`` (unbounded), one number for every layer, or a sequence whose entry
+        ``l`` (a number or ``None``) bounds layer ``l``; the layers after the end of a shorter
+        sequence are unbounded, so ``(0.04,)`` bounds the first layer only.
+    :param str weight_parameterization: how the weights' guide standard deviation is
+        parameterised: ``"softplus"`` (``sigma = softplus(rho)``) or ``"log_variance"``
+        (``sigma = exp(log_var / 2)``; see :class:`~pyro_sparse_bnn.priors.base.GaussianSlab`).
+    :param float init_weight_log_var: initial ``log sigma^2`` of the weights' guide under the
+        log-variance parameterisation.
+    :raises HyperparameterError: for a non-finite threshold, ``init_rho`` or
+        ``init_weight_log_var``, a ``max_variance`` that is not positive and finite, an empty
+        sequence, or an unknown parameterisation.
     """
 
     layer_class = None
-    #: the bound on the slab variances (class default for networks saved before it existed)
+    # class defaults: what networks saved before these options existed were built with
     max_variance = None
+    weight_parameterization = "softplus"
+    init_weight_log_var = -9.0
 
     def __init__(self, log_alpha_threshold: Union[float, Sequence[float]], init_rho: float,
-                 max_variance: Union[None, float, Sequence[Optional[float]]] = None):
+                 max_variance: Union[None, float, Sequence[Optional[float]]] = None,
+                 weight_parameterization: str = "softplus", init_weight_log_var: float = -9.0):
         self.log_alpha_threshold = _per_layer("log_alpha_threshold", log_alpha_threshold, check_finite)
         self.init_rho = check_finite("init_rho", init_rho)
         self.max_variance = _per_layer("max_variance", max_variance, check_positive, allow_none=True)
+        if weight_parameterization not in SLAB_PARAMETERIZATIONS:
+            raise HyperparameterError(
+                f"weight_parameterization must be one of {', '.join(map(repr, SLAB_PARAMETERIZATIONS))}, "
+                f"got {weight_parameterization!r}"
+            )
+        self.weight_parameterization = weight_parameterization
+        self.init_weight_log_var = check_finite("init_weight_log_var", init_weight_log_var)
 
     @property
     def threshold(self) -> Optional[float]:
@@ -226,7 +249,7 @@ class BayesianCompressionPrior(Prior):
 
     def layer_max_variance(self, spec: LayerSpec, network: NetworkInfo) -> Optional[float]:
         """The bound on the slab variances of layer ``spec`` (``None``: unbounded)."""
-        return _layer_value("max_variance", self.max_variance, spec, network)
+        return _layer_value("max_variance", self.max_variance, spec, network, shorter_means_none=True)
 
     def build(self, spec: LayerSpec, network: NetworkInfo) -> GroupScaleLayer:
         return self.layer_class(spec, self, self.layer_threshold(spec, network),

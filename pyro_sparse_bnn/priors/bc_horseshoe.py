@@ -65,12 +65,17 @@ class GroupHorseshoe(BayesianCompressionPrior):
     :param max_variance: bound on the posterior variances of the weights ``w~`` and biases:
         ``None`` (unbounded), one number for every layer, or one entry (number or ``None``)
         per layer.
+    :param str weight_parameterization: ``"softplus"`` (``sigma = softplus(rho)``) or
+        ``"log_variance"`` (``sigma = exp(log_var / 2)``) for the weights' guide.
+    :param float init_weight_log_var: initial ``log sigma^2`` of the weights' guide under the
+        log-variance parameterisation (-9).
     """
 
     layer_class = BCHorseshoeLayer
 
     def __init__(self, global_scale: float = 1.0,
                  log_alpha_threshold: Union[float, Sequence[float]] = -3.0, init_rho: float = -5.0,
-                 max_variance: Union[None, float, Sequence[Optional[float]]] = None):
-        super().__init__(log_alpha_threshold, init_rho, max_variance)
+                 max_variance: Union[None, float, Sequence[Optional[float]]] = None,
+                 weight_parameterization: str = "softplus", init_weight_log_var: float = -9.0):
+        super().__init__(log_alpha_threshold, init_rho, max_variance, weight_parameterization, init_weight_log_var)
         self.global_scale = check_positive("global_scale", global_scale)

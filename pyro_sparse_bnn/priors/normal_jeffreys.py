@@ -62,20 +62,40 @@ class GroupNormalJeffreys(BayesianCompressionPrior):
     """BC-GNJ: one log-uniform (normal-Jeffreys) group scale per input unit of each linear
     layer and per output channel of each conv layer.
 
+    The defaults of the weights' guide are those of the authors' code: log-variance
+    parameters started at ``log sigma^2 = -9``, and the first layer's variances bounded at
+    0.04. Both matter within a practical training budget. The KL term pushes every
+    ``log sigma^2`` up at a steady pace; under the softplus parameterisation the same Adam
+    steps move ``log sigma^2`` about twice as fast, and on LeNet-300-100 / Fashion-MNIST (30
+    epochs) the variances then outgrow what the likelihood tolerates, the fit prunes more
+    units and loses accuracy. The first layer reads the raw inputs, hundreds of them far from
+    zero, so unbounded variances there add input noise that the fit answers by shrinking
+    the group scales of whole inputs; bounding them (a restriction of the variational
+    family, so the objective is still the ELBO, only over fewer distributions) kept the
+    posterior-mean network at the dense network's accuracy in that setting. ``max_variance=None``
+    and ``weight_parameterization="softplus"`` give the unrestricted family.
+
     :param log_alpha_threshold: keep a group when ``log alpha < t``; one ``t`` for all
         layers or one per layer (the authors use ``[-2.8, -3, -5]`` for LeNet-300-100) (-3).
     :param float init_log_var: initial ``log sigma_z^2`` of the group scales (-9, the
         authors' initialisation).
-    :param float init_rho: initial ``rho`` of the weights' guide (-5: ``sigma ~ 0.007``).
+    :param float init_rho: initial ``rho`` of the weights' guide under the softplus
+        parameterisation (-5: ``sigma ~ 0.007``).
     :param max_variance: bound on the posterior variances of the weights ``w~`` and biases:
-        ``None`` (unbounded), one number for every layer, or one entry (number or ``None``)
-        per layer.
+        ``None`` (unbounded), one number for every layer, or a sequence whose entry ``l``
+        (number or ``None``) bounds layer ``l``, the layers after its end unbounded
+        (default ``(0.04,)``: the first layer only, at 0.04).
+    :param str weight_parameterization: ``"log_variance"`` (default; ``sigma = exp(log_var / 2)``)
+        or ``"softplus"`` (``sigma = softplus(rho)``) for the weights' guide.
+    :param float init_weight_log_var: initial ``log sigma^2`` of the weights' guide under the
+        log-variance parameterisation (-9).
     """
 
     layer_class = NormalJeffreysLayer
 
     def __init__(self, log_alpha_threshold: Union[float, Sequence[float]] = -3.0,
                  init_log_var: float = -9.0, init_rho: float = -5.0,
-                 max_variance: Union[None, float, Sequence[Optional[float]]] = None):
-        super().__init__(log_alpha_threshold, init_rho, max_variance)
+                 max_variance: Union[None, float, Sequence[Optional[float]]] = (0.04,),
+                 weight_parameterization: str = "log_variance", init_weight_log_var: float = -9.0):
+        super().__init__(log_alpha_threshold, init_rho, max_variance, weight_parameterization, init_weight_log_var)
         self.init_log_var = check_finite("init_log_var", init_log_var)

@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from pyro import poutine
 
 from pyro_sparse_bnn import (
@@ -20,7 +19,12 @@ from pyro_sparse_bnn import (
 
 from ..conftest import mlp, randomize_guide
 from .contract import PriorContract
-from .hand import assert_loss_matches_hand_computation, column_scaled, standard_normal_slab_kl
+from .hand import (
+    assert_loss_matches_hand_computation,
+    column_scaled,
+    slab_sigma,
+    standard_normal_slab_kl,
+)
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 #: E log|eps| for eps ~ N(0, 1): -(Euler gamma + log 2) / 2
@@ -100,7 +104,7 @@ def test_weight_moments_are_those_of_a_product_of_independent_normals():
     layer = bnn.layers[0]
     mean, var = weight_moments(bnn)["net.0"]
     mu_z, var_z = layer.z_loc.detach(), layer.z_log_var.detach().exp()
-    mu, sigma2 = layer.slab.loc.detach()[:, :3], F.softplus(layer.slab.rho.detach()[:, :3]) ** 2
+    mu, sigma2 = layer.slab.loc.detach()[:, :3], slab_sigma(layer.slab).float()[:, :3] ** 2
     assert torch.allclose(mean, mu_z * mu)
     assert torch.allclose(var, mu_z**2 * sigma2 + var_z * mu**2 + var_z * sigma2)
     # and against draws of z * w
@@ -139,14 +143,16 @@ def test_compress_drops_the_inputs_and_units_whose_groups_are_pruned():
     assert report.kept_features.tolist() == [0, 2]
 
 
-def test_max_variance_bounds_the_chosen_layers_slab_through_a_fit():
+@pytest.mark.parametrize("parameterization", ["softplus", "log_variance"])
+def test_max_variance_bounds_the_chosen_layers_slab_through_a_fit(parameterization):
     from pyro_sparse_bnn import fit
 
     torch.manual_seed(0)
     x = torch.randn(64, 3)
     y = (x[:, 0] > 0).long()
-    # init_rho = 0: sd softplus(0) = 0.69, above the first layer's bound sqrt(0.01) = 0.1
-    prior = GroupNormalJeffreys(max_variance=[0.01, None], init_rho=0.0)
+    # sd softplus(0) = 0.69 or exp(0) = 1 at the start: above the first layer's bound sqrt(0.01) = 0.1
+    prior = GroupNormalJeffreys(max_variance=[0.01, None], init_rho=0.0, init_weight_log_var=0.0,
+                                weight_parameterization=parameterization)
     bnn = SparseBNN(mlp([3, 4, 2]), prior, num_data=64)
     fit(bnn, x, y, epochs=3, batch_size=16, lr=0.05, progress=False, seed=0)
     first, second = bnn.layers
@@ -159,8 +165,8 @@ def test_max_variance_bounds_the_chosen_layers_slab_through_a_fit():
     z_mean, z_var = first.scale_moments()
     mu = first.slab.loc.detach()[:, :3]
     assert torch.all(var <= z_mean**2 * 0.01 + z_var * (mu**2 + 0.01) + 1e-7)
-    # the unbounded layer is free to move towards the prior's unit variance, past the bound
-    assert float(second.slab.scale.max()) > 0.1
+    # the unbounded layer is free to stay near the prior's unit variance, far past the bound
+    assert float(second.slab.scale.max()) > 0.3
 
 
 def test_max_variance_validation():
@@ -176,3 +182,14 @@ def test_max_variance_validation():
         SparseBNN(mlp([3, 4, 2]), GroupNormalJeffreys(max_variance=[0.04, None, None]), num_data=30)
     bnn = SparseBNN(mlp([3, 4, 2]), GroupNormalJeffreys(max_variance=0.5), num_data=30)
     assert [layer.slab.max_variance for layer in bnn.layers] == [0.5, 0.5]
+    # a shorter sequence leaves the later layers unbounded; the default bounds the first one
+    bnn = SparseBNN(mlp([3, 4, 4, 2]), GroupNormalJeffreys(max_variance=[None, 0.1]), num_data=30)
+    assert [layer.slab.max_variance for layer in bnn.layers] == [None, 0.1, None]
+    bnn = SparseBNN(mlp([3, 4, 4, 2]), GroupNormalJeffreys(), num_data=30)
+    assert [layer.slab.max_variance for layer in bnn.layers] == [0.04, None, None]
+    assert all(layer.slab.parameterization == "log_variance" for layer in bnn.layers)
+    assert torch.all(bnn.layers[1].slab.log_var == -9.0)
+    with pytest.raises(HyperparameterError, match="weight_parameterization must be one of"):
+        GroupNormalJeffreys(weight_parameterization="exp")
+    with pytest.raises(HyperparameterError, match="init_weight_log_var"):
+        GroupNormalJeffreys(init_weight_log_var=float("inf"))
