@@ -155,7 +155,7 @@ ROWS: Dict[str, Row] = {
     "lenet5": Row(
         description="LeNet-5-Caffe (ReLU), BC-GNJ, batch 128, Adam, 20 epochs in all",
         network=psb.lenet5_caffe, prior="bcgnj", prior_args={}, batch_size=128, e_bnn=15, e_ft=5,
-        fit={"lr": 1e-3, "lr_decay": 0.1}, train={"lr": 1e-3, "lr_decay": 0.1},
+        fit={"lr": 3e-3, "lr_decay": 0.1}, train={"lr": 1e-3, "lr_decay": 0.1},
         targets=[Target("weight_compression", 30, 1.0)], num_samples=50,
     ),
 }
@@ -211,7 +211,7 @@ class Clock:
 # -- the stages -------------------------------------------------------------------------------
 def fit_bnn(row: Row, data, seed: int, refit: bool, echo):
     """The fitted BNN, from the cache when it holds one fitted with these settings."""
-    settings = {"network": repr(row.network()), "prior": row.prior, "prior_args": row.prior_args,
+    settings = {"network": repr(row.network()), "prior": repr(row.make_prior()),
                 "batch_size": row.batch_size, "epochs": row.e_bnn, "fit": row.fit, "kl_weight": row.kl_weight,
                 "n_val": N_VAL, "seed": seed}
     path = CACHE / f"bnn_{key(settings)}.pt"
@@ -406,6 +406,8 @@ def run_row(name: str, row: Row, seed: int, refit: bool, tag: str, command: str,
     echo(f"dense {row.budget} epochs: validation {dense['val']:.4f}, test {dense['test']:.4f}; "
          f"dense {row.e_bnn} epochs (pruned by magnitude): test {dense['short']['test']:.4f}")
 
+    index = front.selected_index(row.tolerance)
+    select = {"tolerance": row.tolerance, "architecture": None if index is None else records[index]["architecture"]}
     start = time.perf_counter()
     points = []
     for point in choose_points(row, front, records):
@@ -426,7 +428,7 @@ def run_row(name: str, row: Row, seed: int, refit: bool, tag: str, command: str,
         "settings": {**asdict(row), "network": repr(row.network()), "prior_repr": repr(bnn.priors[0]),
                      "budget": row.budget, "n_val": N_VAL},
         "bnn": {"cached": cached, "posterior_val": front.posterior_metric, "posterior_test": posterior_test},
-        "dense": dense, "frontier": records, "points": points, "targets": outcomes,
+        "dense": dense, "frontier": records, "points": points, "targets": outcomes, "select": select,
         "seconds": clock.seconds, "figure": str(figure.relative_to(Path(__file__).resolve().parent.parent)),
     }
     path = write(f"compression_targets_{name}_seed{seed}{'_' + tag if tag else ''}", results)
@@ -454,12 +456,15 @@ def table(results: dict) -> str:
             f"{p['bnn']['points_below_dense']:+.2f} | {p['magnitude']['before']['test']:.4f} | "
             f"{p['magnitude']['after']['test']:.4f} ({p['magnitude']['points_below_dense']:+.2f}) | "
             f"{p['scratch']['after']['test']:.4f} ({p['scratch']['points_below_dense']:+.2f}) |")
-    lines += ["", "| threshold | rule | architecture | params kept | weight compr. | val | test |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+    select = results["select"]
+    if select["architecture"] is None:
+        lines.append(f"\nselect(tolerance={select['tolerance']:g}): no network of the frontier is within the "
+                     f"tolerance of the posterior's validation accuracy {results['bnn']['posterior_val']:.4f}")
+    lines += ["", "| keep rule | architecture | params kept | weight compr. | val | test |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for r in results["frontier"]:
-        threshold = "rule" if r["threshold"] is None else f"{r['threshold']:.4g}"
         compression = "" if r["weight_compression"] is None else f"{r['weight_compression']:.1f}x"
-        lines.append(f"| {threshold} | {r['rule']} | {r['architecture']} | {100 * r['fraction_kept']:.1f} % | "
+        lines.append(f"| {r['rule']} | {r['architecture']} | {100 * r['fraction_kept']:.1f} % | "
                      f"{compression} | {r['accuracy']:.4f} | {r['test_accuracy']:.4f} |")
     lines.append("")
     for outcome in results["targets"]:
