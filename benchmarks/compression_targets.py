@@ -113,6 +113,9 @@ class Row:
     num_samples: int = 100
     num_thresholds: int = 30
     kl_weight: float = 1.0
+    #: pixel scaling passed to ``fashion_mnist`` (``"symmetric"``: [-1, 1], the Bayesian
+    #: Compression authors' setting)
+    scaling: str = "standardize"
 
     @property
     def budget(self) -> int:
@@ -137,8 +140,9 @@ ROWS: Dict[str, Row] = {
     "lenet300": Row(
         description="LeNet-300-100 (784-300-100-10, ReLU), BC-GNJ, batch 128, Adam, 40 epochs in all",
         network=psb.lenet_300_100, prior="bcgnj", prior_args={}, batch_size=128, e_bnn=30, e_ft=10,
-        fit={"lr": 1e-3, "lr_decay": 0.1}, train={"lr": 1e-3, "lr_decay": 0.1},
+        fit={"lr": 1e-3}, train={"lr": 1e-3, "lr_decay": 0.1},
         targets=[Target("weight_compression", 10, 1.5), Target("weight_compression", 5, 0.8)],
+        scaling="symmetric",
     ),
     "mlp400": Row(
         description="MLP 784-400-400-10 (SiLU), SS-GHS, batch 1024, Adam, 120 epochs in all",
@@ -213,7 +217,7 @@ def fit_bnn(row: Row, data, seed: int, refit: bool, echo):
     """The fitted BNN, from the cache when it holds one fitted with these settings."""
     settings = {"network": repr(row.network()), "prior": repr(row.make_prior()),
                 "batch_size": row.batch_size, "epochs": row.e_bnn, "fit": row.fit, "kl_weight": row.kl_weight,
-                "n_val": N_VAL, "seed": seed}
+                "n_val": N_VAL, "seed": seed, "scaling": row.scaling}
     path = CACHE / f"bnn_{key(settings)}.pt"
     if path.exists() and not refit:
         echo(f"loaded the fitted BNN from {path.name}")
@@ -244,7 +248,7 @@ def fit_bnn(row: Row, data, seed: int, refit: bool, echo):
 def train_dense(row: Row, data, epochs: int, seed: int, refit: bool, echo):
     """The dense network trained for ``epochs`` (the deterministic settings of the row), cached."""
     settings = {"network": repr(row.network()), "batch_size": row.batch_size, "epochs": epochs,
-                "train": row.train, "n_val": N_VAL, "seed": seed}
+                "train": row.train, "n_val": N_VAL, "seed": seed, "scaling": row.scaling}
     path = CACHE / f"dense_{key(settings)}.pt"
     torch.manual_seed(seed)
     net = row.network()
@@ -380,7 +384,7 @@ def run_row(name: str, row: Row, seed: int, refit: bool, tag: str, command: str,
     echo(f"{name}: {row.description}; {row.prior} {row.prior_args}, fit {row.fit}, {objective}; "
          f"E_bnn {row.e_bnn} + E_ft {row.e_ft}, deterministic training {row.train}, seed {seed}")
     flat = True
-    data = fashion_mnist(n_val=N_VAL, seed=seed, flatten=flat)
+    data = fashion_mnist(n_val=N_VAL, seed=seed, flatten=flat, scaling=row.scaling)
 
     start = time.perf_counter()
     bnn, fit_seconds, cached = fit_bnn(row, data, seed, refit, echo)
