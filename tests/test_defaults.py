@@ -21,10 +21,6 @@ import pyro_sparse_bnn as psb
 from pyro_sparse_bnn.baselines import train_deterministic
 from pyro_sparse_bnn.datasets import breast_cancer, digits
 
-#: BC-GHS's keep rule ``log alpha < -3`` asks the data to pin each group's scale to about
-#: +-20 %, which a few hundred examples do not: every input group of breast cancer is dropped
-#: (a constant network) and the digits lose 4 points. Expected to fail until its defaults change.
-_BC_GHS_SMALL_DATA = pytest.mark.xfail(strict=True, reason="BC-GHS keep rule too strict for small data")
 PRIORS = {
     "SS": psb.SpikeSlab,
     "SS-IG": psb.SpikeSlabNode,
@@ -34,7 +30,7 @@ PRIORS = {
     "BC-GHS": psb.GroupHorseshoe,
     "SC": psb.SelfCompressingGaussian,
 }
-NAMES = [pytest.param(name, marks=_BC_GHS_SMALL_DATA) if name == "BC-GHS" else name for name in sorted(PRIORS)]
+NAMES = sorted(PRIORS)
 #: data set -> (loader, hidden widths, epochs); both give about 1,200 steps of batch 128
 SETUPS = {
     "breast_cancer": (breast_cancer, (16, 8), 300),

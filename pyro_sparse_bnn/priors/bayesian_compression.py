@@ -211,10 +211,14 @@ class BayesianCompressionPrior(Prior):
     fewer distributions, so the ELBO reached is lower -- and on LeNet-300-100 with
     Fashion-MNIST in [-1, 1] (30 epochs) it is what brings the posterior-mean network to
     the dense network's accuracy. ``max_variance=None`` and
-    ``weight_parameterization="softplus"`` give the unrestricted family.
+    ``weight_parameterization="softplus"`` give the unrestricted family. The bound suits
+    inputs of order one, as images are; on a small problem with a few standardised inputs
+    it can keep redundant units (a 10-20-1 student of a planted 10-3-1 teacher: 6 hidden
+    units kept with the bound, exactly 3 with ``max_variance=None``), so try both there and
+    compare them on validation data.
 
     :param log_alpha_threshold: keep a group when ``log alpha < t``; one ``t`` for every
-        layer or a sequence with one per layer (-3).
+        layer or a sequence with one per layer (defaults: -3 for BC-GNJ, -1 for BC-GHS).
     :param float init_rho: initial ``rho`` of the weights' guide (``sigma = softplus(rho)``)
         under the softplus parameterisation.
     :param max_variance: bound on the posterior variance ``sigma^2`` of every weight ``w~``

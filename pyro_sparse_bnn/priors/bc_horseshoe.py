@@ -63,7 +63,12 @@ class GroupHorseshoe(BayesianCompressionPrior):
 
     :param float global_scale: scale of the half-Cauchy prior of the layer's global factor (1).
     :param log_alpha_threshold: keep a group when ``log alpha < t``; one ``t`` for all
-        layers or one per layer (-3).
+        layers or one per layer (-1). Here ``alpha = exp(Var[log s~]) - 1`` reads the spread
+        of a group's log-scale, and ``t = -3`` (BC-GNJ's rule) asks the data to pin each
+        scale to about 20 %, which a few hundred examples do not: on breast cancer
+        (16-8 hidden units, 300 epochs) every input is dropped at -3 or -2 and 29-11-7 units
+        kept at -1 with the dense network's accuracy. Use :func:`~pyro_sparse_bnn.frontier`
+        to choose a stricter threshold on validation data.
     :param float init_rho: initial ``rho`` of the LogNormal scale factors, and of the
         weights' guide under the softplus parameterisation (-5).
     :param max_variance: bound on the posterior variances of the weights ``w~`` and biases:
@@ -79,7 +84,7 @@ class GroupHorseshoe(BayesianCompressionPrior):
     layer_class = BCHorseshoeLayer
 
     def __init__(self, global_scale: float = 1.0,
-                 log_alpha_threshold: Union[float, Sequence[float]] = -3.0, init_rho: float = -5.0,
+                 log_alpha_threshold: Union[float, Sequence[float]] = -1.0, init_rho: float = -5.0,
                  max_variance: Union[None, float, Sequence[Optional[float]]] = (0.04,),
                  weight_parameterization: str = "log_variance", init_weight_log_var: float = -9.0):
         super().__init__(log_alpha_threshold, init_rho, max_variance, weight_parameterization, init_weight_log_var)
