@@ -22,19 +22,14 @@ from pathlib import Path
 
 import torch
 
-import pyro_sparse_bnn as psb
-from pyro_sparse_bnn import datasets
-from pyro_sparse_bnn.baselines import train_deterministic
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-PRIORS = {
-    "SS": psb.SpikeSlab,
-    "SS-IG": psb.SpikeSlabNode,
-    "SS-GL": psb.SpikeSlabGroupLasso,
-    "SS-GHS": psb.SpikeSlabGroupHorseshoe,
-    "BC-GNJ": psb.GroupNormalJeffreys,
-    "BC-GHS": psb.GroupHorseshoe,
-    "SC": psb.SelfCompressingGaussian,
-}
+import pyro_sparse_bnn as psb  # noqa: E402
+from pyro_sparse_bnn import datasets  # noqa: E402
+from pyro_sparse_bnn.baselines import train_deterministic  # noqa: E402
+from tests.test_defaults import PRIORS  # noqa: E402  (the priors the tests check, by short name)
+
 DATA = ("digits", "breast_cancer", "wine", "diabetes", "fashion_mnist")
 #: hidden widths when ``--hidden`` is not given: LeNet-300-100 for Fashion-MNIST
 HIDDEN = {"fashion_mnist": (300, 100)}
