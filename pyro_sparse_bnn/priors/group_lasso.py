@@ -10,7 +10,7 @@ Guide: relaxed Bernoulli ``z``, Normal ``beta``, LogNormal ``tau_j^2`` and ``lam
 KL of each LogNormal against its Gamma prior is closed form
 (:func:`~pyro_sparse_bnn.distributions.lognormal_gamma_kl`); for ``tau_j^2`` it is evaluated
 at the sampled ``lambda^2`` and, being linear in ``log lambda^2`` and ``lambda^2``, averages to
-the fully closed form of METHODS.md over the guide of ``lambda^2``.
+the fully closed form (docs/methods.md) over the guide of ``lambda^2``.
 """
 
 import math
