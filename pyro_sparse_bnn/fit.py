@@ -135,6 +135,12 @@ def _guard_non_finite(svi: SVI) -> None:
     svi.loss_and_grads = guarded
 
 
+def _fit_step(bnn: SparseBNN, svi: SVI, x: torch.Tensor, y: torch.Tensor, skip_slab_draws: bool) -> float:
+    """One optimisation step of :func:`fit` on the minibatch ``(x, y)``; returns the loss."""
+    with bnn.reparameterization(skip_slab_draws=skip_slab_draws):
+        return svi.step(x, y)
+
+
 def _fit_config(**arguments) -> dict:
     """The arguments that shape the trajectory, as plain data (compared on resume)."""
     config = {}
@@ -362,8 +368,7 @@ def fit(
             for x_batch, y_batch in batches:
                 where = f"at epoch {epoch}, step {steps} (step {history.num_steps + steps} overall)"
                 try:
-                    with bnn.reparameterization(skip_slab_draws=skip_slab_draws):
-                        loss = svi.step(x_batch, y_batch)
+                    loss = _fit_step(bnn, svi, x_batch, y_batch, skip_slab_draws)
                 except _NonFiniteStep as failure:
                     raise NonFiniteLossError(
                         _non_finite_message(bnn, elbo, f"the loss became {failure.loss} {where}", checkpoints)
