@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import pyro
@@ -49,6 +50,7 @@ from common import RESULTS, write  # noqa: E402
 from hand_written import HandWritten, fixed_noise  # noqa: E402
 
 import pyro_sparse_bnn as psb  # noqa: E402
+from pyro_sparse_bnn.architecture import parse_sequential  # noqa: E402
 from pyro_sparse_bnn.fit import _fit_step  # noqa: E402
 from pyro_sparse_bnn.optim import JointAdam  # noqa: E402
 from pyro_sparse_bnn.reparameterization import LocalReparameterization  # noqa: E402
@@ -74,16 +76,19 @@ NUM_DATA = 60000
 LR = 5e-3
 
 
-def build_row(row, lrt, batch_size=None, seed=0):
-    """``(x, y, steps, bnn)`` for a row: the three step functions share one minibatch."""
+def build_row(row, lrt, batch_size=None, seed=0, widths=None):
+    """``(x, y, steps, bnn, hand, used_lrt)`` for a row: the three step functions share one
+    minibatch. ``widths`` replaces the network by an MLP of these widths (ReLU)."""
     net_key, prior_key = row.split("-")
     _, build, default_batch, _ = NETS[net_key]
+    if widths is not None:
+        build = partial(psb.nets.mlp, widths)
     batch = batch_size or default_batch
     torch.manual_seed(seed)
-    x = torch.randn(batch, 784)
-    y = torch.randint(0, 10, (batch,))
-
     deterministic = build()
+    x = torch.randn(batch, *parse_sequential(deterministic).input_shape)
+    y = torch.randint(0, 10 if widths is None else widths[-1], (batch,))
+
     det_optim = torch.optim.Adam(deterministic.parameters(), lr=1e-3)
 
     def deterministic_step():
@@ -173,7 +178,8 @@ def run_row(row, args):
     estimators = {"default": [None], "lrt": [True], "weights": [False], "both": [True, False]}[args.estimator]
     results = []
     for lrt in estimators:
-        x, y, steps, bnn, hand, used_lrt = build_row(row, lrt, args.batch_size)
+        widths = None if args.widths is None else [int(w) for w in args.widths.split("-")]
+        x, y, steps, bnn, hand, used_lrt = build_row(row, lrt, args.batch_size, widths=widths)
         if args.check:
             worst = check(bnn, hand, x, y, used_lrt)
             print(f"check: library and hand-written loss and gradients agree (max relative difference {worst:.2g})")
@@ -181,6 +187,8 @@ def run_row(row, args):
         if args.profile:
             profile(steps)
         estimator = "local reparameterisation" if used_lrt else "weight draws"
+        if widths is not None:
+            net_name = "MLP " + "-".join(map(str, widths))
         result = {
             "row": row, "network": net_name, "prior": PRIORS[prior_key][0], "estimator": estimator,
             "default_estimator": lrt is None, "batch_size": x.shape[0], "threads": torch.get_num_threads(),
@@ -196,6 +204,8 @@ def run_row(row, args):
         print(markdown([result], header=not results[:-1]))
         suffix = "" if lrt is None else ("_lrt" if lrt else "_weights")
         name = f"step_time_{row}{suffix}_{args.threads}t" + ("" if args.clock == "wall" else "_cpu")
+        if widths is not None:
+            name += "_mlp" + "-".join(map(str, widths))
         print(f"wrote {write(name, result)}")
         pyro.clear_param_store()
     return results
@@ -242,6 +252,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--number", type=int, default=20, help="steps per timed repeat")
     parser.add_argument("--batch-size", type=int, default=None, help="override the row's batch size")
+    parser.add_argument("--widths", default=None,
+                        help="replace the row's network by an MLP of these widths, e.g. 4-4-4-2 (the fixed cost of a step)")
     parser.add_argument("--estimator", choices=["default", "lrt", "weights", "both"], default="default")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     parser.add_argument("--check", action="store_true", help="verify the hand-written step first")

@@ -136,8 +136,9 @@ def _guard_non_finite(svi: SVI) -> None:
 
 
 def _fit_step(bnn: SparseBNN, svi: SVI, x: torch.Tensor, y: torch.Tensor, skip_slab_draws: bool) -> float:
-    """One optimisation step of :func:`fit` on the minibatch ``(x, y)``; returns the loss."""
-    with bnn.reparameterization(skip_slab_draws=skip_slab_draws):
+    """One optimisation step of :func:`fit` on the minibatch ``(x, y)``, which must have
+    passed ``bnn.check_data``; returns the loss."""
+    with bnn.reparameterization(skip_slab_draws=skip_slab_draws), bnn._checked_data():
         return svi.step(x, y)
 
 
@@ -366,6 +367,8 @@ def fit(
             start, total, steps = time.perf_counter(), 0.0, 0
             batches = loader if loader is not None else minibatches(x, y, batch_size, shuffle)
             for x_batch, y_batch in batches:
+                if loader is not None:  # tensors were checked once, up front
+                    x_batch, y_batch = bnn.check_data(x_batch, y_batch)
                 where = f"at epoch {epoch}, step {steps} (step {history.num_steps + steps} overall)"
                 try:
                     loss = _fit_step(bnn, svi, x_batch, y_batch, skip_slab_draws)

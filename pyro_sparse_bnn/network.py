@@ -15,7 +15,7 @@ guide sites from parameters owned by the wrapper (``bnn.parameters()``), never f
 global param store, so several networks can live in one process.
 """
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Optional, Sequence, Union
 
 import pyro
@@ -177,6 +177,20 @@ class SparseBNN(nn.Module):
         return int(self.num_steps) > 0 or self._fingerprint() != self._initial_fingerprint
 
     # -- data checks ---------------------------------------------------------------------
+    #: whether :meth:`model` may skip :meth:`check_data` (see :meth:`_checked_data`)
+    _data_checked = False
+
+    @contextmanager
+    def _checked_data(self):
+        """Block in which :meth:`model` trusts its inputs, for callers that validated them
+        already: ``fit`` checks the whole training set up front and ``predict`` its input, so
+        that a step does not scan every minibatch for NaNs again."""
+        previous, self._data_checked = self._data_checked, True
+        try:
+            yield
+        finally:
+            self._data_checked = previous
+
     def check_data(self, x, y=None):
         """Validate ``x`` (and ``y``) against the network; return them ready for the model.
 
@@ -217,7 +231,8 @@ class SparseBNN(nn.Module):
         :param y: targets (see class docstring) or ``None`` to sample them.
         :returns: network outputs ``(batch, outputs)`` (logits or regression means).
         """
-        x, y = self.check_data(x, y)
+        if not self._data_checked:
+            x, y = self.check_data(x, y)
         draws = [layer.model() for layer in self.layers]
         outputs = self.network_forward(x, draws)
         batch = x.shape[0]
@@ -274,7 +289,7 @@ class SparseBNN(nn.Module):
         x, _ = self.as_data(x)
         self.check_data(x)
         chunks = [x] if batch_size is None else torch.split(x, int(batch_size))
-        with torch.random.fork_rng(devices=[]) if seed is not None else nullcontext():
+        with torch.random.fork_rng(devices=[]) if seed is not None else nullcontext(), self._checked_data():
             if seed is not None:
                 torch.manual_seed(int(seed))
             draws = torch.cat(
