@@ -120,16 +120,18 @@ def train_elbo(bnn, x, y, seed):
     return -total / len(x) / bnn.num_data
 
 
-def run(row, estimator, epochs, seed, data, lr, draws):
+def run(row, estimator, epochs, seed, data, lr, draws, batch_size=None):
     net_key, prior_key = row.split("-")
     build, batch = NETS[net_key]
+    batch = batch_size or batch
     torch.manual_seed(seed)
     kwargs = {} if ESTIMATORS[estimator] is None else {"local_reparameterization": ESTIMATORS[estimator]}
     bnn = psb.SparseBNN(build(), PRIORS[prior_key](), num_data=len(data.x_train), **kwargs)
     x, y = torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)
     x_test, y_test = torch.as_tensor(data.x_test), torch.as_tensor(data.y_test)
     x_eval, y_eval = x[:10000], y[:10000]
-    record = {"estimator": estimator, "epoch": [], "elbo_per_example": [], "test_accuracy": [],
+    record = {"estimator": estimator, "batch_size": batch,
+              "local_reparameterization_layers": list(bnn.local_reparameterization_layers(batch)), "epoch": [], "elbo_per_example": [], "test_accuracy": [],
               "cpu_seconds": [], "wall_seconds": []}
     noise = {"initial": gradient_noise(bnn, x, y, batch, draws, seed)} if draws else {}
     clock = {"cpu": time.process_time(), "wall": time.perf_counter()}
@@ -163,11 +165,13 @@ def main(argv=None):
     parser.add_argument("--draws", type=int, default=32, help="gradients per variance estimate (0: skip)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tag", default="", help="suffix of the result file")
+    parser.add_argument("--batch-size", type=int, default=None, help="override the row's batch size")
     parser.add_argument("--n-train", type=int, default=None, help="use only the first n training images")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = psb.datasets.fashion_mnist(n_train=args.n_train)
-    runs = [run(args.row, e, args.epochs, args.seed, data, args.lr, args.draws) for e in args.estimators.split(",")]
+    runs = [run(args.row, e, args.epochs, args.seed, data, args.lr, args.draws, args.batch_size)
+            for e in args.estimators.split(",")]
     for r in runs:
         print(f"{args.row} {r['estimator']}: final ELBO/example {r['elbo_per_example'][-1]:.4f}, "
               f"test accuracy {r['test_accuracy'][-1]:.4f}, CPU s/epoch {sum(r['cpu_seconds']) / len(r['cpu_seconds']):.1f}")
@@ -175,8 +179,9 @@ def main(argv=None):
             print(f"  gradient noise/signal at {when}: " + ", ".join(
                 f"{g}: {v['estimator']:.3g} (estimator) / {v['minibatch+estimator']:.3g} (with minibatches)"
                 for g, v in sorted(groups.items())))
-    path = write(f"estimator_study_{args.row}{args.tag}", {"row": args.row, "epochs": args.epochs, "seed": args.seed,
-                                                            "lr": args.lr, "runs": runs})
+    batch = "" if args.batch_size is None else f"_b{args.batch_size}"
+    path = write(f"estimator_study_{args.row}{batch}{args.tag}",
+                 {"row": args.row, "epochs": args.epochs, "seed": args.seed, "lr": args.lr, "runs": runs})
     print(f"wrote {path}")
 
 

@@ -258,10 +258,11 @@ class HandWritten(nn.Module):
 
     :param bnn: a :class:`~pyro_sparse_bnn.SparseBNN`; its architecture, priors, initial guide
         parameters, temperature and ``num_data`` are copied.
-    :param bool lrt: local reparameterisation (else one weight draw per step).
+    :param lrt: the names of the layers with local reparameterisation (the others draw one
+        weight tensor per step), or ``True`` / ``False`` for all / none.
     """
 
-    def __init__(self, bnn, lrt: bool):
+    def __init__(self, bnn, lrt):
         super().__init__()
         tau = float(bnn.temperature)
         stages = []
@@ -269,7 +270,8 @@ class HandWritten(nn.Module):
             if stage.is_parametric:
                 layer = bnn.layers[stage.layer_index]
                 prior = bnn.priors[stage.layer_index]
-                stages.append(LAYERS[type(prior)](layer, lrt, prior, tau))
+                uses_lrt = lrt if isinstance(lrt, bool) else layer.spec.name in lrt
+                stages.append(LAYERS[type(prior)](layer, uses_lrt, prior, tau))
             else:
                 stages.append(stage.module)
         self.stages = nn.ModuleList(stages)

@@ -103,7 +103,7 @@ def build_row(row, lrt, batch_size=None, seed=0, widths=None):
     def library_step():  # what fit does per step
         _fit_step(bnn, svi, x, y, skip_slab_draws=True)
 
-    used_lrt = uses_lrt(bnn, batch)
+    used_lrt = bnn.local_reparameterization_layers(batch)
     hand = HandWritten(bnn, used_lrt)
     hand_optim = torch.optim.Adam(hand.parameters(), lr=LR, fused=True)
 
@@ -116,18 +116,12 @@ def build_row(row, lrt, batch_size=None, seed=0, widths=None):
     return x, y, steps, bnn, hand, used_lrt
 
 
-def uses_lrt(bnn, batch_size) -> bool:
-    """Whether ``fit`` steps ``bnn`` with local reparameterisation at this batch size."""
-    rule = getattr(bnn, "uses_local_reparameterization", None)
-    return bool(rule(batch_size)) if callable(rule) else bool(bnn.local_reparameterization)
-
-
 def check(bnn, hand, x, y, lrt) -> float:
     """Largest relative difference between the library's and the hand-written loss and
     gradients with every random draw replaced by a constant; raises if above 1e-4."""
     elbo = psb.MeanFieldELBO()
     with fixed_noise():
-        with LocalReparameterization(skip_slab_draws=True) if lrt else nullcontext():
+        with LocalReparameterization(skip_slab_draws=True, layers=lrt) if lrt else nullcontext():
             loss = elbo.differentiable_loss(bnn.model, bnn.guide, x, y)
         hand_loss = hand.loss(x, y)
     pairs = hand.pairs()
@@ -142,6 +136,14 @@ def check(bnn, hand, x, y, lrt) -> float:
     if worst > 1e-4:
         raise AssertionError(f"hand-written and library steps differ: relative difference {worst:.3g}")
     return worst
+
+
+def describe(lrt_layers, num_layers) -> str:
+    if len(lrt_layers) == num_layers:
+        return "local reparameterisation"
+    if not lrt_layers:
+        return "weight draws"
+    return f"local reparameterisation in {len(lrt_layers)} of {num_layers} layers, weight draws elsewhere"
 
 
 def time_steps(steps, repeats, number, clock):
@@ -186,7 +188,7 @@ def run_row(row, args):
         med = time_steps(steps, args.repeats, args.number, args.clock)
         if args.profile:
             profile(steps)
-        estimator = "local reparameterisation" if used_lrt else "weight draws"
+        estimator = describe(used_lrt, len(bnn.layers))
         if widths is not None:
             net_name = "MLP " + "-".join(map(str, widths))
         result = {

@@ -138,7 +138,7 @@ def _guard_non_finite(svi: SVI) -> None:
 def _fit_step(bnn: SparseBNN, svi: SVI, x: torch.Tensor, y: torch.Tensor, skip_slab_draws: bool) -> float:
     """One optimisation step of :func:`fit` on the minibatch ``(x, y)``, which must have
     passed ``bnn.check_data``; returns the loss."""
-    with bnn.reparameterization(skip_slab_draws=skip_slab_draws), bnn._checked_data():
+    with bnn.reparameterization(skip_slab_draws, x.shape[0]), bnn._checked_data():
         return svi.step(x, y)
 
 
@@ -206,9 +206,10 @@ def fit(
 
     Each epoch visits every example once in minibatches; each minibatch ELBO is scaled to
     the full training set by the model's data plate. Every step runs under the local
-    reparameterisation handler when ``bnn.local_reparameterization`` is set (the default);
-    with the default :class:`~pyro_sparse_bnn.elbo.MeanFieldELBO` the handler also skips the
-    guide's slab draws, which nothing reads then.
+    reparameterisation handler for the layers that use it at the step's batch size (see
+    :meth:`~pyro_sparse_bnn.network.SparseBNN.local_reparameterization_layers`); with the
+    default :class:`~pyro_sparse_bnn.elbo.MeanFieldELBO` the handler also skips those
+    layers' slab draws, which nothing reads then.
 
     :param bnn: the network to fit (its ``num_data`` is set to ``len(x)`` if unset).
     :param x: inputs ``(n, in_features)`` as tensor or array, or a
@@ -379,7 +380,7 @@ def fit(
                 except ValueError as error:  # distribution validation saw NaN/inf parameters
                     if _non_finite_parameters(bnn):
                         if isinstance(elbo, MeanFieldELBO):
-                            with bnn.reparameterization(skip_slab_draws=skip_slab_draws):
+                            with bnn.reparameterization(skip_slab_draws, x_batch.shape[0]):
                                 elbo.non_finite_sites = elbo.diagnose(bnn.model, bnn.guide, x_batch, y_batch)
                         raise NonFiniteLossError(
                             _non_finite_message(bnn, elbo, f"a distribution got non-finite parameters {where} "

@@ -35,7 +35,7 @@ Use it around anything that runs guide and model together::
 network's ``local_reparameterization`` flag is set (the default).
 """
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 from pyro.distributions import Independent, Normal
@@ -130,11 +130,14 @@ class LocalReparameterization(Messenger):
         such as ``Trace_ELBO`` *would* read them, so the default is ``False``;
         :func:`~pyro_sparse_bnn.fit.fit` switches it on with ``MeanFieldELBO``, and
         :meth:`SparseBNN.forward` always.
+    :param layers: names of the layers (``LayerSpec.name``, e.g. ``"net.0"``) to apply it
+        to; the others keep sampling one weight tensor (``None``, the default: every layer).
     """
 
-    def __init__(self, skip_slab_draws: bool = False):
+    def __init__(self, skip_slab_draws: bool = False, layers: Optional[Iterable[str]] = None):
         super().__init__()
         self.skip_slab_draws = bool(skip_slab_draws)
+        self.layers = None if layers is None else frozenset(layers)
         self._gaussians: Dict[int, Tuple[torch.Tensor, object]] = {}
 
     def __enter__(self):
@@ -149,6 +152,8 @@ class LocalReparameterization(Messenger):
         if not (self.skip_slab_draws and msg["value"] is None and not msg["done"]
                 and not msg["is_observed"] and msg["infer"].get(LAYER_SLAB)):
             return
+        if self.layers is not None and msg["name"].rsplit(".", 1)[0] not in self.layers:
+            return  # a layer that keeps weight draws reads its slab
         slab = _gaussian_slab(msg["fn"])
         if slab is None:
             return
@@ -170,6 +175,8 @@ class LocalReparameterization(Messenger):
 
     def _pyro_sparse_layer(self, msg):
         x, spec, draw = msg["args"]
+        if self.layers is not None and spec.name not in self.layers:
+            return
         entry = self._gaussians.get(id(draw.slab))
         if entry is None or entry[0] is not draw.slab:
             return
@@ -178,6 +185,7 @@ class LocalReparameterization(Messenger):
         msg["done"] = True
 
 
-def local_reparameterization(skip_slab_draws: bool = False) -> LocalReparameterization:
+def local_reparameterization(skip_slab_draws: bool = False,
+                             layers: Optional[Iterable[str]] = None) -> LocalReparameterization:
     """A fresh :class:`LocalReparameterization` handler, for use as ``with local_reparameterization(): ...``."""
-    return LocalReparameterization(skip_slab_draws)
+    return LocalReparameterization(skip_slab_draws, layers)
