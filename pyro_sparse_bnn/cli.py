@@ -12,6 +12,8 @@ def _demo(args) -> int:
 
     config = DemoConfig(
         epochs=args.epochs,
+        finetune_epochs=args.finetune_epochs,
+        tolerance=args.tolerance,
         seed=args.seed,
         prior_inclusion=None if args.prior_inclusion == "theory" else float(args.prior_inclusion),
         progress=not args.no_progress,
@@ -69,16 +71,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
-        "demo", help="fit a spike-and-slab BNN on scikit-learn's digits, inspect PIPs, compress"
+        "demo", help="fit a spike-and-slab BNN on scikit-learn's digits, inspect PIPs, compress at the threshold "
+                     "chosen on validation data, fine-tune, compare with the dense and magnitude-pruned networks"
     )
     defaults = __import__("pyro_sparse_bnn.demo", fromlist=["DemoConfig"]).DemoConfig()
-    demo.add_argument("--epochs", type=int, default=defaults.epochs, help="passes over the data")
+    demo.add_argument("--epochs", type=int, default=defaults.epochs, help="passes over the data fitting the BNN")
+    demo.add_argument("--finetune-epochs", type=int, default=defaults.finetune_epochs,
+                      help="passes over the data fine-tuning the compressed module (the dense network trains "
+                           "for both together)")
+    demo.add_argument("--tolerance", type=float, default=defaults.tolerance,
+                      help="how far below the posterior's validation accuracy the chosen network may be")
     demo.add_argument("--seed", type=int, default=defaults.seed)
     demo.add_argument(
-        "--prior-inclusion", default="theory",
-        help="prior inclusion probability lambda, or 'theory' (default) for Bai et al.'s rule",
+        "--prior-inclusion", default=str(defaults.prior_inclusion),
+        help=f"prior inclusion probability lambda (default {defaults.prior_inclusion}), or 'theory' for "
+             f"Bai et al.'s rule",
     )
-    demo.add_argument("--output", default=None, help="directory for a figure and the compressed module")
+    demo.add_argument("--output", default=None,
+                      help="directory for the figures, the fitted network and the compressed and fine-tuned modules")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     demo.set_defaults(handler=_demo)
 

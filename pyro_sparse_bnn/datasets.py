@@ -413,6 +413,11 @@ def _find_idx(directory, stem):
     )
 
 
+#: ``(shift, divisor)`` of the fixed pixel scalings of :func:`fashion_mnist`: ``x = (p - shift) / divisor``
+#: for ``p`` in [0, 1]
+_PIXEL_SCALINGS = {"standardize": None, "unit": (0.0, 1.0), "symmetric": (0.5, 0.5)}
+
+
 def fashion_mnist(
     directory=None,
     flatten: bool = True,
@@ -420,12 +425,13 @@ def fashion_mnist(
     n_test: Optional[int] = None,
     n_val: int = 0,
     seed: int = 0,
+    scaling: str = "standardize",
 ) -> DataSplit:
     """Fashion-MNIST (60,000 training and 10,000 test images of 28x28 pixels, 10 classes) read
     from IDX files; any directory with the four standard files works (e.g. real MNIST).
 
-    Pixels are scaled to [0, 1] and standardised with the training set's mean and standard
-    deviation (one value each, so images stay images).
+    Pixels are scaled to [0, 1] and then, by default, standardised with the training set's
+    mean and standard deviation (one value each, so images stay images).
 
     :param directory: folder with ``train-images-idx3-ubyte[.gz]`` and friends (default: the
         Debian package's :data:`FASHION_MNIST_DIR`).
@@ -434,10 +440,19 @@ def fashion_mnist(
     :param n_test: keep only the first ``n_test`` test images.
     :param int n_val: move ``n_val`` training images, chosen at random with ``seed``, into
         a validation split (0: none, the standard 60,000 / 10,000 split).
+    :param str scaling: how pixel values ``p`` in 0..255 become inputs: ``"standardize"``
+        (default; ``(p / 255 - mean) / sd`` with the training split's mean and sd),
+        ``"unit"`` (``p / 255``, in [0, 1]) or ``"symmetric"`` (``2 p / 255 - 1``, in
+        [-1, 1]: the scaling of Louizos et al.'s Bayesian Compression code).
     :raises InputError: if the files are missing (the message says how to get them).
+    :raises HyperparameterError: for an unknown ``scaling``.
     """
     directory = FASHION_MNIST_DIR if directory is None else directory
     n_val = _check_count("n_val", n_val, minimum=0)
+    if scaling not in _PIXEL_SCALINGS:
+        raise HyperparameterError(
+            f"scaling must be one of {', '.join(map(repr, _PIXEL_SCALINGS))}, got {scaling!r}"
+        )
     parts = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
         images = read_idx(_find_idx(directory, f"{prefix}-images-idx3-ubyte"))
@@ -455,7 +470,10 @@ def fashion_mnist(
         order = np.random.default_rng(seed).permutation(len(images))
         parts["val"] = (images[order[:n_val]], labels[order[:n_val]])
         parts["train"] = (images[np.sort(order[n_val:])], labels[np.sort(order[n_val:])])
-    mean, std = parts["train"][0].mean(), parts["train"][0].std()
+    if scaling == "standardize":
+        mean, std = parts["train"][0].mean(), parts["train"][0].std()
+    else:
+        mean, std = _PIXEL_SCALINGS[scaling]
     shape = (-1, 28 * 28) if flatten else (-1, 1, 28, 28)
 
     def as_tensors(images, labels):
@@ -469,7 +487,8 @@ def fashion_mnist(
         x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, x_val=x_val, y_val=y_val,
         feature_names=[f"pixel_{r}_{c}" for r in range(28) for c in range(28)],
         task="classification",
-        info={"image_shape": (28, 28), "classes": FASHION_MNIST_CLASSES, "directory": str(directory)},
+        info={"image_shape": (28, 28), "classes": FASHION_MNIST_CLASSES, "directory": str(directory),
+              "scaling": scaling},
     )
 
 

@@ -223,10 +223,17 @@ def fit(
         decay, which stabilises the indicators late in training).
     :param logit_lr: learning rate of the indicator logits (default ``lr``). A logit has to
         travel about 5 to 10 units (from ``gamma = 0.99`` to below 0.5 and on to ``lambda``)
-        while a weight moves by hundredths, and Adam moves each parameter by at most about
-        its learning rate per step, so on large data sets a larger ``logit_lr`` lets the
-        prior prune within a practical number of steps. It changes the optimiser, not the
-        objective.
+        while a weight moves by hundredths, and Adam moves each parameter by about its
+        learning rate per step, so on large data sets a larger ``logit_lr`` lets the prior
+        prune within a practical number of steps. It changes the optimiser, not the
+        objective. The default keeps the logits no faster than the slab scales: early in a
+        fit the KL pushes every indicator down at once, and on a data set of a few hundred
+        or thousand examples logits that move faster than the scales switch off every node
+        before the data have told the useful ones apart (measured with ``lr = 5e-3`` and 200
+        epochs: ``logit_lr = 2e-2`` or ``5e-2`` compressed scikit-learn's breast cancer data
+        to a constant network for every spike-and-slab prior, and the digits to 0.10-0.86
+        accuracy for the node-level ones, against 0.95-0.97 at the default). Raise it for
+        large data sets and short schedules, and check the kept architecture.
     :param seed: seed for ``pyro.set_rng_seed`` (torch, numpy and ``random``).
     :param temperature: relaxation temperature schedule: ``None`` keeps the network's, a
         number fixes it, ``(start, end)`` anneals geometrically, a callable maps the epoch

@@ -250,3 +250,26 @@ def test_loader_registry_names_every_loader():
 
     assert {"digits", "breast_cancer", "wine", "diabetes", "fashion_mnist", "bai_simulation",
             "saha_simulation"} <= set(LOADERS)
+
+
+def test_fashion_mnist_fixed_pixel_scalings(tmp_path):
+    import struct
+
+    from pyro_sparse_bnn.datasets import fashion_mnist
+
+    pixels = np.array([0, 51, 255] + [128] * (28 * 28 - 3), dtype=np.uint8)
+    for prefix in ("train", "t10k"):
+        (tmp_path / f"{prefix}-images-idx3-ubyte").write_bytes(
+            struct.pack(">BBBB", 0, 0, 0x08, 3) + struct.pack(">III", 1, 28, 28) + pixels.tobytes())
+        (tmp_path / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            struct.pack(">BBBB", 0, 0, 0x08, 1) + struct.pack(">I", 1) + bytes(1))
+    symmetric = fashion_mnist(tmp_path, scaling="symmetric")
+    assert symmetric.x_test[0, :3].tolist() == pytest.approx([-1.0, 2 * 51 / 255 - 1, 1.0], abs=1e-6)
+    assert symmetric.info["scaling"] == "symmetric"
+    unit = fashion_mnist(tmp_path, scaling="unit")
+    assert unit.x_train[0, :3].tolist() == pytest.approx([0.0, 0.2, 1.0], abs=1e-6)
+    # the default standardises: one mean and sd over every training pixel
+    standard = fashion_mnist(tmp_path).x_train
+    assert abs(float(standard.mean())) < 1e-4 and abs(float(standard.std(unbiased=False)) - 1) < 1e-3
+    with pytest.raises(HyperparameterError, match="scaling must be one of"):
+        fashion_mnist(tmp_path, scaling="minmax")

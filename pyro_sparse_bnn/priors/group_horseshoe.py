@@ -37,12 +37,10 @@ class GroupHorseshoeLayer(NodeSpikeSlabLayer):
     (``tau_j^2 = a_j b_j``), ``<layer>.node_indicator`` ``(out_units,)`` and ``<layer>.slab``.
     """
 
-    def __init__(self, spec, prior: "SpikeSlabGroupHorseshoe", prior_inclusion: float):
+    def build_scales(self, prior: "SpikeSlabGroupHorseshoe", init_rho: float) -> None:
         self.c = prior.c
-        # the guide starts at a = b = 1 for every half-Cauchy: s = global_scale
-        init_scale = float(regularized_scale(torch.tensor(math.log(prior.global_scale)), self.c))
-        super().__init__(spec, prior, prior_inclusion, init_scale=init_scale)
-        self.scales = HorseshoeScales(spec.out_units, prior.global_scale, prior.init_rho)
+        # the guide starts with the median of every factor a, b at 1: median s = global_scale
+        self.scales = HorseshoeScales(self.spec.out_units, prior.global_scale, init_rho)
 
     def model_scale(self):
         return regularized_scale(self.scales.model(self), self.c)
@@ -65,7 +63,10 @@ class SpikeSlabGroupHorseshoe(NodePrior):
     :param float c: regularisation of the horseshoe scale, ``s~ = c s / sqrt(c^2 + s^2)`` (1).
     :param float global_scale: scale of the half-Cauchy prior of ``tau_0`` (1).
     :param float init_inclusion: initial ``gamma`` (0.99).
-    :param float init_rho: initial ``rho`` of the slab and of the LogNormal scales.
+    :param init_rho: initial ``rho`` of the slab and of the LogNormal scales; ``None``
+        (default): per layer, half the spread of the default initial weights
+        (:meth:`~pyro_sparse_bnn.priors.base.IndicatorPrior.layer_init_rho`); -6 is the
+        authors' initialisation.
     :param bool hard: straight-through hard indicators.
     :param float threshold: PIP threshold for keeping a node (0.5).
     """
@@ -74,7 +75,7 @@ class SpikeSlabGroupHorseshoe(NodePrior):
 
     def __init__(self, prior_scale: float = 1.0, prior_inclusion: Optional[float] = None,
                  c: float = 1.0, global_scale: float = 1.0, init_inclusion: float = 0.99,
-                 init_rho: float = -6.0, hard: bool = True, threshold: float = 0.5):
+                 init_rho: Optional[float] = None, hard: bool = True, threshold: float = 0.5):
         super().__init__(prior_scale, prior_inclusion, init_inclusion, init_rho, hard, threshold)
         self.c = check_positive("c", c)
         self.global_scale = check_positive("global_scale", global_scale)

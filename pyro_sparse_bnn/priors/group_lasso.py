@@ -10,7 +10,7 @@ Guide: relaxed Bernoulli ``z``, Normal ``beta``, LogNormal ``tau_j^2`` and ``lam
 KL of each LogNormal against its Gamma prior is closed form
 (:func:`~pyro_sparse_bnn.distributions.lognormal_gamma_kl`); for ``tau_j^2`` it is evaluated
 at the sampled ``lambda^2`` and, being linear in ``log lambda^2`` and ``lambda^2``, averages to
-the fully closed form of METHODS.md over the guide of ``lambda^2``.
+the fully closed form (docs/methods.md) over the guide of ``lambda^2``.
 """
 
 import math
@@ -33,15 +33,15 @@ class GroupLassoLayer(NodeSpikeSlabLayer):
     ``<layer>.node_indicator`` ``(out_units,)``, ``<layer>.slab`` ``(out_units, fan_in + 1)``.
     """
 
-    def __init__(self, spec, prior: "SpikeSlabGroupLasso", prior_inclusion: float):
-        super().__init__(spec, prior, prior_inclusion, init_scale=1.0)
+    def build_scales(self, prior: "SpikeSlabGroupLasso", init_rho: float) -> None:
+        spec = self.spec
         group_size = spec.param_shape[1]
         self.register_buffer("tau_sq_concentration", torch.full((spec.out_units,), (group_size + 1) / 2))
         self.register_buffer("lambda_sq_concentration", torch.tensor(prior.lambda_sq_shape))
         self.register_buffer("lambda_sq_rate", torch.tensor(prior.lambda_sq_rate))
-        # guide starts at tau_j^2 = 1 (weights as initialised) and lambda^2 at its prior mean
-        self.lambda_sq = LogNormalScale((), math.log(prior.lambda_sq_shape / prior.lambda_sq_rate), prior.init_rho)
-        self.tau_sq = LogNormalScale((spec.out_units,), 0.0, prior.init_rho)
+        # guide starts with the median of tau_j^2 at 1 and lambda^2 at its prior mean
+        self.lambda_sq = LogNormalScale((), math.log(prior.lambda_sq_shape / prior.lambda_sq_rate), init_rho)
+        self.tau_sq = LogNormalScale((spec.out_units,), 0.0, init_rho)
 
     def model_scale(self):
         lambda_prior = cached_prior(self, "lambda_sq", self.lambda_sq_rate, lambda: dist.Gamma(
@@ -68,7 +68,10 @@ class SpikeSlabGroupLasso(NodePrior):
     :param float lambda_sq_shape: shape of the ``Gamma`` prior of ``lambda^2`` (4).
     :param float lambda_sq_rate: rate of the ``Gamma`` prior of ``lambda^2`` (2).
     :param float init_inclusion: initial ``gamma`` (0.99).
-    :param float init_rho: initial ``rho`` of the slab and of the LogNormal scales.
+    :param init_rho: initial ``rho`` of the slab and of the LogNormal scales; ``None``
+        (default): per layer, half the spread of the default initial weights
+        (:meth:`~pyro_sparse_bnn.priors.base.IndicatorPrior.layer_init_rho`); -6 is the
+        authors' initialisation.
     :param bool hard: straight-through hard indicators.
     :param float threshold: PIP threshold for keeping a node (0.5).
     """
@@ -77,7 +80,7 @@ class SpikeSlabGroupLasso(NodePrior):
 
     def __init__(self, prior_scale: float = 1.0, prior_inclusion: Optional[float] = None,
                  lambda_sq_shape: float = 4.0, lambda_sq_rate: float = 2.0,
-                 init_inclusion: float = 0.99, init_rho: float = -6.0, hard: bool = True,
+                 init_inclusion: float = 0.99, init_rho: Optional[float] = None, hard: bool = True,
                  threshold: float = 0.5):
         super().__init__(prior_scale, prior_inclusion, init_inclusion, init_rho, hard, threshold)
         self.lambda_sq_shape = check_positive("lambda_sq_shape", lambda_sq_shape)

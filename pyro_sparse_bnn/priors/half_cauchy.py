@@ -64,7 +64,7 @@ class HorseshoeScales(nn.Module):
 
     def model(self, layer) -> torch.Tensor:
         """Sample the model sites of ``layer``; return ``log s`` of shape ``(num_groups,)``."""
-        factors = [pyro.sample(layer.site(name), prior) for name, prior in zip(SITES, self._priors())]
+        factors = [pyro.sample(layer.site(name), prior) for name, prior in zip(SITES, self._priors(), strict=True)]
         return 0.5 * sum(f.log() for f in factors) + self.log_global_scale
 
     def guide(self, layer) -> None:

@@ -71,7 +71,19 @@ class GroupScales:
 
 
 class NodePrior(IndicatorPrior):
-    """Base of the node-level priors: the default ``lambda`` is :func:`layerwise_prior_inclusion`."""
+    """Base of the node-level priors: the default ``lambda`` is :func:`layerwise_prior_inclusion`.
+
+    **Defaults and the published setting.** The layer-wise ``lambda`` and every other
+    hyperparameter are Jantre et al.'s except the slab's initial scale: by default it starts
+    at half the spread of the default initial weights
+    (:meth:`~pyro_sparse_bnn.priors.base.IndicatorPrior.layer_init_rho`) rather than at
+    ``softplus(-6)``. At the authors' initialisation the slab KL of a node starts at hundreds
+    of nats (about 5.5 per incoming weight), and with 200 epochs on scikit-learn's breast
+    cancer and digits data every node-level prior switched off every node of the first layers
+    (breast cancer: a constant network) or kept 4 to 9 (digits: 0.39-0.81 accuracy); with the
+    default start they kept 5-20 % of the parameters within a point or two of a dense
+    network. ``cls.published()`` (or ``init_rho=-6.0``) gives the authors' initialisation.
+    """
 
     layer_class = None
 
@@ -91,19 +103,28 @@ class NodeSpikeSlabLayer(PriorLayer):
     ``<layer>.node_indicator`` of shape ``(out_units,)`` and ``<layer>.slab`` of the
     augmented shape ``(out_units, fan_in + 1)``.
 
-    :param float init_scale: the group scale of the guide's initial state; the slab's initial
-        mean is the user's initial weights divided by it, so the network starts from them.
+    The slab's initial mean is the user's initial weights divided by the posterior mean of
+    the group scale under the initial guide, so that the posterior mean of every weight
+    (:meth:`posterior_mean`) starts at the user's weight.
     """
 
-    def __init__(self, spec: LayerSpec, prior: IndicatorPrior, prior_inclusion: float, init_scale: float = 1.0):
+    def __init__(self, spec: LayerSpec, prior: IndicatorPrior, prior_inclusion: float):
         super().__init__(spec, prior.threshold)
         self.prior_inclusion = prior_inclusion
-        init_loc = spec.augment(spec.module.weight, spec.module.bias) / init_scale
+        self.build_scales(prior, prior.layer_init_rho(spec))
+        init_loc = spec.augment(spec.module.weight, spec.module.bias).detach()
+        moments = self.scale_moments()
+        if moments is not None:
+            init_loc = init_loc / moments[0].view(-1, 1)
         self.block = SpikeSlabBlock(
-            "node_indicator", (spec.out_units,), init_loc=init_loc, **prior.block_arguments(prior_inclusion)
+            "node_indicator", (spec.out_units,), init_loc=init_loc, **prior.block_arguments(prior_inclusion, spec)
         )
 
     # -- group-scale hooks (no scale: SS-IG) ------------------------------------------------
+    def build_scales(self, prior: IndicatorPrior, init_rho: float) -> None:
+        """Create the modules of the group scale's guide (called before the slab is built;
+        ``init_rho`` is the layer's initial ``rho``, :meth:`IndicatorPrior.layer_init_rho`)."""
+
     def model_scale(self) -> Optional[torch.Tensor]:
         """Sample the model's scale sites; return the per-unit scale ``(out_units,)`` or ``None``."""
         return None
@@ -165,11 +186,14 @@ class NodeSpikeSlabLayer(PriorLayer):
                              device=self.block.slab.loc.device)
             return GroupScales(one, torch.zeros_like(one), one, one)
         mean, var = moments
-        first, second = self.scale_moments()
+        first = gaussian_expectation(self.effective_scale, mean, var)
+        # E[(s - E s)^2] rather than E[s^2] - (E s)^2, which cancels in float32 when the
+        # scale's spread is small next to its mean
+        spread_sq = gaussian_expectation(lambda t: (self.effective_scale(t) - first.unsqueeze(-1)).square(), mean, var)
         spread = _Z90 * var.sqrt()
         return GroupScales(
             mean=first,
-            std=(second - first.square()).clamp(min=0).sqrt(),
+            std=spread_sq.sqrt(),
             lower=self.effective_scale(mean - spread),
             upper=self.effective_scale(mean + spread),
         )
@@ -204,7 +228,10 @@ class SpikeSlabNode(NodePrior):
     :param prior_inclusion: ``lambda`` for every layer, or ``None`` (default) for the
         layer-wise ``1 / k_l`` (:func:`layerwise_prior_inclusion`).
     :param float init_inclusion: initial ``gamma`` (0.99).
-    :param float init_rho: initial slab ``rho`` (``sigma = softplus(rho)``).
+    :param init_rho: initial slab ``rho`` (``sigma = softplus(rho)``); ``None`` (default):
+        per layer, half the spread of the default initial weights
+        (:meth:`~pyro_sparse_bnn.priors.base.IndicatorPrior.layer_init_rho`); -6 is the
+        authors' initialisation.
     :param bool hard: straight-through hard indicators.
     :param float threshold: PIP threshold for keeping a node (0.5).
     """
@@ -212,6 +239,6 @@ class SpikeSlabNode(NodePrior):
     layer_class = NodeSpikeSlabLayer
 
     def __init__(self, prior_scale: float = 1.0, prior_inclusion: Optional[float] = None,
-                 init_inclusion: float = 0.99, init_rho: float = -6.0, hard: bool = True,
+                 init_inclusion: float = 0.99, init_rho: Optional[float] = None, hard: bool = True,
                  threshold: float = 0.5):
         super().__init__(prior_scale, prior_inclusion, init_inclusion, init_rho, hard, threshold)

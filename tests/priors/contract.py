@@ -125,12 +125,15 @@ class PriorContract:
     # -- local reparameterisation -----------------------------------------------------------
     def slab_dominated(self):
         """The initial guide (indicators on, group scales nearly deterministic) with wide slabs
-        (``sigma = softplus(-1) = 0.31``), so that the slab is the main source of noise."""
+        (``sigma = softplus(-1) = 0.31``, or the prior's bound on it), so that the slab is the
+        main source of noise."""
         bnn = self.build()
         with torch.no_grad():
             for name, p in bnn.named_parameters():
                 if name.endswith("slab.rho"):
                     p.fill_(-1.0)
+                elif name.endswith("slab.log_var"):  # the same sigma, log-variance parameterisation
+                    p.fill_(2 * math.log(math.log1p(math.exp(-1.0))))
         return bnn
 
     def losses_and_gradients(self, bnn, x, y, num_draws, local):

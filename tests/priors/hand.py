@@ -96,7 +96,17 @@ def column_scaled(z, slab):
     return torch.cat([z, torch.ones(1, dtype=z.dtype)])[None, :] * slab
 
 
+def slab_sigma(slab):
+    """The guide's standard deviation of a Gaussian slab from its raw parameter: ``softplus(rho)``
+    or ``exp(log_var / 2)``, capped at ``sqrt(max_variance)`` when the slab is bounded."""
+    if slab.parameterization == "softplus":
+        sigma = F.softplus(slab.rho.detach().double())
+    else:
+        sigma = torch.exp(slab.log_var.detach().double() / 2)
+    return sigma if slab.max_variance is None else torch.minimum(sigma, torch.tensor(slab.max_variance).double().sqrt())
+
+
 def standard_normal_slab_kl(layer):
     """KL(N(mu, s^2) || N(0, 1)) summed over the layer's non-centred slab (Bayesian Compression)."""
-    mu, s = layer.slab.loc.detach().double(), F.softplus(layer.slab.rho.detach()).double()
+    mu, s = layer.slab.loc.detach().double(), slab_sigma(layer.slab)
     return float((-torch.log(s) + (s**2 + mu**2) / 2 - 0.5).sum())

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from pyro import poutine
 
 from pyro_sparse_bnn import (
@@ -22,6 +21,7 @@ from .hand import (
     horseshoe_scale,
     horseshoe_scales_kl,
     lognormal_params,
+    slab_sigma,
     standard_normal_slab_kl,
 )
 
@@ -66,7 +66,7 @@ def test_weight_moments_match_draws_of_the_guide():
     draw = lambda latent, shape: torch.distributions.LogNormal(*lognormal_params(latent)).sample((n,) + shape)  # noqa: E731
     sc = layer.scales
     z = 0.5 * (draw(sc.tau0_a, (1,)) * draw(sc.tau0_b, (1,)) * draw(sc.tau_a, ()) * draw(sc.tau_b, ())).sqrt()
-    mu, sigma = layer.slab.loc.detach().double()[:, :3], F.softplus(layer.slab.rho.detach()).double()[:, :3]
+    mu, sigma = layer.slab.loc.detach().double()[:, :3], slab_sigma(layer.slab)[:, :3]
     w = z[:, None, :] * (mu + sigma * torch.randn(n, 4, 3, dtype=torch.float64))
     mean, var = weight_moments(bnn)["net.0"]
     assert torch.all((w.mean(0) - mean.double()).abs() < 5 * w.std(0) / math.sqrt(n))
@@ -80,7 +80,7 @@ def test_loss_equals_hand_computation():
 
     def hand(value):
         weights, kl = [], 0.0
-        for name, layer in zip(("net.0", "net.2"), bnn.layers):
+        for name, layer in zip(("net.0", "net.2"), bnn.layers, strict=True):
             z = horseshoe_scale(value, name, 0.5)
             weights.append(column_scaled(z, value(f"{name}.slab")))
             kl += standard_normal_slab_kl(layer) + horseshoe_scales_kl(layer.scales)
@@ -94,3 +94,14 @@ def test_bad_hyperparameters_are_named():
         GroupHorseshoe(global_scale=0)
     with pytest.raises(HyperparameterError, match="init_rho"):
         GroupHorseshoe(init_rho=float("inf"))
+
+
+def test_the_weights_guide_defaults_to_log_variances_with_the_first_layer_bounded():
+    bnn = SparseBNN(mlp([3, 4, 4, 2]), GroupHorseshoe(), num_data=30)
+    assert [layer.slab.max_variance for layer in bnn.layers] == [0.04, None, None]
+    assert all(torch.all(layer.slab.log_var == -9.0) for layer in bnn.layers)
+    unrestricted = SparseBNN(mlp([3, 4, 2]), GroupHorseshoe(max_variance=None, weight_parameterization="softplus",
+                                                            init_rho=-4.0), num_data=30)
+    assert all(layer.slab.max_variance is None and torch.all(layer.slab.rho == -4.0) for layer in unrestricted.layers)
+    with pytest.raises(HyperparameterError, match="max_variance"):
+        GroupHorseshoe(max_variance=-0.04)

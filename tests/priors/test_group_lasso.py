@@ -97,3 +97,14 @@ def test_invalid_hyperparameters(kwargs, message):
 
     with pytest.raises(HyperparameterError, match=message):
         SpikeSlabGroupLasso(**kwargs)
+
+
+def test_initial_weights_are_the_users():
+    # the guide's tau starts with median 1 but mean exp(s^2 / 8) > 1; the slab is scaled so
+    # that the posterior mean of every weight is the user's initial weight
+    torch.manual_seed(0)
+    net = mlp([3, 4, 2])
+    bnn = SparseBNN(net, SpikeSlabGroupLasso(init_rho=0.0), num_data=10)
+    weight, bias = bnn.layers[0].posterior_mean()
+    assert torch.allclose(weight, net[0].weight, atol=1e-5) and torch.allclose(bias, net[0].bias, atol=1e-5)
+    assert not torch.allclose(bnn.layers[0].block.slab.loc[:, :3], net[0].weight, atol=1e-2)

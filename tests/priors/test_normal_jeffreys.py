@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from pyro import poutine
 
 from pyro_sparse_bnn import (
@@ -20,7 +19,12 @@ from pyro_sparse_bnn import (
 
 from ..conftest import mlp, randomize_guide
 from .contract import PriorContract
-from .hand import assert_loss_matches_hand_computation, column_scaled, standard_normal_slab_kl
+from .hand import (
+    assert_loss_matches_hand_computation,
+    column_scaled,
+    slab_sigma,
+    standard_normal_slab_kl,
+)
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 #: E log|eps| for eps ~ N(0, 1): -(Euler gamma + log 2) / 2
@@ -100,7 +104,7 @@ def test_weight_moments_are_those_of_a_product_of_independent_normals():
     layer = bnn.layers[0]
     mean, var = weight_moments(bnn)["net.0"]
     mu_z, var_z = layer.z_loc.detach(), layer.z_log_var.detach().exp()
-    mu, sigma2 = layer.slab.loc.detach()[:, :3], F.softplus(layer.slab.rho.detach()[:, :3]) ** 2
+    mu, sigma2 = layer.slab.loc.detach()[:, :3], slab_sigma(layer.slab).float()[:, :3] ** 2
     assert torch.allclose(mean, mu_z * mu)
     assert torch.allclose(var, mu_z**2 * sigma2 + var_z * mu**2 + var_z * sigma2)
     # and against draws of z * w
@@ -118,7 +122,7 @@ def test_loss_equals_hand_computation():
 
     def hand(value):
         weights, kl = [], 0.0
-        for name, layer in zip(("net.0", "net.2"), bnn.layers):
+        for name, layer in zip(("net.0", "net.2"), bnn.layers, strict=True):
             z = value(f"{name}.group_scale")
             weights.append(column_scaled(z, value(f"{name}.slab")))
             log_alpha = layer.z_log_var.detach().double() - torch.log(layer.z_loc.detach().double() ** 2)
@@ -137,3 +141,55 @@ def test_compress_drops_the_inputs_and_units_whose_groups_are_pruned():
     module, report = compress(bnn)
     assert report.architecture_after == (2, 3, 2)
     assert report.kept_features.tolist() == [0, 2]
+
+
+@pytest.mark.parametrize("parameterization", ["softplus", "log_variance"])
+def test_max_variance_bounds_the_chosen_layers_slab_through_a_fit(parameterization):
+    from pyro_sparse_bnn import fit
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 3)
+    y = (x[:, 0] > 0).long()
+    # sd softplus(0) = 0.69 or exp(0) = 1 at the start: above the first layer's bound sqrt(0.01) = 0.1
+    prior = GroupNormalJeffreys(max_variance=[0.01, None], init_rho=0.0, init_weight_log_var=0.0,
+                                weight_parameterization=parameterization)
+    bnn = SparseBNN(mlp([3, 4, 2]), prior, num_data=64)
+    fit(bnn, x, y, epochs=3, batch_size=16, lr=0.05, progress=False, seed=0)
+    first, second = bnn.layers
+    assert first.slab.max_variance == 0.01 and second.slab.max_variance is None
+    assert float(first.slab.scale.max()) <= 0.1 * (1 + 1e-6)  # float32 round-off of sqrt(0.01)
+    # the guide draws with bounded scales, and the weight variances use them
+    site = poutine.trace(bnn.guide).get_trace().nodes["net.0.slab"]
+    assert float(site["fn"].base_dist.scale.detach().max()) <= 0.1 * (1 + 1e-6)
+    _, var = weight_moments(bnn)["net.0"]
+    z_mean, z_var = first.scale_moments()
+    mu = first.slab.loc.detach()[:, :3]
+    assert torch.all(var <= z_mean**2 * 0.01 + z_var * (mu**2 + 0.01) + 1e-7)
+    # the unbounded layer is free to stay near the prior's unit variance, far past the bound
+    assert float(second.slab.scale.max()) > 0.3
+
+
+def test_max_variance_validation():
+    with pytest.raises(HyperparameterError, match="max_variance"):
+        GroupNormalJeffreys(max_variance=0.0)
+    with pytest.raises(HyperparameterError, match="max_variance"):
+        GroupNormalJeffreys(max_variance=[0.04, -1.0])
+    with pytest.raises(HyperparameterError, match="max_variance"):
+        GroupNormalJeffreys(max_variance=[])
+    with pytest.raises(HyperparameterError, match="max_variance"):
+        GroupNormalJeffreys(max_variance="small")
+    with pytest.raises(HyperparameterError, match="max_variance has 3 values but the network has 2 layers"):
+        SparseBNN(mlp([3, 4, 2]), GroupNormalJeffreys(max_variance=[0.04, None, None]), num_data=30)
+    bnn = SparseBNN(mlp([3, 4, 2]), GroupNormalJeffreys(max_variance=0.5), num_data=30)
+    assert [layer.slab.max_variance for layer in bnn.layers] == [0.5, 0.5]
+    # a shorter sequence leaves the later layers unbounded; the default bounds the first one
+    bnn = SparseBNN(mlp([3, 4, 4, 2]), GroupNormalJeffreys(max_variance=[None, 0.1]), num_data=30)
+    assert [layer.slab.max_variance for layer in bnn.layers] == [None, 0.1, None]
+    bnn = SparseBNN(mlp([3, 4, 4, 2]), GroupNormalJeffreys(), num_data=30)
+    assert [layer.slab.max_variance for layer in bnn.layers] == [0.04, None, None]
+    assert all(layer.slab.parameterization == "log_variance" for layer in bnn.layers)
+    assert torch.all(bnn.layers[1].slab.log_var == -9.0)
+    with pytest.raises(HyperparameterError, match="weight_parameterization must be one of"):
+        GroupNormalJeffreys(weight_parameterization="exp")
+    with pytest.raises(HyperparameterError, match="init_weight_log_var"):
+        GroupNormalJeffreys(init_weight_log_var=float("inf"))

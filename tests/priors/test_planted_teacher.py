@@ -3,7 +3,7 @@
 Data: ``y = teacher(x) + N(0, 1)``, n = 1000 (``datasets.planted_teacher``). The student's
 median-probability model must keep at most 5 hidden nodes (at least 15 of the 17 surplus
 nodes end with a PIP under the prior's keep threshold: 0.5 for the spike-and-slab priors,
-``sigmoid(3) = 0.95`` -- ``log alpha > -3`` -- for Bayesian Compression) and the compressed
+``sigmoid(3) = 0.95`` -- ``log alpha > -3`` -- for BC-GNJ, ``sigmoid(1) = 0.73`` for BC-GHS) and the compressed
 student's test RMSE must be within 10 % of the noise level. For reference, with the teacher's 3 hidden units the student has 37 weights, and
 the excess RMSE of a correctly specified least-squares fit is about sqrt(1 + 37/1000) - 1 = 2 %.
 
@@ -17,8 +17,15 @@ Why the Bayesian Compression threshold is not 0.5: a pruned group's PIP ``1 / (1
 does not go to 0. For BC-GHS, ``alpha = exp(Var[log z~]) - 1`` and the LogNormals closest to
 the Gamma(1/2, 1) and InverseGamma(1/2, 1) priors (what an unused group's guide tends to) have
 ``Var[log a] = Var[log b] = 2``, so ``alpha -> e - 1`` and ``PIP -> 0.37``; we measured
-0.44-0.51 for the 17 surplus nodes, all far below the 0.95 of the keep rule.
+0.44-0.51 for the 17 surplus nodes, all far below the keep rule.
+
+The Bayesian Compression priors run without their default bound on the first layer's weight
+variances (``max_variance=None``): the bound of 0.04 is the authors' setting for image inputs,
+and on this problem it leaves redundant nodes switched on (seed 0: 6 nodes kept by BC-GNJ, with
+PIPs of 0.99 and above, against exactly the teacher's 3 without it).
 """
+
+from functools import partial
 
 import pytest
 import torch
@@ -42,8 +49,8 @@ PRIORS = {
     "SS-IG": SpikeSlabNode,
     "SS-GL": SpikeSlabGroupLasso,
     "SS-GHS": SpikeSlabGroupHorseshoe,
-    "BC-GNJ": GroupNormalJeffreys,
-    "BC-GHS": GroupHorseshoe,
+    "BC-GNJ": partial(GroupNormalJeffreys, max_variance=None),
+    "BC-GHS": partial(GroupHorseshoe, max_variance=None),
 }
 
 

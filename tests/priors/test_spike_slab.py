@@ -44,13 +44,26 @@ def test_theory_prior_inclusion_for_the_bai_network():
     assert lam == pytest.approx(math.exp(-9.03956), rel=1e-4)
     torch.manual_seed(0)
     net = mlp([200, 7, 7, 7, 1])
-    bnn = SparseBNN(net, SpikeSlab(), likelihood="gaussian", num_data=3000)
-    assert all(layer.prior_inclusion == pytest.approx(lam) for layer in bnn.layers)
+    for prior in (SpikeSlab(prior_inclusion="theory"), SpikeSlab(prior_inclusion=None), SpikeSlab.published()):
+        bnn = SparseBNN(net, prior, likelihood="gaussian", num_data=3000)
+        assert all(layer.prior_inclusion == pytest.approx(lam) for layer in bnn.layers)
 
 
 def test_theory_lambda_needs_the_data_size():
     with pytest.raises(HyperparameterError, match="num_data"):
-        SparseBNN(mlp([3, 2, 2]), SpikeSlab())
+        SparseBNN(mlp([3, 2, 2]), SpikeSlab(prior_inclusion="theory"))
+
+
+def test_default_lambda_is_one_half_and_needs_no_data_size():
+    bnn = SparseBNN(mlp([3, 2, 2]), SpikeSlab())
+    assert [layer.prior_inclusion for layer in bnn.layers] == [0.5, 0.5]
+
+
+def test_published_setting_is_the_theory_lambda_and_the_authors_initialisation():
+    prior = SpikeSlab.published(prior_scale=2.0)
+    assert (prior.prior_inclusion, prior.init_rho, prior.prior_scale) == ("theory", -6.0, 2.0)
+    bnn = SparseBNN(mlp([3, 4, 2]), prior, num_data=10)
+    assert torch.allclose(bnn.layers[0].block.slab.scale, F.softplus(torch.tensor(-6.0)).expand(4, 4))
 
 
 def test_sites_cover_weights_and_bias_in_one_augmented_matrix():
@@ -67,13 +80,25 @@ def test_sites_cover_weights_and_bias_in_one_augmented_matrix():
 def test_guide_starts_at_the_published_initialisation():
     torch.manual_seed(0)
     net = mlp([3, 4, 2])
-    bnn = SparseBNN(net, SpikeSlab(prior_inclusion=0.1), num_data=10)
+    bnn = SparseBNN(net, SpikeSlab(prior_inclusion=0.1, init_rho=-6.0), num_data=10)
     layer = bnn.layers[0]
     assert isinstance(layer, SpikeSlabLayer)
     assert torch.allclose(layer.edge_inclusion_probs(), torch.full((4, 3), 0.99))
     assert torch.allclose(layer.block.slab.scale, F.softplus(torch.tensor(-6.0)).expand(4, 4))
     weight, bias = layer.posterior_mean()
     assert torch.equal(weight, net[0].weight.detach()) and torch.equal(bias, net[0].bias.detach())
+
+
+def test_default_slab_scale_is_half_the_spread_of_the_default_initial_weights():
+    torch.manual_seed(0)
+    net = mlp([30, 48, 2])
+    bnn = SparseBNN(net, SpikeSlab(prior_inclusion=0.1), num_data=10)
+    for layer, linear in zip(bnn.layers, [net[0], net[2]], strict=True):
+        # nn.Linear draws its weights from U(-1/sqrt(fan_in), 1/sqrt(fan_in)): sd 1/sqrt(3 fan_in)
+        expected = 0.5 / (3 * linear.in_features) ** 0.5
+        assert torch.allclose(layer.block.slab.scale, torch.full(layer.spec.param_shape, expected))
+        # and the spread of the drawn weights is that sd
+        assert abs(float(linear.weight.std()) / (2 * expected) - 1) < 0.1
 
 
 def test_keep_masks_threshold_the_inclusion_probabilities():
@@ -97,6 +122,7 @@ def test_keep_masks_threshold_the_inclusion_probabilities():
         (dict(prior_scale=float("nan")), "prior_scale"),
         (dict(prior_inclusion=0.0), "prior_inclusion"),
         (dict(prior_inclusion=1.5), "prior_inclusion"),
+        (dict(prior_inclusion="auto"), "prior_inclusion"),
         (dict(init_inclusion=1.0), "init_inclusion"),
         (dict(delta=-0.1), "delta"),
         (dict(threshold=1.0), "threshold"),

@@ -1,9 +1,16 @@
 """SS-IG: the node-level spike-and-slab prior with a Gaussian slab."""
 
+import pytest
 import torch
 from pyro import poutine
 
-from pyro_sparse_bnn import SparseBNN, SpikeSlabNode, node_inclusion_probs
+from pyro_sparse_bnn import (
+    SparseBNN,
+    SpikeSlabGroupHorseshoe,
+    SpikeSlabGroupLasso,
+    SpikeSlabNode,
+    node_inclusion_probs,
+)
 from pyro_sparse_bnn.priors import layerwise_prior_inclusion
 
 from ..conftest import mlp, randomize_guide
@@ -60,3 +67,19 @@ def test_loss_equals_hand_computation():
         return weights, sum(bernoulli_and_slab_kl(layer, 1.0) for layer in bnn.layers)
 
     assert_loss_matches_hand_computation(bnn, x, y, 30, hand)
+
+
+@pytest.mark.parametrize("prior_class", [SpikeSlabNode, SpikeSlabGroupLasso, SpikeSlabGroupHorseshoe])
+def test_published_setting_starts_every_guide_scale_at_softplus_minus_six(prior_class):
+    torch.manual_seed(0)
+    default = SparseBNN(mlp([3, 8, 2]), prior_class(), num_data=10)
+    published = SparseBNN(mlp([3, 8, 2]), prior_class.published(prior_scale=2.0), num_data=10)
+    assert published.priors[0].prior_scale == 2.0
+    assert [layer.prior_inclusion for layer in published.layers] == [1 / 8, 0.5]  # Jantre et al.'s 1 / k_l
+    for layer in published.layers:
+        rhos = {name: p for name, p in layer.named_parameters() if name.endswith("rho")}
+        assert rhos and all(torch.all(p == -6.0) for p in rhos.values())
+    # by default the slab starts at half the spread of nn.Linear's initial weights, 1 / sqrt(3 fan_in)
+    for layer in default.layers:
+        expected = 0.5 / (3 * layer.spec.fan_in) ** 0.5
+        assert torch.allclose(layer.block.slab.scale, torch.full(layer.spec.param_shape, expected))
