@@ -108,8 +108,23 @@ class HandLayer(nn.Module):
         self.lrt = lrt
         slab = layer.block.slab if hasattr(layer, "block") else layer.slab
         self.loc = copy_of(slab.loc, self.pairs)
-        self.rho = copy_of(slab.rho, self.pairs)
+        self.scale_param = copy_of(slab.scale_param, self.pairs)
+        self.log_variance = slab.parameterization == "log_variance"
+        self.max_scale_param = slab.max_scale_param
         self.s0 = float(slab.prior_scale)
+
+    def slab_scale(self):
+        """``(sigma, log sigma)`` of the slab; the parameter is first projected onto the
+        guide's variance bound in place, as the library's guide does."""
+        if self.max_scale_param is not None:
+            with torch.no_grad():
+                self.scale_param.clamp_(max=self.max_scale_param)
+        if self.log_variance:
+            sigma, log_sigma = torch.exp(0.5 * self.scale_param), 0.5 * self.scale_param
+        else:
+            sigma = scale_of(self.scale_param)
+            log_sigma = torch.log(sigma)
+        return sigma, log_sigma
 
     def linear(self, x, params):
         weight = params[:, : self.fan_in].reshape(self.shape)
@@ -171,9 +186,9 @@ class NodeLayer(HandLayer):
         scale, kl = self.scale_and_kl()
         z = indicator(self.logits, self.tau)
         factor = z if scale is None else z * scale
-        sigma = scale_of(self.rho)
+        sigma, log_sigma = self.slab_scale()
         h = self.gaussian(x, self.loc, sigma.square(), factor)
-        slab_kl = normal_kl(self.loc, sigma, torch.log(sigma), self.s0).sum(1)
+        slab_kl = normal_kl(self.loc, sigma, log_sigma, self.s0).sum(1)
         kl = kl + bernoulli_kl(self.logits, self.lam).sum() + (torch.sigmoid(self.logits) * slab_kl).sum()
         return h, kl
 
@@ -188,13 +203,13 @@ class EdgeLayer(HandLayer):
 
     def forward(self, x):
         z = indicator(self.logits, self.tau)
-        sigma = scale_of(self.rho)
+        sigma, log_sigma = self.slab_scale()
         if self.lrt:
             h = self.gaussian(x, z * self.loc, (z * sigma).square())
         else:
             h = self.linear(x, z * (self.loc + sigma * torch.randn_like(sigma)))
         gamma = torch.sigmoid(self.logits)
-        kl = (bernoulli_kl(self.logits, self.lam) + gamma * normal_kl(self.loc, sigma, torch.log(sigma), self.s0)).sum()
+        kl = (bernoulli_kl(self.logits, self.lam) + gamma * normal_kl(self.loc, sigma, log_sigma, self.s0)).sum()
         return h, kl
 
 
@@ -228,8 +243,8 @@ class GroupScaleHandLayer(HandLayer):
 
     def forward(self, x):
         z, kl = self.group_scale_and_kl()
-        sigma = scale_of(self.rho)
-        kl = kl + normal_kl(self.loc, sigma, torch.log(sigma), self.s0).sum()
+        sigma, log_sigma = self.slab_scale()
+        kl = kl + normal_kl(self.loc, sigma, log_sigma, self.s0).sum()
         if self.kind == "linear":  # scale the inputs; the bias is not scaled
             return self.gaussian(x * z, self.loc, sigma.square()), kl
         return self.gaussian(x, self.loc, sigma.square(), z), kl
@@ -242,8 +257,8 @@ class SlabLayer(HandLayer):
         super().__init__(layer, lrt)
 
     def forward(self, x):
-        sigma = scale_of(self.rho)
-        return self.gaussian(x, self.loc, sigma.square()), normal_kl(self.loc, sigma, torch.log(sigma), self.s0).sum()
+        sigma, log_sigma = self.slab_scale()
+        return self.gaussian(x, self.loc, sigma.square()), normal_kl(self.loc, sigma, log_sigma, self.s0).sum()
 
 
 LAYERS = {

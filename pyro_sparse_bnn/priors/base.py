@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from pyro.poutine.runtime import effectful
 from torch import nn
 
-from ..distributions import ConcreteBernoulli, GatedNormal
+from ..distributions import ConcreteBernoulli, GatedNormal, SlabNormal
 from ..errors import HyperparameterError
 from ..fused import augmented_linear
 
@@ -505,11 +505,15 @@ class GaussianSlab(nn.Module):
         ).expand(self.shape).to_event(self.loc.dim()))
 
     def guide_dist(self, loc, scale_param, gate=None, gate_probs=None):
-        scale = self.scale_of(scale_param)
-        if gate is None:
-            base = dist.Normal(loc, scale, validate_args=False)
+        # a log-variance parameter gives log sigma directly: the KL and the variance never take a log
+        if self.parameterization == "log_variance":
+            scale, log_scale = None, 0.5 * scale_param
         else:
-            base = GatedNormal(loc, scale, gate, gate_probs, self.prior_scale, validate_args=False)
+            scale, log_scale = F.softplus(scale_param), None
+        if gate is None:
+            base = SlabNormal(loc, scale, log_scale=log_scale, validate_args=False)
+        else:
+            base = GatedNormal(loc, scale, gate, gate_probs, self.prior_scale, validate_args=False, log_scale=log_scale)
         return base.to_event(self.loc.dim())
 
     def guide_sample(self, layer: "PriorLayer", site: str, gate=None, gate_probs=None) -> torch.Tensor:
