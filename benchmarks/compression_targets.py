@@ -53,7 +53,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import torch
 from torch import nn
@@ -197,7 +197,11 @@ def compress_quietly(bnn, threshold):
         return psb.compress(bnn, threshold=threshold)
 
 
-def as_threshold(value) -> Optional[float]:
+def as_threshold(value):
+    """A frontier row's threshold as ``compress`` takes it: NaN (each layer's keep rule) becomes
+    ``None``; a per-layer tuple stays."""
+    if isinstance(value, (tuple, list)):
+        return tuple(value)
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
@@ -297,9 +301,10 @@ def choose_points(row: Row, front, records) -> List[dict]:
     return [{"frontier_index": i, "reasons": reasons} for i, reasons in sorted(chosen.items())]
 
 
-def run_point(row: Row, point: dict, bnn, dense_short, data, seed: int, echo) -> dict:
+def run_point(row: Row, point: dict, bnn, dense_short, data, seed: int, echo, teachers=None) -> dict:
     """Fine-tune the compressed BNN at one frontier row; magnitude pruning and from scratch
-    at its widths."""
+    at its widths. ``teachers``: optional ``(bnn_teacher, dense_teacher, options)`` for
+    fine-tuning by distillation, each pruned network from its own uncompressed network."""
     threshold = as_threshold(point["threshold"])
     module, report = compress_quietly(bnn, threshold)
     options = dict(batch_size=row.batch_size, x_val=data.x_val, y_val=data.y_val, restore_best=True,
@@ -314,13 +319,19 @@ def run_point(row: Row, point: dict, bnn, dense_short, data, seed: int, echo) ->
         "bit_compression": report.bit_compression,
     }
     start = time.perf_counter()
-    tuned, history = psb.finetune(module, data.x_train, data.y_train, epochs=row.e_ft, **options)
+    bnn_options, dense_options = dict(options), dict(options)
+    if teachers is not None:
+        bnn_teacher, dense_teacher, distillation = teachers
+        bnn_options.update(teacher=bnn_teacher, **distillation)
+        dense_options.update(teacher=dense_teacher, **distillation)
+        result["distillation"] = distillation
+    tuned, history = psb.finetune(module, data.x_train, data.y_train, epochs=row.e_ft, **bnn_options)
     result["bnn"] = {"before": scores(module, data), "after": scores(tuned, data), "best_epoch": history.best_epoch,
                      "seconds": time.perf_counter() - start}
     start = time.perf_counter()
     pruned = psb.magnitude_prune(dense_short, report)
     assert psb.baselines.module_widths(pruned) == report.architecture_after
-    pruned_tuned, history = psb.finetune(pruned, data.x_train, data.y_train, epochs=row.e_ft, **options)
+    pruned_tuned, history = psb.finetune(pruned, data.x_train, data.y_train, epochs=row.e_ft, **dense_options)
     result["magnitude"] = {"before": scores(pruned, data), "after": scores(pruned_tuned, data),
                            "weights": num_weights(pruned), "best_epoch": history.best_epoch,
                            "seconds": time.perf_counter() - start}

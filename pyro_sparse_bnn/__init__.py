@@ -59,7 +59,7 @@ from .errors import (
 from .export import export
 from .finetune import Finetuned, TrainingHistory, finetune
 from .fit import FitHistory, fit, geometric_temperature
-from .frontier import Frontier, frontier
+from .frontier import Frontier, frontier, layerwise_frontier
 from .inclusion import (
     edge_inclusion_probs,
     feature_inclusion_probs,
@@ -153,6 +153,7 @@ __all__ = [
     "plot_reliability_diagram",
     "plot_frontier",
     "frontier",
+    "layerwise_frontier",
     "Frontier",
     "compress",
     "Compressed",

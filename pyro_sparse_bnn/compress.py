@@ -58,7 +58,7 @@ import warnings
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Dict, List, NamedTuple, Optional, Union
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +69,7 @@ from .errors import DegenerateNetworkWarning, InputError
 from .network import SparseBNN
 from .priors.bayesian_compression import GroupScaleLayer
 from .priors.self_compressing import SelfCompressingLayer
-from .validation import check_bnn, check_bool, check_threshold
+from .validation import check_bnn, check_bool, check_threshold, layer_thresholds
 
 __all__ = [
     "compress",
@@ -206,9 +206,9 @@ def _read(layer, method: str):
 
 
 def _masked_layers(bnn: SparseBNN, threshold):
-    for layer in bnn.layers:
+    for layer, layer_threshold in zip(bnn.layers, layer_thresholds(threshold, len(bnn.layers)), strict=True):
         weight, bias = _read(layer, "posterior_mean")
-        weight_mask, bias_mask = layer.keep_masks(threshold)
+        weight_mask, bias_mask = layer.keep_masks(layer_threshold)
         if bias is None:
             bias = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
         elif bias_mask is not None:
@@ -294,7 +294,7 @@ def analyse_structure(bnn: SparseBNN, threshold: Optional[float] = None) -> Stru
     """Which units and features the median-probability model keeps, and the folded biases.
 
     :param threshold: keep-rule threshold passed to every layer's prior (``None``: each
-        prior's default, 0.5 for PIPs).
+        prior's default, 0.5 for PIPs), or one per layer.
     """
     weights, biases, masks = map(list, zip(*_masked_layers(bnn, threshold), strict=True))
     specs = [layer.spec for layer in bnn.layers]
@@ -506,7 +506,8 @@ class ThresholdChoice:
     ``compress(bnn, threshold=choice)`` applies ``choice.threshold`` and records
     ``choice.reason`` as ``report.threshold_reason``.
 
-    :ivar threshold: PIP threshold for every layer, or ``None`` for each prior's keep rule.
+    :ivar threshold: PIP threshold for every layer, a tuple of one per layer, or ``None`` for
+        each prior's keep rule.
     :ivar str reason: why this threshold, in words.
     :ivar architecture: the compressed architecture the choice was made for, e.g.
         ``"313-107-32-10"`` (``None``: not checked). ``compress`` raises
@@ -514,7 +515,7 @@ class ThresholdChoice:
         choice was made on a different network, or before it was refitted.
     """
 
-    threshold: Optional[float]
+    threshold: Union[None, float, Tuple[Optional[float], ...]]
     reason: str
     architecture: Optional[str] = None
 
@@ -544,8 +545,13 @@ def describe_keep_rule(bnn: SparseBNN, threshold: Optional[float] = None) -> str
     with the equivalent ``log alpha < t`` of Bayesian Compression layers and ``SNR > s`` of
     self-compressing ones; for ``threshold=None`` each prior's keep rule, per layer when the
     layers' rules differ."""
-    if threshold is not None:
+    if threshold is not None and not isinstance(threshold, tuple):
         return _pip_text(bnn.layers, float(threshold))
+    if isinstance(threshold, tuple):
+        rules = [_pip_text([layer], layer.default_threshold if t is None else t)
+                 for layer, t in zip(bnn.layers, threshold, strict=True)]
+        return "per-layer rule: " + ", ".join(
+            f"{layer.spec.name} {rule}" for layer, rule in zip(bnn.layers, rules, strict=True))
     rules = [_pip_text([layer], layer.default_threshold) for layer in bnn.layers]
     if len(set(rules)) == 1:
         return f"the prior's keep rule, {rules[0]}"
@@ -616,9 +622,11 @@ def compress(bnn: SparseBNN, threshold: Union[float, ThresholdChoice, None] = No
 
     :param bnn: a fitted :class:`~pyro_sparse_bnn.network.SparseBNN`.
     :param threshold: keep-rule threshold for every layer's prior (``None``: each prior's
-        default; a weight or group is kept when its PIP exceeds it), or the
+        default; a weight or group is kept when its PIP exceeds it), a sequence of one
+        threshold per parametric layer (an entry ``None`` keeps that layer's default), or the
         :class:`ThresholdChoice` of ``pyro_sparse_bnn.frontier(bnn, x_val, y_val).select(tolerance)``
-        (the smallest network within ``tolerance`` of the posterior on validation data).
+        (the smallest network within ``tolerance`` of the posterior on validation data) or
+        of :func:`~pyro_sparse_bnn.frontier.layerwise_frontier`.
     :param bool bits: round every kept weight to its layer's significand precision
         (:mod:`pyro_sparse_bnn.bits`); the report carries the precisions and the bit
         compression rate whether or not the weights are rounded.

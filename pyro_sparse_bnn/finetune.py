@@ -13,6 +13,10 @@ Biases train. Example::
     tuned, history = psb.finetune(module, x_train, y_train, epochs=5, x_val=x_val, y_val=y_val)
     history.val_metric                # validation accuracy (or RMSE) after every epoch
 
+With ``teacher=psb.masked_posterior_mean(bnn)`` the compressed network also learns the
+softened predictions of the uncompressed posterior-mean network (knowledge distillation),
+which costs one pass of the teacher over the training data.
+
 The deterministic baselines of :mod:`pyro_sparse_bnn.baselines` (the dense network, the
 pruned architecture trained from scratch) train with the same loop, without the masks.
 """
@@ -34,7 +38,7 @@ from .compress import ConstantOutput, SelectInputs
 from .errors import HyperparameterError, InputError, NonFiniteLossError
 from .likelihoods import Likelihood, make_likelihood
 from .network import SparseBNN
-from .priors.base import check_positive
+from .priors.base import check_finite, check_positive
 from .validation import (
     as_tensor,
     check_bool,
@@ -58,7 +62,7 @@ class TrainingHistory:
     """What happened during :func:`finetune`, one entry per epoch.
 
     :ivar loss: mean training loss per epoch (cross-entropy or mean squared error, averaged
-        over the epoch's examples).
+        over the epoch's examples; with a teacher, the distillation loss).
     :ivar str metric_name: ``"accuracy"`` (classification) or ``"rmse"`` (regression).
     :ivar val_metric: validation accuracy or RMSE after every epoch (empty without validation
         data).
@@ -244,7 +248,42 @@ def _evaluate(module: nn.Module, x: torch.Tensor, y: torch.Tensor, classificatio
     return (accuracy(out, y) if classification else math.sqrt(loss)), loss
 
 
-def _epoch(module, x, y, classification, optimizer, masks, batch_size, generator, bar, epoch) -> float:
+@dataclass(frozen=True)
+class _Distillation:
+    """The teacher's softened class probabilities ``softmax(teacher(x) / temperature)``,
+    ``(n, classes)``, and the share ``weight`` of the distillation term in the loss."""
+
+    probs: torch.Tensor
+    weight: float
+    temperature: float
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``(1 - w) CE(out, y) + w T^2 KL(p_teacher || softmax(out / T))`` (the ``T^2``
+        keeps the gradient's size independent of the temperature)."""
+        log_q = F.log_softmax(out / self.temperature, dim=-1)
+        kl = F.kl_div(log_q, self.probs[idx], reduction="batchmean")
+        return (1 - self.weight) * F.cross_entropy(out, y) + self.weight * self.temperature ** 2 * kl
+
+
+@torch.no_grad()
+def _teacher_probs(teacher: nn.Module, x: torch.Tensor, num_classes: int, temperature: float) -> torch.Tensor:
+    """``softmax(teacher(x) / temperature)`` in evaluation mode, checked against the student's classes."""
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        out = torch.cat([teacher(x[i:i + _EVAL_BATCH]) for i in range(0, len(x), _EVAL_BATCH)])
+    finally:
+        teacher.train(was_training)
+    if out.shape != (len(x), num_classes):
+        raise InputError(f"the teacher maps x to shape {tuple(out.shape)} but the module has {num_classes} "
+                         f"outputs; the teacher must return logits (n, {num_classes})")
+    if not torch.isfinite(out).all():
+        raise InputError("the teacher's outputs on x contain NaN or inf")
+    return F.softmax(out.to(x.dtype) / temperature, dim=-1)
+
+
+def _epoch(module, x, y, classification, optimizer, masks, batch_size, generator, bar, epoch,
+           distillation: Optional[_Distillation] = None) -> float:
     """One pass over ``(x, y)`` in shuffled minibatches; the mean training loss."""
     module.train()
     n = len(x)
@@ -252,7 +291,8 @@ def _epoch(module, x, y, classification, optimizer, masks, batch_size, generator
     total = 0.0
     for step, i in enumerate(range(0, n, batch_size)):
         idx = order[i:i + batch_size]
-        loss = _loss(module(x[idx]), y[idx], classification)
+        out = module(x[idx])
+        loss = _loss(out, y[idx], classification) if distillation is None else distillation.loss(out, y[idx], idx)
         value = loss.item()
         if not math.isfinite(value):
             raise NonFiniteLossError(f"the training loss became {value} at epoch {epoch}, step {step}; try a smaller lr")
@@ -285,6 +325,9 @@ def finetune(
     y_val=None,
     restore_best: bool = False,
     keep_zeros: bool = True,
+    teacher: Optional[nn.Module] = None,
+    distillation_weight: float = 0.5,
+    temperature: float = 2.0,
     progress: bool = True,
 ) -> Finetuned:
     """Retrain the weights of a compressed module with its structure fixed.
@@ -327,6 +370,15 @@ def finetune(
     :param bool keep_zeros: hold exactly-zero weights at zero (default). ``False`` trains
         every weight of the kept units (the architecture stays fixed, the sparsity inside
         the units does not).
+    :param teacher: optional ``nn.Module`` mapping ``x`` to logits ``(n, classes)``
+        (classification only), typically the uncompressed posterior-mean network
+        :func:`~pyro_sparse_bnn.compress.masked_posterior_mean` of the same fitted BNN.
+        Its outputs on ``x`` are computed once, in evaluation mode, and the loss becomes
+        ``(1 - w) CE(outputs, y) + w T^2 KL(softmax(teacher / T) || softmax(outputs / T))``
+        (knowledge distillation): the compressed network learns the larger network's
+        softened predictions as well as the labels. The teacher is not trained.
+    :param float distillation_weight: ``w`` in ``[0, 1]`` (0.5); 0 is plain fine-tuning.
+    :param float temperature: ``T > 0`` (2.0); higher values soften both distributions.
     :param bool progress: show a tqdm progress bar with the running loss and validation metric.
     :returns: :class:`Finetuned` ``(module, history)``: a new module (same structure, works
         with :func:`~pyro_sparse_bnn.export.export` and ``state_dict``) and its
@@ -341,7 +393,8 @@ def finetune(
         shape.
     :raises HyperparameterError: for a non-positive ``epochs``, ``batch_size``, ``lr`` or
         ``lr_decay``, a negative ``weight_decay``, an unknown ``task`` or ``restore_best``
-        without validation data.
+        without validation data, or a ``distillation_weight`` outside ``[0, 1]`` or a
+        non-positive ``temperature``.
     :raises NonFiniteLossError: if the training loss becomes NaN or infinite.
     """
     check_trainable(module, "finetune")
@@ -353,6 +406,15 @@ def finetune(
     seed = check_seed(seed)
     restore_best, keep_zeros = check_bool("restore_best", restore_best), check_bool("keep_zeros", keep_zeros)
     progress = check_bool("progress", progress)
+    distillation_weight = check_finite("distillation_weight", distillation_weight)
+    if not 0 <= distillation_weight <= 1:
+        raise HyperparameterError(f"distillation_weight must lie in [0, 1], got {distillation_weight}")
+    temperature = check_positive("temperature", temperature)
+    if teacher is not None and not isinstance(teacher, nn.Module) or isinstance(teacher, SparseBNN):
+        raise InputError(
+            f"teacher must be an nn.Module returning logits, got {type(teacher).__name__}; for a fitted "
+            f"SparseBNN pass psb.masked_posterior_mean(bnn), its uncompressed posterior-mean network"
+        )
     module = copy.deepcopy(module)
     params = [p for p in module.parameters() if p.requires_grad]
     dtype, device = params[0].dtype, params[0].device
@@ -366,6 +428,12 @@ def finetune(
     elif restore_best:
         raise HyperparameterError("restore_best needs validation data: pass x_val and y_val")
 
+    distillation = None
+    if teacher is not None:
+        if not classification:
+            raise InputError("a teacher distils class probabilities: it needs a classification task")
+        probs = _teacher_probs(teacher, x, _outputs(module, x, "x"), temperature)
+        distillation = _Distillation(probs, distillation_weight, temperature)
     masks = structural_masks(module) if keep_zeros else []
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     scheduler = None if lr_decay == 1.0 else torch.optim.lr_scheduler.ExponentialLR(optimizer, lr_decay ** (1 / epochs))
@@ -393,7 +461,7 @@ def finetune(
             for epoch in range(epochs):
                 start = time.perf_counter()
                 history.loss.append(_epoch(module, x, y, classification, optimizer, masks, batch_size, generator,
-                                           bar, epoch))
+                                           bar, epoch, distillation))
                 if scheduler is not None:
                     scheduler.step()
                 postfix = {"epoch": epoch + 1, "loss": f"{history.loss[-1]:.4g}"}

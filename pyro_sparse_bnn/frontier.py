@@ -58,7 +58,7 @@ from .network import SparseBNN
 from .priors.bayesian_compression import GroupScaleLayer
 from .validation import as_tensor, check_bnn, check_features, check_positive_int, check_same_length
 
-__all__ = ["frontier", "Frontier"]
+__all__ = ["frontier", "layerwise_frontier", "Frontier"]
 
 #: slack of the tolerance comparison, so that a metric exactly at the limit counts as within
 _ROUND_OFF = 1e-9
@@ -154,7 +154,10 @@ class Frontier:
         row = self.table.loc[index]
         reason = (f"smallest network {bound} (validation {label} {row[self.metric]:.4g} with "
                   f"{int(row.nonzero_params):,} of {self.params_before:,} parameters)")
-        threshold = None if math.isnan(row.threshold) else float(row.threshold)
+        if isinstance(row.threshold, tuple):
+            threshold = row.threshold
+        else:
+            threshold = None if math.isnan(row.threshold) else float(row.threshold)
         return ThresholdChoice(threshold, reason, architecture=row.architecture)
 
     def __str__(self):
@@ -297,8 +300,13 @@ def _record(bnn: SparseBNN, threshold: Optional[float], keep_rule: bool, metric:
             report: CompressionReport) -> dict:
     """One row of the frontier's table."""
     record = {"threshold": math.nan if threshold is None else threshold}
+
+    def log_alpha(t):
+        return math.log1p(-t) - math.log(t) if 0 < t < 1 else math.nan
+
     if any(isinstance(layer, GroupScaleLayer) for layer in bnn.layers):
-        record["log_alpha_threshold"] = math.nan if threshold is None else math.log1p(-threshold) - math.log(threshold)
+        record["log_alpha_threshold"] = (math.nan if threshold is None else tuple(map(log_alpha, threshold))
+                                         if isinstance(threshold, tuple) else log_alpha(threshold))
     return {
         **record,
         "rule": describe_keep_rule(bnn, threshold),
@@ -364,26 +372,123 @@ def frontier(bnn: SparseBNN, x_val, y_val, thresholds: Optional[Sequence[float]]
     num_thresholds = check_positive_int("num_thresholds", num_thresholds)
     if thresholds is not None:
         thresholds = _check_thresholds(thresholds)
-    if batch_size is not None:
-        batch_size = check_positive_int("batch_size", batch_size, InputError)
-    classification = bnn.likelihood.is_classification
-    metric = "accuracy" if classification else "rmse"
-    prediction = bnn.predict(x_val, num_samples=num_samples, batch_size=batch_size, seed=seed)
-    posterior_metric = _metric(prediction.mean, y_val, classification)
-    chunks = [x_val] if batch_size is None else torch.split(x_val, batch_size)
-
-    def evaluate(module):
-        return _metric(torch.cat([module(chunk) for chunk in chunks]), y_val, classification)
-
+    judge = _Judge(bnn, x_val, y_val, num_samples, seed, batch_size)
     records = []
     with reused_readouts():  # the posterior means are the same at every threshold
         for threshold, keep_rule in _rows(bnn, thresholds, num_thresholds):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DegenerateNetworkWarning)  # flagged in the table instead
-                module, report = compress(bnn, threshold=threshold)
-            records.append(_record(bnn, threshold, keep_rule, {metric: evaluate(module)}, report))
-    table = pd.DataFrame.from_records(records)
-    params_before = report.params_before
-    table.attrs.update(metric=metric, posterior_metric=posterior_metric, params_before=params_before)
-    return Frontier(table=table, metric=metric, posterior_metric=posterior_metric, params_before=params_before,
-                    num_samples=int(num_samples), seed=seed)
+            records.append(judge.record(threshold, keep_rule)[0])
+    return judge.frontier(records)
+
+
+class _Judge:
+    """Compresses ``bnn`` at a threshold and scores the module on the validation data."""
+
+    def __init__(self, bnn: SparseBNN, x_val, y_val, num_samples, seed, batch_size):
+        if batch_size is not None:
+            batch_size = check_positive_int("batch_size", batch_size, InputError)
+        self.bnn, self.y_val, self.num_samples, self.seed = bnn, y_val, int(num_samples), seed
+        self.classification = bnn.likelihood.is_classification
+        self.metric = "accuracy" if self.classification else "rmse"
+        prediction = bnn.predict(x_val, num_samples=num_samples, batch_size=batch_size, seed=seed)
+        self.posterior_metric = _metric(prediction.mean, y_val, self.classification)
+        self.chunks = [x_val] if batch_size is None else torch.split(x_val, batch_size)
+
+    def record(self, threshold, keep_rule: bool) -> Tuple[dict, CompressionReport]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DegenerateNetworkWarning)  # flagged in the table instead
+            module, report = compress(self.bnn, threshold=threshold)
+        value = _metric(torch.cat([module(chunk) for chunk in self.chunks]), self.y_val, self.classification)
+        self.params_before = report.params_before
+        return _record(self.bnn, threshold, keep_rule, {self.metric: value}, report), report
+
+    def frontier(self, records: List[dict]) -> Frontier:
+        table = pd.DataFrame.from_records(records)
+        table.attrs.update(metric=self.metric, posterior_metric=self.posterior_metric,
+                           params_before=self.params_before)
+        return Frontier(table=table, metric=self.metric, posterior_metric=self.posterior_metric,
+                        params_before=self.params_before, num_samples=self.num_samples, seed=self.seed)
+
+
+def _next_threshold(pips: torch.Tensor, threshold: float, step: float) -> Optional[float]:
+    """The threshold that drops the next ``ceil(step * kept)`` of the switches ``pips`` still
+    kept at ``threshold`` (lowest PIPs first), halfway to the next kept PIP; ``None`` when
+    at most one switch is kept."""
+    kept = torch.unique(pips[pips > threshold])   # sorted
+    if len(kept) <= 1:
+        return None
+    drop = min(max(1, math.ceil(step * len(kept))), len(kept) - 1)
+    return float((kept[drop - 1] + kept[drop]) / 2)
+
+
+@torch.no_grad()
+def layerwise_frontier(bnn: SparseBNN, x_val, y_val, step: float = 0.1, max_loss: float = 0.2,
+                       num_samples: int = 100, seed: Optional[int] = 0,
+                       batch_size: Optional[int] = None) -> Frontier:
+    """A frontier of per-layer keep thresholds, chosen greedily on validation data.
+
+    :func:`frontier` moves one threshold through every layer at once, so every layer is
+    pruned at the same inclusion probability. Layers differ in how much a unit costs (a
+    first-layer input of LeNet-300-100 carries 300 weights, a unit of the last hidden layer
+    11) and in how much the network needs it, so the network of a given size with the best
+    validation metric usually has one threshold per layer. This walk finds them: it starts
+    at each prior's keep rule and at every move tries, in every layer, raising the layer's
+    threshold past the next ``step`` fraction of the switches it still keeps (the lowest
+    PIPs first), and keeps the move that loses the least validation metric per parameter
+    removed. It stops when no move is left or the metric has fallen more than ``max_loss``
+    (absolute accuracy, or relative RMSE) below the posterior's.
+
+    Each move compresses and evaluates the network once per layer, so a walk costs about
+    ``layers x moves`` evaluations of a compressed network on ``x_val``.
+
+    :param bnn: a fitted :class:`~pyro_sparse_bnn.network.SparseBNN`.
+    :param x_val: validation inputs ``(n, *input_shape)``; :param y_val: their targets
+        (as for :func:`frontier`). Never the test data: the walk chooses on them.
+    :param float step: fraction of a layer's kept switches dropped per move, in (0, 1] (0.1).
+    :param float max_loss: stop once the validation metric is more than this below the
+        posterior's (accuracy points, or relative RMSE excess; 0.2).
+    :param int num_samples: guide draws of the posterior predictive (100).
+    :param seed: seed of those draws (0). :param batch_size: evaluate in chunks.
+    :returns: :class:`Frontier` with one row per visited network, from the keep rule down,
+        the columns of :func:`frontier` (``threshold`` holds a tuple of one PIP threshold per
+        layer) plus ``layer``, the layer whose threshold the move raised (``None`` for the
+        first row). ``select(tolerance)`` returns a per-layer
+        :class:`~pyro_sparse_bnn.compress.ThresholdChoice` that ``compress`` takes.
+    :raises NotFittedError: if the network has not been fitted.
+    :raises InputError: for validation data of the wrong shape, dtype or length.
+    :raises HyperparameterError: for ``step`` outside (0, 1] or a negative ``max_loss``.
+    """
+    check_bnn(bnn, "layerwise_frontier", fitted=True)
+    x_val, y_val = _validation_data(bnn, x_val, y_val)
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 1:
+        raise HyperparameterError(f"step must lie in (0, 1] (a fraction of the kept switches), got {step!r}")
+    if isinstance(max_loss, bool) or not isinstance(max_loss, (int, float)) or not max_loss >= 0 \
+            or not math.isfinite(max_loss):
+        raise HyperparameterError(f"max_loss must be a finite number >= 0, got {max_loss!r}")
+    judge = _Judge(bnn, x_val, y_val, num_samples, seed, batch_size)
+    better = 1 if judge.metric == "accuracy" else -1
+    floor = judge.posterior_metric - max_loss if better == 1 else judge.posterior_metric * (1 + max_loss)
+    pips = [layer.inclusion_groups().detach().flatten() for layer in bnn.layers]
+    thresholds = tuple(float(layer.default_threshold) for layer in bnn.layers)
+    records = []
+    with reused_readouts():
+        current, report = judge.record(thresholds, keep_rule=True)
+        current["layer"] = None
+        records.append(current)
+        while better * (current[judge.metric] - floor) >= 0:
+            moves = []
+            for index, layer in enumerate(bnn.layers):
+                raised = _next_threshold(pips[index], thresholds[index], step)
+                if raised is None:
+                    continue
+                trial = thresholds[:index] + (raised,) + thresholds[index + 1:]
+                record, report = judge.record(trial, keep_rule=False)
+                removed = current["nonzero_params"] - record["nonzero_params"]
+                if removed <= 0 or record["degenerate"]:
+                    continue
+                loss = better * (current[judge.metric] - record[judge.metric])
+                moves.append((loss / removed, index, trial, {**record, "layer": layer.spec.name}))
+            if not moves:
+                break
+            _, _, thresholds, current = min(moves, key=lambda move: move[:2])
+            records.append(current)
+    return judge.frontier(records)

@@ -32,7 +32,7 @@ import torch
 from .compress import analyse_structure
 from .errors import InputError
 from .network import SparseBNN
-from .validation import check_bnn, check_positive_int, check_threshold
+from .validation import check_bnn, check_positive_int, check_threshold, layer_thresholds
 
 __all__ = [
     "edge_inclusion_probs",
@@ -181,15 +181,21 @@ def _unit_threshold(bnn: SparseBNN, index: int, threshold: Optional[float]) -> f
     """The keep-rule threshold of the layer whose switches decide whether the units feeding
     layer ``index`` are used: the input groups of a Bayesian Compression linear layer, else
     the units' own switches (node indicators, a conv layer's channel scales, relevance), else
-    the layer's edges (``threshold`` itself when one is given)."""
-    if threshold is not None:
+    the layer's edges (``threshold`` itself when one number is given; a per-layer threshold's
+    entry for that layer)."""
+    if threshold is not None and not isinstance(threshold, tuple):
         return threshold
+    thresholds = layer_thresholds(threshold, len(bnn.layers))
+
+    def of(i):
+        return bnn.layers[i].default_threshold if thresholds[i] is None else thresholds[i]
+
     layer = bnn.layers[index]
     if index > 0 and layer.input_inclusion_probs() is None:
         own = bnn.layers[index - 1]
         if own.output_inclusion_probs() is not None:
-            return own.default_threshold
-    return layer.default_threshold
+            return of(index - 1)
+    return of(index)
 
 
 def _single_fit_summary(bnn: SparseBNN, threshold, feature_names) -> pd.DataFrame:

@@ -54,7 +54,7 @@ from .likelihoods import GaussianLikelihood
 from .network import SparseBNN
 from .priors.base import check_positive
 from .priors.self_compressing import SelfCompressingLayer
-from .validation import check_positive_int
+from .validation import check_positive_int, check_threshold, layer_thresholds
 
 __all__ = [
     "MomentPrediction",
@@ -101,13 +101,15 @@ def layer_moments(bnn: SparseBNN, masked: bool = True, threshold: Optional[float
 
     :param bool masked: zero the weights outside each prior's keep rule (the network that
         ``compress`` builds); ``False`` uses every weight.
-    :param threshold: keep-rule threshold (``None``: each prior's default).
+    :param threshold: keep-rule threshold (``None``: each prior's default; a sequence: one
+        per layer).
     """
+    threshold = check_threshold(threshold, bnn.priors)
     moments = []
-    for layer in bnn.layers:
+    for layer, layer_threshold in zip(bnn.layers, layer_thresholds(threshold, len(bnn.layers)), strict=True):
         mean, var = layer.weight_moments()
         if masked:
-            weight_mask, bias_mask = layer.keep_masks(threshold)
+            weight_mask, bias_mask = layer.keep_masks(layer_threshold)
             if layer.spec.has_bias and bias_mask is None:
                 bias_mask = torch.ones(layer.spec.out_units, dtype=torch.bool, device=mean.device)
             mask = layer.spec.augment(weight_mask, bias_mask).to(mean.dtype)

@@ -14,7 +14,7 @@ from .errors import HyperparameterError, InputError, NotFittedError
 
 __all__ = [
     "as_tensor", "check_features", "check_finite", "check_same_length", "check_bnn",
-    "check_positive_int", "check_bool", "check_threshold", "check_seed",
+    "check_positive_int", "check_bool", "check_threshold", "layer_thresholds", "check_seed",
 ]
 
 
@@ -132,17 +132,26 @@ def check_bool(name: str, value) -> bool:
     return bool(value)
 
 
-def check_threshold(threshold, priors) -> Optional[float]:
-    """A keep-rule ``threshold``: ``None`` (each prior's default) or a finite number, in
-    [0, 1] when some prior thresholds inclusion probabilities (its default lies in (0, 1)).
+def check_threshold(threshold, priors):
+    """A keep-rule ``threshold``: ``None`` (each prior's default), a finite number (every
+    layer), or a sequence with one entry per layer (each ``None`` or a number), returned as
+    a tuple. A number lies in [0, 1] when some prior thresholds inclusion probabilities
+    (its default lies in (0, 1)).
 
     :raises HyperparameterError: otherwise.
     """
+    if isinstance(threshold, (list, tuple)):
+        if len(threshold) != len(priors):
+            raise HyperparameterError(
+                f"a per-layer threshold needs one entry per layer ({len(priors)}), got {len(threshold)}: "
+                f"{threshold!r}"
+            )
+        return tuple(check_threshold(t, [p]) for t, p in zip(threshold, priors, strict=True))
     if threshold is None:
         return None
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating, np.integer)) \
             or not np.isfinite(threshold):
-        raise HyperparameterError(f"threshold must be None or a finite number, got {threshold!r}")
+        raise HyperparameterError(f"threshold must be None, a finite number or one per layer, got {threshold!r}")
     # a prior's threshold is its PIP threshold, or None for one per layer (Bayesian Compression)
     pip_priors = sorted({type(p).__name__ for p in priors if p.threshold is None or 0 < p.threshold < 1})
     if pip_priors and not 0 <= threshold <= 1:
@@ -151,3 +160,9 @@ def check_threshold(threshold, priors) -> Optional[float]:
             f"{', '.join(pip_priors)}, got {threshold!r}"
         )
     return float(threshold)
+
+
+def layer_thresholds(threshold, num_layers: int) -> tuple:
+    """The checked ``threshold`` (see :func:`check_threshold`) as one entry per layer
+    (``None``: that layer's own keep rule)."""
+    return threshold if isinstance(threshold, tuple) else (threshold,) * num_layers

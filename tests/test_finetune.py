@@ -248,6 +248,15 @@ def _bad_calls(module):
         (lambda: finetune(module, x, y, seed=1.5), HyperparameterError, "seed"),
         (lambda: finetune(module, x, y, task="ranking"), HyperparameterError, "task"),
         (lambda: finetune(module, x, y, progress="yes"), HyperparameterError, "progress"),
+        (lambda: finetune(module, x, y, teacher="net"), InputError, "teacher must be an nn.Module"),
+        (lambda: finetune(module, x, y, teacher=SparseBNN(mlp([10, 3]), psb.SpikeSlab(prior_inclusion=0.1))),
+         InputError, "masked_posterior_mean"),
+        (lambda: finetune(module, x, y, teacher=mlp([10, 4])), InputError, r"logits \(n, 3\)"),
+        (lambda: finetune(mlp([10, 1]), x, y_inf[:, 0].clamp(max=1), teacher=mlp([10, 1])), InputError,
+         "classification"),
+        (lambda: finetune(module, x, y, teacher=mlp([10, 3]), distillation_weight=1.5), HyperparameterError,
+         r"\[0, 1\]"),
+        (lambda: finetune(module, x, y, teacher=mlp([10, 3]), temperature=0), HyperparameterError, "temperature"),
     ]
 
 
@@ -266,3 +275,60 @@ def test_a_network_that_keeps_no_input_has_nothing_to_finetune(kind):
     x, y = toy_classification(10 if kind == "mlp" else 72)
     with pytest.raises(InputError, match="keeps no input"):
         finetune(module, x, y)
+
+
+def _teacher():
+    torch.manual_seed(5)
+    return mlp([10, 12, 3])
+
+
+@pytest.mark.parametrize("weight, temperature", [(0.5, 2.0), (1.0, 4.0), (0.2, 1.0)])
+def test_the_distillation_loss_is_the_weighted_sum_of_cross_entropy_and_softened_kl(mlp_module, weight,
+                                                                                      temperature):
+    """The first epoch's loss of one full-batch step is the loss of the initial weights:
+    computed here from the definition, with the teacher's probabilities written out."""
+    x, y = toy_classification(10, n=40)
+    teacher = _teacher()
+    _, history = finetune(mlp_module, x, y, teacher=teacher, distillation_weight=weight, temperature=temperature,
+                          epochs=1, batch_size=40, progress=False)
+    with torch.no_grad():
+        student, logits_t = mlp_module(x).double(), teacher(x).double()
+    p = torch.exp(logits_t / temperature)
+    p = p / p.sum(1, keepdim=True)
+    log_q = student / temperature - torch.logsumexp(student / temperature, 1, keepdim=True)
+    kl = float((p * (p.log() - log_q)).sum(1).mean())
+    log_softmax = student - torch.logsumexp(student, 1, keepdim=True)
+    cross_entropy = -float(log_softmax[torch.arange(40), y].mean())
+    expected = (1 - weight) * cross_entropy + weight * temperature ** 2 * kl
+    assert history.loss[0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_distillation_weight_zero_is_plain_finetuning(mlp_module):
+    x, y = toy_classification(10)
+    plain, _ = finetune(mlp_module, x, y, epochs=2, batch_size=32, progress=False)
+    distilled, _ = finetune(mlp_module, x, y, epochs=2, batch_size=32, teacher=_teacher(), distillation_weight=0.0,
+                            progress=False)
+    for a, b in zip(plain.parameters(), distilled.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_a_pure_distillation_moves_the_student_towards_the_teacher_and_keeps_the_structure(mlp_module):
+    x, _ = toy_classification(10, n=200)
+    teacher = _teacher()
+    y_random = torch.randint(0, 3, (200,), generator=torch.Generator().manual_seed(3))
+
+    def kl_to_teacher(student):   # KL(softmax(teacher / 2) || softmax(student / 2)), written out
+        with torch.no_grad():
+            p = torch.softmax(teacher(x).double() / 2, 1)
+            q = torch.softmax(student(x).double() / 2, 1)
+        return float((p * (p / q).log()).sum(1).mean())
+
+    distilled, _ = finetune(mlp_module, x, y_random, teacher=teacher, distillation_weight=1.0, epochs=30,
+                            batch_size=50, lr=1e-2, progress=False)
+    on_labels, _ = finetune(mlp_module, x, y_random, epochs=30, batch_size=50, lr=1e-2, progress=False)
+    # with weight 1 the (random) labels are ignored and the student approaches the teacher;
+    # trained on the labels alone it does not
+    assert kl_to_teacher(distilled) < 0.5 * kl_to_teacher(mlp_module)
+    assert kl_to_teacher(distilled) < 0.5 * kl_to_teacher(on_labels)
+    for old, new in zip(weights(mlp_module), weights(distilled), strict=True):
+        assert torch.equal(new[old == 0], torch.zeros_like(new[old == 0]))

@@ -22,6 +22,7 @@ from pyro_sparse_bnn import (
     compress,
     frontier,
 )
+from pyro_sparse_bnn.compress import describe_keep_rule
 
 from .conftest import conv_net, mlp, randomize_guide
 
@@ -303,3 +304,112 @@ def test_each_row_is_compressed_once_and_the_grid_search_is_bounded(monkeypatch)
                      num_samples=2)
     assert calls["compress"] == len(front.table) <= 6 + 1
     assert calls["structure"] <= 8 * 6 + 2
+
+
+# -- per-layer thresholds and the layerwise frontier ------------------------------------------
+def hand_kept_units(bnn, thresholds):
+    """Kept hidden widths of a node-indicator network, from the raw PIPs: a unit is kept when
+    its own switch passes its layer's threshold and some kept path links it to the output
+    (here every unit of a layer feeds every unit of the next, so only empty layers cut)."""
+    return [int((layer.inclusion_groups() > t).sum()) for layer, t in zip(bnn.layers[:-1], thresholds[:-1], strict=True)]
+
+
+def test_a_per_layer_threshold_prunes_each_layer_at_its_own_value():
+    bnn = classifier(psb.SpikeSlabNode(), widths=(5, 12, 10, 3))
+    pips = [layer.inclusion_groups().detach() for layer in bnn.layers]
+    thresholds = (float(pips[0].median()), float(pips[1].quantile(0.25)), 0.5)
+    module, report = compress(bnn, threshold=thresholds)
+    assert list(report.architecture_after[1:-1]) == hand_kept_units(bnn, thresholds)
+    assert describe_keep_rule(bnn, thresholds).startswith("per-layer rule")
+    # one value repeated is the single threshold
+    same, _ = compress(bnn, threshold=(0.4, 0.4, 0.4))
+    single, _ = compress(bnn, threshold=0.4)
+    x, _ = classification_data()
+    with torch.no_grad():
+        assert torch.equal(same(x), single(x))
+    # None entries keep that layer's default
+    default, _ = compress(bnn)
+    mixed, _ = compress(bnn, threshold=(None, None, None))
+    with torch.no_grad():
+        assert torch.equal(default(x), mixed(x))
+
+
+def test_a_per_layer_threshold_must_have_one_entry_per_layer():
+    bnn = classifier(psb.SpikeSlabNode())
+    for bad, message in (((0.5, 0.5), "one entry per layer"), ((0.5, 2.0, 0.5), r"\[0, 1\]"),
+                         ((0.5, "x", 0.5), "finite number")):
+        with pytest.raises(HyperparameterError, match=message):
+            compress(bnn, threshold=bad)
+
+
+@pytest.fixture(scope="module")
+def walked():
+    x, y = classification_data(n=120)
+    bnn = classifier(psb.SpikeSlabNode(), widths=(5, 12, 10, 3))
+    return bnn, x, y, psb.layerwise_frontier(bnn, x, y, step=0.25, max_loss=1.0, num_samples=4)
+
+
+def test_the_walk_shrinks_one_layer_at_a_time_and_every_row_is_its_compressed_module(walked):
+    bnn, x, y, front = walked
+    table = front.table
+    assert len(table) > 3 and table.keep_rule.iloc[0] and not table.keep_rule.iloc[1:].any()
+    assert (table.nonzero_params.diff().iloc[1:] < 0).all()
+    names = [layer.spec.name for layer in bnn.layers]
+    rows = list(table.itertuples(index=False))
+    for previous, row in zip(rows[:-1], rows[1:], strict=True):
+        changed = [i for i, (a, b) in enumerate(zip(previous.threshold, row.threshold, strict=True)) if a != b]
+        assert len(changed) == 1 and row.threshold[changed[0]] > previous.threshold[changed[0]]
+        assert row.layer == names[changed[0]]
+    for row in rows:
+        module, report = compress(bnn, threshold=row.threshold)
+        assert psb.CompressionReport.format_architecture(report.architecture_after) == row.architecture
+        assert hand_accuracy(module, x, y) == pytest.approx(row.accuracy)
+
+
+def test_each_move_is_the_cheapest_of_the_layers_candidates(walked):
+    """The first move, recomputed by hand: for every layer, drop the lowest quarter of its
+    kept switches; the walk took the move with the least accuracy lost per parameter removed."""
+    bnn, x, y, front = walked
+    start = front.table.iloc[0]
+    costs = {}
+    for index, layer in enumerate(bnn.layers):
+        kept = sorted(float(p) for p in set(layer.inclusion_groups().detach().flatten().tolist()) if p > start.threshold[index])
+        if len(kept) <= 1:
+            continue
+        drop = min(max(1, math.ceil(0.25 * len(kept))), len(kept) - 1)
+        trial = list(start.threshold)
+        trial[index] = (kept[drop - 1] + kept[drop]) / 2
+        module, report = compress(bnn, threshold=trial)
+        removed = start.nonzero_params - report.nonzero_params_after
+        if removed > 0 and not report.warnings:
+            costs[layer.spec.name] = (start.accuracy - hand_accuracy(module, x, y)) / removed
+    assert front.table.layer.iloc[1] == min(costs, key=costs.get)
+
+
+def test_select_on_the_walk_gives_a_per_layer_choice_that_compress_applies(walked):
+    bnn, x, y, front = walked
+    choice = front.select(tolerance=0.05)
+    assert isinstance(choice.threshold, tuple) and len(choice.threshold) == len(bnn.layers)
+    module, report = compress(bnn, threshold=choice)
+    assert hand_accuracy(module, x, y) >= front.posterior_metric - 0.05 - 1e-9
+    assert report.threshold_reason.endswith(choice.reason) and "per-layer rule" in report.threshold_reason
+    within = front.table[front.within(0.05)]
+    assert report.nonzero_params_after == within.nonzero_params.min()
+
+
+def test_the_walk_stops_at_max_loss_and_refuses_bad_arguments(walked):
+    bnn, x, y, _ = walked
+    _, _, _, longer = walked
+    front = psb.layerwise_frontier(bnn, x, y, step=0.25, max_loss=0.0, num_samples=4)
+    # every row but the last is at or above the floor; the walk stops at the first one below it
+    assert (front.table.accuracy.iloc[:-1] >= front.posterior_metric - 1e-9).all()
+    assert front.table.accuracy.iloc[-1] < front.posterior_metric or len(front.table) == len(longer.table)
+    assert len(front.table) <= len(longer.table)
+    for step in (0, 1.5, True, "0.1"):
+        with pytest.raises(HyperparameterError, match="step"):
+            psb.layerwise_frontier(bnn, x, y, step=step)
+    with pytest.raises(HyperparameterError, match="max_loss"):
+        psb.layerwise_frontier(bnn, x, y, max_loss=-1)
+    with pytest.raises(NotFittedError, match="layerwise_frontier"):
+        torch.manual_seed(0)
+        psb.layerwise_frontier(SparseBNN(mlp([5, 8, 3]), psb.SpikeSlabNode()), x, y)
