@@ -1,26 +1,42 @@
-"""Time of one training step: SVI on a sparse BNN against a deterministic network and against a
-hand-written PyTorch step of the same objective, measured in one process (medians).
+"""Time of one training step: the library's step (what ``psb.fit`` does per step) against the
+deterministic network and against a hand-written PyTorch step of the same estimator, all in
+one process, interleaved, medians.
 
-    python benchmarks/step_time.py                              # SS-IG + local reparam., 784-300-100-10
-    python benchmarks/step_time.py --prior ss --widths 64-64-32-10   # edge level, weight sampling
-    python benchmarks/step_time.py --lenet5                     # SS-IG on LeNet-5-Caffe (no hand-written step)
+One command per row::
 
-``--prior ssig`` (default): the node-level spike-and-slab prior with local
-reparameterisation, the configuration issue 5 sets targets for. The hand-written step
-computes the same estimator (straight-through binary Concrete node indicators, Gaussian
-pre-activations with mean ``z_j (x mu_j)`` and variance ``z_j^2 (x^2 sigma_j^2)``, minibatch
-log-likelihood scaled to N, closed-form Bernoulli and inclusion-weighted slab KLs) with plain
-tensors and one Adam optimiser.
+    python benchmarks/step_time.py mlp400-ssghs          # MLP 784-400-400-10 (SiLU), SS-GHS, batch 1024
+    python benchmarks/step_time.py lenet300-bcgnj        # LeNet-300-100, BC-GNJ, batch 128
+    python benchmarks/step_time.py lenet300-ssig         # LeNet-300-100, SS-IG, batch 128
+    python benchmarks/step_time.py lenet5-ssig           # LeNet-5-Caffe, batch 128; also lenet5-ss,
+                                                         # -ssgl, -ssghs, -bcgnj, -bcghs, -sc
+    python benchmarks/step_time.py all                   # every row, one process each
+    python benchmarks/step_time.py --table               # the README table from the saved results
 
-``--prior ss``: the edge-level spike-and-slab prior with one weight draw per step
-(``local_reparameterization=False``) against a hand-written step of that estimator.
+Options: ``--threads N`` (torch threads, default 2), ``--repeats R`` (interleaved repeats of
+``--number`` steps each, default 11 x 20), ``--estimator default|lrt|weights|both`` (the
+network's default choice for the row's batch size, local reparameterisation, one weight draw
+per step, or both in turn), ``--clock wall|cpu`` (wall-clock time, the default, or the
+process's CPU time: a proxy for comparing variants on a loaded machine, never a result),
+``--check`` (first verify that the hand-written step computes the library's loss and
+gradients, with every random draw replaced by a constant) and ``--profile`` (print
+torch.profiler's operator table of both steps).
 
-Either way the SVI / hand-written ratio is the price of the Pyro model/guide machinery.
+The deterministic step is the plain network with ``torch.optim.Adam`` and mean
+cross-entropy. The hand-written step (``hand_written.py``) computes the library's objective
+with plain tensors and one fused Adam, the optimiser ``fit`` uses. The ratio library /
+hand-written is the price of the library's machinery (Pyro's model and guide, traces, the
+generic ELBO); hand-written / deterministic is the price of the estimator itself.
 """
 
 import argparse
-import math
+import glob
+import json
+import statistics
+import subprocess
 import sys
+import time
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import pyro
@@ -30,110 +46,49 @@ from pyro.infer import SVI
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median_time, write  # noqa: E402
+from common import RESULTS, write  # noqa: E402
+from hand_written import HandWritten, fixed_noise  # noqa: E402
 
-from pyro_sparse_bnn import MeanFieldELBO, SparseBNN, SpikeSlab, SpikeSlabNode  # noqa: E402
-from pyro_sparse_bnn.nets import lenet5_caffe  # noqa: E402
+import pyro_sparse_bnn as psb  # noqa: E402
+from pyro_sparse_bnn.architecture import parse_sequential  # noqa: E402
+from pyro_sparse_bnn.fit import _fit_step  # noqa: E402
 from pyro_sparse_bnn.optim import JointAdam  # noqa: E402
+from pyro_sparse_bnn.reparameterization import LocalReparameterization  # noqa: E402
+
+PRIORS = {
+    "ss": ("SpikeSlab", lambda: psb.SpikeSlab(prior_inclusion=1e-3)),
+    "ssig": ("SS-IG", psb.SpikeSlabNode),
+    "ssgl": ("SS-GL", psb.SpikeSlabGroupLasso),
+    "ssghs": ("SS-GHS", psb.SpikeSlabGroupHorseshoe),
+    "bcgnj": ("BC-GNJ", psb.GroupNormalJeffreys),
+    "bcghs": ("BC-GHS", psb.GroupHorseshoe),
+    "sc": ("self-compressing", psb.SelfCompressingGaussian),
+}
+NETS = {
+    "mlp400": ("MLP 784-400-400-10 (SiLU)", lambda: psb.nets.mlp([784, 400, 400, 10], nn.SiLU), 1024, 1.8),
+    "lenet300": ("LeNet-300-100", psb.nets.lenet_300_100, 128, 3.5),
+    "lenet5": ("LeNet-5-Caffe", psb.lenet5_caffe, 128, 2.5),
+}
+ROWS = ["mlp400-ssghs", "lenet300-bcgnj", "lenet300-ssig"] + [f"lenet5-{p}" for p in PRIORS]
+#: target of every row: library step / hand-written step of the same estimator
+HAND_TARGET = 1.15
+NUM_DATA = 60000
+LR = 5e-3
 
 
-def mlp(widths):
-    layers = []
-    for a, b in zip(widths, widths[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers[:-1])
-
-
-class HandWrittenSpikeSlab(nn.Module):
-    """The same objective as SparseBNN + SpikeSlab + MeanFieldELBO, without Pyro."""
-
-    def __init__(self, net, prior_inclusion, prior_scale=1.3, temperature=0.5, num_data=60000):
-        super().__init__()
-        linears = [m for m in net if isinstance(m, nn.Linear)]
-        self.logits = nn.ParameterList([nn.Parameter(torch.full((m.out_features, m.in_features + 1), math.log(99.0))) for m in linears])
-        self.loc = nn.ParameterList([nn.Parameter(torch.cat([m.weight, m.bias[:, None]], 1).detach().clone()) for m in linears])
-        self.rho = nn.ParameterList([nn.Parameter(torch.full_like(p, -6.0)) for p in self.loc])
-        self.lam, self.s0, self.tau, self.n = prior_inclusion, prior_scale, temperature, num_data
-
-    def loss(self, x, y):
-        h, kl = x, 0.0
-        logit_lam = math.log(self.lam) - math.log1p(-self.lam)
-        for i, (theta, mu, rho) in enumerate(zip(self.logits, self.loc, self.rho)):
-            u = torch.rand_like(theta)
-            noisy = theta + torch.logit(u, eps=1.19e-7)
-            soft = torch.sigmoid(noisy / self.tau)
-            z = (noisy > 0).float() + soft - soft.detach()
-            sigma = F.softplus(rho)
-            beta = mu + sigma * torch.randn_like(mu)
-            w = z * beta
-            h = F.linear(h, w[:, :-1], w[:, -1])
-            if i < len(self.logits) - 1:
-                h = torch.relu(h)
-            gamma = torch.sigmoid(theta)
-            kl = kl + (gamma * (theta - logit_lam) - F.softplus(theta) - math.log1p(-self.lam)).sum()
-            kl = kl + (gamma * ((sigma**2 + mu**2) / (2 * self.s0**2) - torch.log(sigma) + math.log(self.s0) - 0.5)).sum()
-        nll = F.cross_entropy(h, y, reduction="sum") * (self.n / len(y))
-        return nll + kl
-
-
-class HandWrittenNodeLRT(nn.Module):
-    """The objective of SparseBNN + SpikeSlabNode + MeanFieldELBO with local reparameterisation."""
-
-    def __init__(self, net, prior_scale=1.0, temperature=0.5, num_data=60000):
-        super().__init__()
-        linears = [m for m in net if isinstance(m, nn.Linear)]
-        self.logits = nn.ParameterList([nn.Parameter(torch.full((m.out_features,), math.log(99.0))) for m in linears])
-        self.loc = nn.ParameterList([nn.Parameter(torch.cat([m.weight, m.bias[:, None]], 1).detach().clone()) for m in linears])
-        self.rho = nn.ParameterList([nn.Parameter(torch.full_like(p, -6.0)) for p in self.loc])
-        self.lams = [1.0 / m.out_features for m in linears]
-        self.s0, self.tau, self.n = prior_scale, temperature, num_data
-
-    def loss(self, x, y):
-        h, kl = x, 0.0
-        for i, (theta, mu, rho, lam) in enumerate(zip(self.logits, self.loc, self.rho, self.lams)):
-            u = torch.rand_like(theta)
-            noisy = theta + torch.logit(u, eps=1.19e-7)
-            soft = torch.sigmoid(noisy / self.tau)
-            z = (noisy > 0).float() + soft - soft.detach()
-            sigma = F.softplus(rho)
-            var = sigma**2
-            mean = F.linear(h, mu[:, :-1], mu[:, -1]) * z
-            sd = (F.linear(h * h, var[:, :-1], var[:, -1]) * z**2).clamp(min=1e-30).sqrt()
-            h = mean + sd * torch.randn_like(mean)
-            if i < len(self.logits) - 1:
-                h = torch.relu(h)
-            gamma = torch.sigmoid(theta)
-            logit_lam = math.log(lam) - math.log1p(-lam)
-            kl = kl + (gamma * (theta - logit_lam) - F.softplus(theta) - math.log1p(-lam)).sum()
-            slab_kl = ((var + mu**2) / (2 * self.s0**2) - torch.log(sigma) + math.log(self.s0) - 0.5).sum(1)
-            kl = kl + (gamma * slab_kl).sum()
-        nll = F.cross_entropy(h, y, reduction="sum") * (self.n / len(y))
-        return nll + kl
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--widths", default="784-300-100-10")
-    parser.add_argument("--lenet5", action="store_true",
-                        help="LeNet-5-Caffe (SS-IG, local reparameterisation) instead of an MLP; no hand-written step")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--prior", choices=["ssig", "ss"], default="ssig",
-                        help="ssig: node level with local reparameterisation; ss: edge level, weight sampling")
-    args = parser.parse_args(argv)
-    widths = [int(w) for w in args.widths.split("-")]
-    torch.manual_seed(0)
-    x = torch.randn(args.batch_size, widths[0])
-    y = torch.randint(0, widths[-1], (args.batch_size,))
-
-    if args.lenet5:
-        args.widths, args.prior = "lenet5-caffe", "ssig"
-        x = torch.randn(args.batch_size, 784)
-
-    def build():
-        return lenet5_caffe() if args.lenet5 else mlp(widths)
-
+def build_row(row, lrt, batch_size=None, seed=0, widths=None):
+    """``(x, y, steps, bnn, hand, used_lrt)`` for a row: the three step functions share one
+    minibatch. ``widths`` replaces the network by an MLP of these widths (ReLU)."""
+    net_key, prior_key = row.split("-")
+    _, build, default_batch, _ = NETS[net_key]
+    if widths is not None:
+        build = partial(psb.nets.mlp, widths)
+    batch = batch_size or default_batch
+    torch.manual_seed(seed)
     deterministic = build()
+    x = torch.randn(batch, *parse_sequential(deterministic).input_shape)
+    y = torch.randint(0, 10 if widths is None else widths[-1], (batch,))
+
     det_optim = torch.optim.Adam(deterministic.parameters(), lr=1e-3)
 
     def deterministic_step():
@@ -141,56 +96,184 @@ def main(argv=None):
         F.cross_entropy(deterministic(x), y).backward()
         det_optim.step()
 
-    if args.prior == "ssig":
-        bnn = SparseBNN(build(), SpikeSlabNode(), num_data=60000)
-        hand = None if args.lenet5 else HandWrittenNodeLRT(build())
-    else:
-        bnn = SparseBNN(build(), SpikeSlab(prior_inclusion=1e-3), num_data=60000,
-                        local_reparameterization=False)
-        hand = HandWrittenSpikeSlab(build(), prior_inclusion=1e-3)
-    svi = SVI(bnn.model, bnn.guide, JointAdam({"lr": 5e-3}), MeanFieldELBO())
+    kwargs = {} if lrt is None else {"local_reparameterization": lrt}
+    bnn = psb.SparseBNN(build(), PRIORS[prior_key][1](), num_data=NUM_DATA, **kwargs)
+    svi = SVI(bnn.model, bnn.guide, JointAdam({"lr": LR}), psb.MeanFieldELBO())
 
-    def svi_step():  # what fit does per step
-        with bnn.reparameterization(skip_slab_draws=True):
-            svi.step(x, y)
+    def library_step():  # what fit does per step
+        _fit_step(bnn, svi, x, y, skip_slab_draws=True)
 
-    steps = {"deterministic": deterministic_step, "svi": svi_step}
-    if hand is not None:
-        hand_optim = torch.optim.Adam(hand.parameters(), lr=5e-3, fused=True)  # as JointAdam
+    used_lrt = bnn.local_reparameterization_layers(batch)
+    hand = HandWritten(bnn, used_lrt)
+    hand_optim = torch.optim.Adam(hand.parameters(), lr=LR, fused=True)
 
-        def hand_step():
-            hand_optim.zero_grad(set_to_none=True)
-            hand.loss(x, y).backward()
-            hand_optim.step()
+    def hand_step():
+        hand_optim.zero_grad(set_to_none=True)
+        hand.loss(x, y).backward()
+        hand_optim.step()
 
-        steps["hand_written"] = hand_step
+    steps = {"deterministic": deterministic_step, "hand_written": hand_step, "library": library_step}
+    return x, y, steps, bnn, hand, used_lrt
 
-    # interleave the variants so machine noise hits them alike
-    times = {name: [] for name in steps}
-    for _ in range(args.repeats):
+
+def check(bnn, hand, x, y, lrt) -> float:
+    """Largest relative difference between the library's and the hand-written loss and
+    gradients with every random draw replaced by a constant; raises if above 1e-4."""
+    elbo = psb.MeanFieldELBO()
+    with fixed_noise():
+        with LocalReparameterization(skip_slab_draws=True, layers=lrt) if lrt else nullcontext():
+            loss = elbo.differentiable_loss(bnn.model, bnn.guide, x, y)
+        hand_loss = hand.loss(x, y)
+    pairs = hand.pairs()
+    if len(pairs) != len(list(bnn.parameters())):
+        raise AssertionError(f"the hand-written step has {len(pairs)} parameters, the library "
+                             f"{len(list(bnn.parameters()))}")
+    hand_grads = torch.autograd.grad(hand_loss, [h for h, _ in pairs])
+    lib_grads = torch.autograd.grad(loss, [p for _, p in pairs])
+    worst = abs(float(loss.detach()) - float(hand_loss.detach())) / abs(float(hand_loss.detach()))
+    for g, other in zip(hand_grads, lib_grads, strict=True):
+        worst = max(worst, float((g - other).abs().max()) / (float(g.abs().max()) + 1e-12))
+    if worst > 1e-4:
+        raise AssertionError(f"hand-written and library steps differ: relative difference {worst:.3g}")
+    return worst
+
+
+def describe(lrt_layers, num_layers) -> str:
+    if len(lrt_layers) == num_layers:
+        return "local reparameterisation"
+    if not lrt_layers:
+        return "weight draws"
+    return f"local reparameterisation in {len(lrt_layers)} of {num_layers} layers, weight draws elsewhere"
+
+
+def time_steps(steps, repeats, number, clock):
+    timer = time.perf_counter if clock == "wall" else time.process_time
+    for step in steps.values():  # warm-up
+        for _ in range(5):
+            step()
+    samples = {name: [] for name in steps}
+    for _ in range(repeats):  # interleaved, so that machine noise hits every variant alike
         for name, step in steps.items():
-            times[name].append(median_time(step, repeats=1, number=20))
-    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    med.setdefault("hand_written", float("nan"))
-    result = {
-        "prior": args.prior,
-        "local_reparameterization": bnn.local_reparameterization,
-        "widths": args.widths,
-        "batch_size": args.batch_size,
-        "median_ms": {k: 1e3 * v for k, v in med.items()},
-        "svi_over_deterministic": med["svi"] / med["deterministic"],
-        "svi_over_hand_written": med["svi"] / med["hand_written"],
-        "hand_written_over_deterministic": med["hand_written"] / med["deterministic"],
-    }
-    print(f"{args.prior} (local reparameterisation {bnn.local_reparameterization}), "
-          f"{args.widths}, batch {args.batch_size}, {torch.get_num_threads()} threads, "
-          f"median ms per step: " + ", ".join(f"{k} {v:.2f}" for k, v in result["median_ms"].items()))
-    print(f"SVI / deterministic {result['svi_over_deterministic']:.2f}x; SVI / hand-written "
-          f"{result['svi_over_hand_written']:.2f}x; hand-written / deterministic "
-          f"{result['hand_written_over_deterministic']:.2f}x")
-    path = write(f"step_time_{args.prior}_{args.widths}", result)
-    print(f"wrote {path}")
-    pyro.clear_param_store()
+            start = timer()
+            for _ in range(number):
+                step()
+            samples[name].append((timer() - start) / number)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def profile(steps, number=20):
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    for name in ("hand_written", "library"):
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(number):
+                steps[name]()
+        print(f"--- {name} ({number} steps)")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+
+
+def run_row(row, args):
+    torch.set_num_threads(args.threads)
+    net_key, prior_key = row.split("-")
+    net_name, _, default_batch, target = NETS[net_key]
+    estimators = {"default": [None], "lrt": [True], "weights": [False], "both": [True, False]}[args.estimator]
+    results = []
+    for lrt in estimators:
+        widths = None if args.widths is None else [int(w) for w in args.widths.split("-")]
+        x, y, steps, bnn, hand, used_lrt = build_row(row, lrt, args.batch_size, widths=widths)
+        if args.check:
+            worst = check(bnn, hand, x, y, used_lrt)
+            print(f"check: library and hand-written loss and gradients agree (max relative difference {worst:.2g})")
+        med = time_steps(steps, args.repeats, args.number, args.clock)
+        if args.profile:
+            profile(steps)
+        estimator = describe(used_lrt, len(bnn.layers))
+        if widths is not None:
+            net_name = "MLP " + "-".join(map(str, widths))
+        result = {
+            "row": row, "network": net_name, "prior": PRIORS[prior_key][0], "estimator": estimator,
+            "default_estimator": lrt is None, "batch_size": x.shape[0], "threads": torch.get_num_threads(),
+            "clock": args.clock, "repeats": args.repeats, "number": args.number,
+            "median_ms": {k: 1e3 * v for k, v in med.items()},
+            "library_over_deterministic": med["library"] / med["deterministic"],
+            "library_over_hand_written": med["library"] / med["hand_written"],
+            "hand_written_over_deterministic": med["hand_written"] / med["deterministic"],
+            "target_over_deterministic": target if lrt is None else None,
+            "target_over_hand_written": HAND_TARGET,
+        }
+        results.append(result)
+        print(markdown([result], header=not results[:-1]))
+        suffix = "" if lrt is None else ("_lrt" if lrt else "_weights")
+        name = f"step_time_{row}{suffix}_{args.threads}t" + ("" if args.clock == "wall" else "_cpu")
+        if widths is not None:
+            name += "_mlp" + "-".join(map(str, widths))
+        print(f"wrote {write(name, result)}")
+        pyro.clear_param_store()
+    return results
+
+
+def markdown(results, header=True):
+    lines = []
+    if header:
+        lines += [
+            "| network, prior | batch | estimator | deterministic | hand-written | library | library / deterministic | library / hand-written |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+    for r in results:
+        ms = r["median_ms"]
+        target = r.get("target_over_deterministic")
+        det = f"{r['library_over_deterministic']:.2f}x" + (f" (target {target}x)" if target else "")
+        est = r["estimator"] + (" (default)" if r.get("default_estimator") else "")
+        clock = "" if r.get("clock", "wall") == "wall" else " [CPU time]"
+        lines.append(
+            f"| {r['network']}, {r['prior']} | {r['batch_size']} | {est} | {ms['deterministic']:.2f} ms | "
+            f"{ms['hand_written']:.2f} ms | {ms['library']:.2f} ms{clock} | {det} | "
+            f"{r['library_over_hand_written']:.2f}x (target {r['target_over_hand_written']}x) |"
+        )
+    return "\n".join(lines)
+
+
+def table(threads, clock):
+    suffix = f"_{threads}t" + ("" if clock == "wall" else "_cpu") + ".json"
+    results = []
+    for row in ROWS:
+        for variant in ("", "_lrt", "_weights"):
+            for path in glob.glob(str(RESULTS / f"step_time_{row}{variant}{suffix}")):
+                results.append(json.loads(Path(path).read_text()))
+    if not results:
+        print(f"no results for {threads} threads ({clock} clock) in {RESULTS}")
+        return
+    print(markdown(results))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("row", nargs="?", choices=ROWS + ["all"], help="the setting to time")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--number", type=int, default=20, help="steps per timed repeat")
+    parser.add_argument("--batch-size", type=int, default=None, help="override the row's batch size")
+    parser.add_argument("--widths", default=None,
+                        help="replace the row's network by an MLP of these widths, e.g. 4-4-4-2 (the fixed cost of a step)")
+    parser.add_argument("--estimator", choices=["default", "lrt", "weights", "both"], default="default")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    parser.add_argument("--check", action="store_true", help="verify the hand-written step first")
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler tables")
+    parser.add_argument("--table", action="store_true", help="print the table of the saved results")
+    args = parser.parse_args(argv)
+    if args.table:
+        table(args.threads, args.clock)
+        return
+    if args.row is None:
+        parser.error("give a row (or --table)")
+    if args.row == "all":  # one process per row
+        for row in ROWS:
+            command = [sys.executable, __file__, row] + [a for a in (argv or sys.argv[1:]) if a != "all"]
+            subprocess.run(command, check=True)
+        table(args.threads, args.clock)
+        return
+    run_row(args.row, args)
 
 
 if __name__ == "__main__":

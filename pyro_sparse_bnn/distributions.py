@@ -22,13 +22,19 @@ from numbers import Number
 
 import torch
 import torch.nn.functional as F
-from pyro.distributions import TorchDistribution, constraints
+from pyro.distributions import Independent, TorchDistribution, constraints
+from pyro.distributions import Normal as PyroNormal
+from pyro.distributions.kl import _kl_independent_independent
 from torch.distributions import Bernoulli, Gamma, InverseGamma, LogNormal, Normal, register_kl
+from torch.distributions import Independent as TorchIndependent
 from torch.distributions.utils import broadcast_all, lazy_property
 
 __all__ = [
     "ConcreteBernoulli",
     "GatedNormal",
+    "SlabNormal",
+    "SlabBlock",
+    "slab_kl",
     "bernoulli_kl",
     "normal_kl",
     "lognormal_gamma_kl",
@@ -274,7 +280,80 @@ class ConcreteBernoulli(TorchDistribution):
         return log_density_of_logit - torch.log(value) - torch.log1p(-value)
 
 
-class GatedNormal(TorchDistribution):
+class _SlabScales:
+    """Standard deviation, its log and the variance of a Gaussian slab, from whichever of
+    ``scale`` and ``log_scale`` the guide computed: the others are derived when first needed
+    and kept, so the layer computation and the KL share them and a log-scale
+    parameterisation never needs a ``log``."""
+
+    def _set_scales(self, scale, log_scale):
+        if scale is None and log_scale is None:
+            raise ValueError("a slab needs scale or log_scale")
+        if scale is not None:
+            self.__dict__["scale"] = scale
+        if log_scale is not None:
+            self.__dict__["log_scale"] = log_scale
+        return scale if scale is not None else log_scale
+
+    @lazy_property
+    def scale(self):
+        """Standard deviation ``sigma``."""
+        return torch.exp(self.log_scale)
+
+    @lazy_property
+    def log_scale(self):
+        """``log sigma``."""
+        return torch.log(self.scale)
+
+    @lazy_property
+    def scale_sq(self):
+        """Variance ``sigma^2`` of the slab (``exp(2 log sigma)`` unless ``sigma`` exists already)."""
+        if "scale" in self.__dict__:
+            return self.scale.square()
+        return torch.exp(2 * self.log_scale)
+
+    def to_event(self, reinterpreted_batch_ndims=None):
+        """As ``TorchDistribution.to_event``, but the result is a :class:`SlabBlock`, whose KL
+        against a ``Normal(0, s0)`` prior block is computed without a per-entry tensor."""
+        if reinterpreted_batch_ndims is None:
+            reinterpreted_batch_ndims = len(self.batch_shape)
+        if reinterpreted_batch_ndims == 0:
+            return self
+        return SlabBlock(self, reinterpreted_batch_ndims)
+
+
+class SlabBlock(Independent):
+    """``Independent`` over a :class:`GatedNormal` or :class:`SlabNormal`: the same
+    distribution, whose KL against ``Normal(0, s0).expand(shape).to_event(n)`` is computed
+    by :func:`slab_kl` (row sums, no per-entry tensor) when the block covers a whole 2-D slab
+    whose gate probabilities are one per row or absent."""
+
+
+class SlabNormal(_SlabScales, PyroNormal):
+    """``Normal(loc, scale)`` given by ``scale`` or by ``log_scale`` (see :class:`_SlabScales`):
+    the guide of an ungated Gaussian slab. ``to_event`` gives a :class:`SlabBlock`.
+
+    :param torch.Tensor loc: mean.
+    :param scale: standard deviation (or ``None`` with ``log_scale``).
+    :param log_scale: ``log`` of the standard deviation (or ``None`` with ``scale``).
+    """
+
+    def __init__(self, loc, scale=None, log_scale=None, validate_args=None):
+        spread = self._set_scales(scale, log_scale)
+        self.loc = loc
+        TorchDistribution.__init__(self, _broadcast_shape(loc, spread), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(SlabNormal, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.loc = self.loc.expand(batch_shape)
+        new.scale = self.scale.expand(batch_shape)
+        TorchDistribution.__init__(new, batch_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+
+class GatedNormal(_SlabScales, TorchDistribution):
     r"""Slab of a non-centred spike-and-slab group: ``Normal(loc, scale)`` where the gate is
     on, the prior ``Normal(0, prior_scale)`` where it is off.
 
@@ -293,13 +372,18 @@ class GatedNormal(TorchDistribution):
     on (as in Bai et al.'s estimator) rather than prior noise.
 
     :param torch.Tensor loc: slab mean ``mu``.
-    :param torch.Tensor scale: slab standard deviation ``sigma > 0``.
+    :param torch.Tensor scale: slab standard deviation ``sigma > 0`` (or ``None`` with
+        ``log_scale``).
     :param torch.Tensor gate: sampled indicator value (0/1 or relaxed in (0, 1)),
         broadcastable to ``loc``; the gate counts as on where it exceeds 0.5.
     :param torch.Tensor gate_probs: inclusion probabilities ``gamma`` of the gate,
         broadcastable to ``loc``.
     :param prior_scale: the prior slab standard deviation ``sigma_0`` (the model site must be
         ``Normal(0, prior_scale)`` for the KL to be exact).
+    :param log_scale: ``log sigma``, for a guide that parameterises it directly (the
+        standard deviation is then ``exp(log_scale)``, computed only if needed).
+
+    ``to_event`` gives a :class:`SlabBlock`, whose KL is summed without a per-entry tensor.
     """
 
     arg_constraints = {
@@ -311,12 +395,13 @@ class GatedNormal(TorchDistribution):
     support = constraints.real
     has_rsample = True
 
-    def __init__(self, loc, scale, gate, gate_probs, prior_scale, validate_args=None):
+    def __init__(self, loc, scale, gate, gate_probs, prior_scale, validate_args=None, log_scale=None):
         if isinstance(prior_scale, Number):
             prior_scale = torch.tensor(float(prior_scale), dtype=loc.dtype, device=loc.device)
-        self.loc, self.scale = loc, scale
+        spread = self._set_scales(scale, log_scale)
+        self.loc = loc
         self.gate, self.gate_probs, self.prior_scale = gate, gate_probs, prior_scale
-        super().__init__(_broadcast_shape(loc, scale, gate, gate_probs), validate_args=validate_args)
+        super().__init__(_broadcast_shape(loc, spread, gate, gate_probs), validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(GatedNormal, _instance)
@@ -415,6 +500,95 @@ def _kl_gated_normal_normal(p, q):
     if prior_loc == 0 and prior_scale is not None:  # the slab prior N(0, s0^2) of every prior here
         return _GatedNormalKL.apply(p.loc, p.scale, p.gate_probs, prior_scale**2).expand(p.batch_shape)
     return p.gate_probs * normal_kl(p.loc, p.scale, q.loc, q.scale)
+
+
+class _RowSlabKL(torch.autograd.Function):
+    """``sum_r w_r sum_j KL(N(mu_rj, sigma_rj^2) || N(0, v0))`` of a 2-D slab from row sums:
+    ``KL_r = (sum_j sigma^2 + sum_j mu^2) / (2 v0) - sum_j log sigma + m (log v0 - 1) / 2``
+    for rows of ``m`` entries. The forward pass only reads the slab (three reductions); the
+    gradients with respect to ``sigma^2`` and ``log sigma`` are one value per row."""
+
+    @staticmethod
+    def forward(ctx, loc, spread, log_scale, weights, prior_var: float, spread_is_variance: bool):
+        m = loc.shape[-1]
+        loc_sq = torch.linalg.vector_norm(loc, dim=-1).square()
+        if spread_is_variance:
+            var_sum = spread.sum(-1)
+            log_sum = 0.5 * torch.log(spread).sum(-1) if log_scale is None else log_scale.sum(-1)
+        else:
+            var_sum = torch.linalg.vector_norm(spread, dim=-1).square()
+            log_sum = torch.log(spread).sum(-1) if log_scale is None else log_scale.sum(-1)
+        rows = (var_sum + loc_sq) * (0.5 / prior_var) - log_sum + m * (0.5 * math.log(prior_var) - 0.5)
+        w = None if weights is None else weights.reshape(rows.shape)
+        ctx.save_for_backward(loc, spread, log_scale, w, rows)
+        ctx.shape = None if weights is None else weights.shape
+        ctx.prior_var, ctx.spread_is_variance = prior_var, spread_is_variance
+        return rows.sum() if w is None else torch.dot(w, rows)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        loc, spread, log_scale, w, rows = ctx.saved_tensors
+        pv = ctx.prior_var
+        per_row = grad.expand(rows.shape) if w is None else grad * w  # (rows,)
+        col = per_row.unsqueeze(-1)
+        grad_loc = grad_spread = grad_log = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_loc = loc * (col * (1.0 / pv))
+        if ctx.needs_input_grad[1]:
+            if ctx.spread_is_variance:
+                grad_spread = (col * (0.5 / pv)).expand(spread.shape)
+                if log_scale is None:
+                    grad_spread = grad_spread - (0.5 * col) / spread
+            else:
+                grad_spread = spread * (col * (1.0 / pv))
+                if log_scale is None:
+                    grad_spread = grad_spread - col / spread
+        if ctx.needs_input_grad[2]:
+            grad_log = (-col).expand(log_scale.shape)
+        if ctx.needs_input_grad[3]:
+            grad_w = (grad * rows).reshape(ctx.shape)
+        return grad_loc, grad_spread, grad_log, grad_w, None, None
+
+
+def slab_kl(slab, prior_var: float) -> torch.Tensor:
+    """Summed KL of a 2-D Gaussian slab against ``N(0, prior_var)`` per entry, each row
+    weighted by its gate probability (a :class:`GatedNormal` with one gate per row) or not
+    (a :class:`SlabNormal`): the value of ``kl_divergence`` summed over the slab, computed by
+    :class:`_RowSlabKL` from the slab's variance (when the layer computed it) or its scale,
+    and its ``log_scale`` (when the guide parameterises it).
+
+    :returns: a scalar tensor.
+    """
+    weights = getattr(slab, "gate_probs", None)
+    if weights is not None:
+        weights = _compact(weights).reshape(-1)
+    has_var = "scale_sq" in slab.__dict__ or "scale" not in slab.__dict__
+    spread = slab.scale_sq if has_var else slab.scale
+    log_scale = slab.__dict__.get("log_scale")
+    return _RowSlabKL.apply(slab.loc, spread, log_scale, weights, prior_var, has_var)
+
+
+def _row_weights(slab) -> bool:
+    """Whether ``slab``'s gate probabilities (if any) are one per row of a 2-D slab."""
+    if slab.loc.dim() != 2 or slab.batch_shape != slab.loc.shape:
+        return False
+    weights = getattr(slab, "gate_probs", None)
+    if weights is None:
+        return isinstance(slab, SlabNormal)
+    weights = _compact(weights)
+    return weights.dim() == 2 and weights.shape[1] == 1 and weights.shape[0] == slab.loc.shape[0]
+
+
+@register_kl(SlabBlock, TorchIndependent)
+def _kl_slab_block(p, q):
+    slab, prior = p.base_dist, q.base_dist
+    if (p.reinterpreted_batch_ndims == q.reinterpreted_batch_ndims == 2 and type(prior) in (Normal, PyroNormal)
+            and prior.batch_shape == slab.batch_shape and _row_weights(slab)):
+        prior_loc, prior_scale = _python_scalar(prior.loc), _python_scalar(prior.scale)
+        if prior_loc == 0 and prior_scale is not None:
+            return slab_kl(slab, prior_scale**2)
+    return _kl_independent_independent(p, q)
 
 
 @register_kl(Normal, LogUniformScale)

@@ -47,6 +47,15 @@ def site_log_prob_sum(site) -> torch.Tensor:
     return scale_and_mask(log_p, site["scale"], site["mask"]).sum()
 
 
+def _structure(trace) -> tuple:
+    """What Pyro's model/guide checks look at, in a form that is cheap to compare: the sample
+    sites in order with their distribution types, observation flags and value shapes."""
+    return tuple(
+        (name, type(site["fn"]), site["is_observed"], site["value"].shape)
+        for name, site in trace.nodes.items() if site["type"] == "sample"
+    )
+
+
 class MeanFieldELBO(TraceMeanField_ELBO):
     """Mean-field ELBO with analytic KLs where registered and lazily computed log-densities.
 
@@ -57,7 +66,14 @@ class MeanFieldELBO(TraceMeanField_ELBO):
         during a warm-up (KL annealing), letting the network fit the data before the
         sparsity prior starts to prune.
     Other keyword arguments are those of :class:`pyro.infer.ELBO`.
+
+    With Pyro's validation enabled (its default), the model/guide consistency checks of
+    ``TraceMeanField_ELBO`` (matching sites and shapes, mean-field site order) run whenever
+    the traces' structure -- site names, distribution types and value shapes -- differs from
+    the last one checked, not at every step.
     """
+
+    _checked_structure = None
 
     def __init__(self, num_particles: int = 1, max_plate_nesting: int = 1, kl_weight: float = 1.0,
                  **kwargs):
@@ -66,6 +82,8 @@ class MeanFieldELBO(TraceMeanField_ELBO):
         #: ``{site: description}`` of the non-finite terms of the last non-finite loss (see
         #: :meth:`non_finite_terms`); empty until one occurs
         self.non_finite_sites: Dict[str, str] = {}
+        #: the trace structure (see :func:`_structure`) that last passed Pyro's model/guide checks
+        self._checked_structure = None
 
     def _get_trace(self, model, guide, args, kwargs):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
@@ -73,8 +91,12 @@ class MeanFieldELBO(TraceMeanField_ELBO):
             *args, **kwargs
         )
         if is_validation_enabled():
-            check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
-            _check_mean_field_requirement(model_trace, guide_trace)
+            # the structure of a model and guide rarely changes between steps: check it when it does
+            structure = (id(model), id(guide), _structure(model_trace), _structure(guide_trace))
+            if structure != self._checked_structure:
+                check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
+                _check_mean_field_requirement(model_trace, guide_trace)
+                self._checked_structure = structure
         return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
 
     def _site_terms(self, model_trace, guide_trace):

@@ -135,6 +135,13 @@ def _guard_non_finite(svi: SVI) -> None:
     svi.loss_and_grads = guarded
 
 
+def _fit_step(bnn: SparseBNN, svi: SVI, x: torch.Tensor, y: torch.Tensor, skip_slab_draws: bool) -> float:
+    """One optimisation step of :func:`fit` on the minibatch ``(x, y)``, which must have
+    passed ``bnn.check_data``; returns the loss."""
+    with bnn.reparameterization(skip_slab_draws, x.shape[0]), bnn._checked_data():
+        return svi.step(x, y)
+
+
 def _fit_config(**arguments) -> dict:
     """The arguments that shape the trajectory, as plain data (compared on resume)."""
     config = {}
@@ -199,9 +206,10 @@ def fit(
 
     Each epoch visits every example once in minibatches; each minibatch ELBO is scaled to
     the full training set by the model's data plate. Every step runs under the local
-    reparameterisation handler when ``bnn.local_reparameterization`` is set (the default);
-    with the default :class:`~pyro_sparse_bnn.elbo.MeanFieldELBO` the handler also skips the
-    guide's slab draws, which nothing reads then.
+    reparameterisation handler for the layers that use it at the step's batch size (see
+    :meth:`~pyro_sparse_bnn.network.SparseBNN.local_reparameterization_layers`); with the
+    default :class:`~pyro_sparse_bnn.elbo.MeanFieldELBO` the handler also skips those
+    layers' slab draws, which nothing reads then.
 
     :param bnn: the network to fit (its ``num_data`` is set to ``len(x)`` if unset).
     :param x: inputs ``(n, in_features)`` as tensor or array, or a
@@ -367,10 +375,11 @@ def fit(
             start, total, steps = time.perf_counter(), 0.0, 0
             batches = loader if loader is not None else minibatches(x, y, batch_size, shuffle)
             for x_batch, y_batch in batches:
+                if loader is not None:  # tensors were checked once, up front
+                    x_batch, y_batch = bnn.check_data(x_batch, y_batch)
                 where = f"at epoch {epoch}, step {steps} (step {history.num_steps + steps} overall)"
                 try:
-                    with bnn.reparameterization(skip_slab_draws=skip_slab_draws):
-                        loss = svi.step(x_batch, y_batch)
+                    loss = _fit_step(bnn, svi, x_batch, y_batch, skip_slab_draws)
                 except _NonFiniteStep as failure:
                     raise NonFiniteLossError(
                         _non_finite_message(bnn, elbo, f"the loss became {failure.loss} {where}", checkpoints)
@@ -378,7 +387,7 @@ def fit(
                 except ValueError as error:  # distribution validation saw NaN/inf parameters
                     if _non_finite_parameters(bnn):
                         if isinstance(elbo, MeanFieldELBO):
-                            with bnn.reparameterization(skip_slab_draws=skip_slab_draws):
+                            with bnn.reparameterization(skip_slab_draws, x_batch.shape[0]):
                                 elbo.non_finite_sites = elbo.diagnose(bnn.model, bnn.guide, x_batch, y_batch)
                         raise NonFiniteLossError(
                             _non_finite_message(bnn, elbo, f"a distribution got non-finite parameters {where} "

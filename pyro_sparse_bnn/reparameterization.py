@@ -35,14 +35,15 @@ Use it around anything that runs guide and model together::
 network's ``local_reparameterization`` flag is set (the default).
 """
 
-from typing import Dict, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 from pyro.distributions import Independent, Normal
 from pyro.poutine.messenger import Messenger
 
 from .distributions import GatedNormal
-from .priors.base import LAYER_SLAB, LayerDraw, LayerSpec
+from .fused import gaussian_sample
+from .priors.base import LAYER_SLAB, LayerDraw, LayerSpec, column_factors, scale_layout
 
 __all__ = [
     "LocalReparameterization",
@@ -57,8 +58,8 @@ __all__ = [
 PLACEHOLDER = "placeholder"
 
 
-def _gaussian_factors(fn):
-    """``(loc, scale)`` of a (possibly ``Independent``-wrapped) Normal or GatedNormal, else ``None``.
+def _gaussian_slab(fn):
+    """The (possibly ``Independent``-wrapped) Normal or GatedNormal ``fn``, else ``None``.
 
     A :class:`~pyro_sparse_bnn.distributions.GatedNormal` draws every entry from
     ``Normal(loc, scale)`` (switched-off entries are multiplied by a zero indicator), so its
@@ -66,51 +67,50 @@ def _gaussian_factors(fn):
     """
     while isinstance(fn, Independent):
         fn = fn.base_dist
-    if isinstance(fn, (Normal, GatedNormal)):
-        return fn.loc, fn.scale
-    return None
+    return fn if isinstance(fn, (Normal, GatedNormal)) else None
+
+
+def _variance(slab) -> torch.Tensor:
+    """The slab's variance; a slab of this library computes it once for the layer and its KL."""
+    variance = getattr(slab, "scale_sq", None)
+    return slab.scale.square() if variance is None else variance
 
 
 def gaussian_layer(x: torch.Tensor, spec: LayerSpec, draw: LayerDraw, loc: torch.Tensor,
-                   scale: torch.Tensor) -> torch.Tensor:
+                   scale: Optional[torch.Tensor], variance: Optional[torch.Tensor] = None) -> torch.Tensor:
     """One draw of the layer's pre-activations with the slab integrated out.
 
     :param x: layer input, ``(batch, in_units)`` (or ``(batch, C, H, W)`` for conv layers).
     :param spec: the layer.
     :param draw: the layer's draw; only ``draw.scale`` is used (the slab's value is not).
     :param loc: slab mean ``mu``, the augmented shape ``(out_units, fan_in + 1)``.
-    :param scale: slab standard deviation ``sigma``, same shape (or broadcastable).
+    :param scale: slab standard deviation ``sigma``, same shape (or broadcastable); not
+        used when ``variance`` is given.
+    :param variance: slab variance ``sigma^2`` (default ``scale**2``).
     :returns: pre-activations ``mean + sqrt(var) * eps`` with ``eps ~ N(0, 1)`` independent
         for every example and unit; same shape as the layer's ordinary output.
     """
-    variance = scale.square().expand(loc.shape)
+    variance = (scale.square() if variance is None else variance).expand(loc.shape)
     factor = draw.scale
-    if factor is None:
-        mean = spec.apply(x, *spec.split(loc))
-        var = spec.apply(x.square(), *spec.split(variance))
-    elif factor.shape[-1] == 1 and factor.numel() == spec.out_units:
+    layout = scale_layout(spec, factor)
+    if layout == "columns":
+        # one factor per input unit and one for the bias column: scale the inputs instead
+        inputs, bias_scale = column_factors(spec, factor)
+        scaled = x * inputs
+        mean = spec.apply_augmented(scaled, loc, bias_scale)
+        var = spec.apply_augmented(scaled.square(), variance, None if bias_scale is None else bias_scale.square())
+        return gaussian_sample(mean, var, None, torch.randn_like(mean))
+    if layout == "full":
+        loc, variance, factor = factor * loc, factor.square() * variance, None
+    mean = spec.apply_augmented(x, loc)
+    var = spec.apply_augmented(x.square(), variance)
+    if layout == "rows":
         # one factor per output unit (node indicators, group scales): scale the outputs
         # instead of the weight matrices, which saves work the size of the weights
-        per_output = factor.reshape((1, spec.out_units) + (1,) * (x.dim() - 2))
-        mean = spec.apply(x, *spec.split(loc)) * per_output
-        var = spec.apply(x.square(), *spec.split(variance)) * per_output.square()
-    elif spec.kind == "linear" and factor.dim() == 2 and factor.shape[0] == 1:
-        # one factor per input unit and one for the bias column: scale the inputs instead
-        inputs = factor[:, : spec.fan_in]
-        loc_weight, loc_bias = spec.split(loc)
-        var_weight, var_bias = spec.split(variance)
-        if loc_bias is not None:
-            loc_bias, var_bias = loc_bias * factor[0, -1], var_bias * factor[0, -1].square()
-        scaled = x * inputs
-        mean = spec.apply(scaled, loc_weight, loc_bias)
-        var = spec.apply(scaled.square(), var_weight, var_bias)
-    else:
-        mean = spec.apply(x, *spec.split(factor * loc))
-        var = spec.apply(x.square(), *spec.split(factor.square() * variance))
-    # clamp: a unit switched off by its indicator has variance exactly 0, where sqrt has an
-    # infinite derivative; below the floor no gradient flows, which is the right answer there
-    std = var.clamp(min=torch.finfo(var.dtype).tiny).sqrt()
-    return mean + std * torch.randn_like(mean)
+        factor = factor.reshape(spec.output_view(x))
+    # a unit switched off by its indicator has variance exactly 0, where sqrt has an infinite
+    # derivative; gaussian_sample passes no gradient there, which is the right answer
+    return gaussian_sample(mean, var, factor, torch.randn_like(mean))
 
 
 class LocalReparameterization(Messenger):
@@ -130,12 +130,15 @@ class LocalReparameterization(Messenger):
         such as ``Trace_ELBO`` *would* read them, so the default is ``False``;
         :func:`~pyro_sparse_bnn.fit.fit` switches it on with ``MeanFieldELBO``, and
         :meth:`SparseBNN.forward` always.
+    :param layers: names of the layers (``LayerSpec.name``, e.g. ``"net.0"``) to apply it
+        to; the others keep sampling one weight tensor (``None``, the default: every layer).
     """
 
-    def __init__(self, skip_slab_draws: bool = False):
+    def __init__(self, skip_slab_draws: bool = False, layers: Optional[Iterable[str]] = None):
         super().__init__()
         self.skip_slab_draws = bool(skip_slab_draws)
-        self._gaussians: Dict[int, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.layers = None if layers is None else frozenset(layers)
+        self._gaussians: Dict[int, Tuple[torch.Tensor, object]] = {}
 
     def __enter__(self):
         self._gaussians = {}
@@ -149,10 +152,12 @@ class LocalReparameterization(Messenger):
         if not (self.skip_slab_draws and msg["value"] is None and not msg["done"]
                 and not msg["is_observed"] and msg["infer"].get(LAYER_SLAB)):
             return
-        factors = _gaussian_factors(msg["fn"])
-        if factors is None:
+        if self.layers is not None and msg["name"].rsplit(".", 1)[0] not in self.layers:
+            return  # a layer that keeps weight draws reads its slab
+        slab = _gaussian_slab(msg["fn"])
+        if slab is None:
             return
-        msg["value"] = factors[0].detach().expand(msg["fn"].shape())
+        msg["value"] = slab.loc.detach().expand(msg["fn"].shape())
         msg["infer"][PLACEHOLDER] = True
         msg["done"] = True
 
@@ -163,21 +168,24 @@ class LocalReparameterization(Messenger):
         key = id(value)
         if key in self._gaussians and self._gaussians[key][0] is value:
             return  # the model replaying the guide's value: keep the guide's distribution
-        factors = _gaussian_factors(msg["fn"])
-        if factors is not None:
+        slab = _gaussian_slab(msg["fn"])
+        if slab is not None:
             # keep a reference to the value so that its id cannot be reused while we run
-            self._gaussians[key] = (value, *factors)
+            self._gaussians[key] = (value, slab)
 
     def _pyro_sparse_layer(self, msg):
         x, spec, draw = msg["args"]
+        if self.layers is not None and spec.name not in self.layers:
+            return
         entry = self._gaussians.get(id(draw.slab))
         if entry is None or entry[0] is not draw.slab:
             return
-        _, loc, scale = entry
-        msg["value"] = gaussian_layer(x, spec, draw, loc, scale)
+        slab = entry[1]
+        msg["value"] = gaussian_layer(x, spec, draw, slab.loc, None, _variance(slab))
         msg["done"] = True
 
 
-def local_reparameterization(skip_slab_draws: bool = False) -> LocalReparameterization:
+def local_reparameterization(skip_slab_draws: bool = False,
+                             layers: Optional[Iterable[str]] = None) -> LocalReparameterization:
     """A fresh :class:`LocalReparameterization` handler, for use as ``with local_reparameterization(): ...``."""
-    return LocalReparameterization(skip_slab_draws)
+    return LocalReparameterization(skip_slab_draws, layers)

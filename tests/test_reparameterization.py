@@ -192,3 +192,73 @@ def test_same_feature_selection_with_and_without_local_reparameterization():
     for p in pips:
         assert (p > 0.5).tolist() == [True, True, False, False, False, False]
     assert torch.allclose(pips[0], pips[1], atol=0.1)
+
+
+def _old_gaussian_layer(x, spec, draw, loc, scale):
+    """The computation gaussian_layer replaced (F.linear / F.conv2d on slices of the
+    augmented matrices, autograd through every elementwise step), kept as the reference."""
+    variance = scale.square().expand(loc.shape)
+    factor = draw.scale
+    if factor is None:
+        mean = spec.apply(x, *spec.split(loc))
+        var = spec.apply(x.square(), *spec.split(variance))
+    elif factor.shape[-1] == 1 and factor.numel() == spec.out_units:
+        per_output = factor.reshape((1, spec.out_units) + (1,) * (x.dim() - 2))
+        mean = spec.apply(x, *spec.split(loc)) * per_output
+        var = spec.apply(x.square(), *spec.split(variance)) * per_output.square()
+    elif spec.kind == "linear" and factor.dim() == 2 and factor.shape[0] == 1:
+        inputs = factor[:, : spec.fan_in]
+        loc_weight, loc_bias = spec.split(loc)
+        var_weight, var_bias = spec.split(variance)
+        if loc_bias is not None:
+            loc_bias, var_bias = loc_bias * factor[0, -1], var_bias * factor[0, -1].square()
+        scaled = x * inputs
+        mean = spec.apply(scaled, loc_weight, loc_bias)
+        var = spec.apply(scaled.square(), var_weight, var_bias)
+    else:
+        mean = spec.apply(x, *spec.split(factor * loc))
+        var = spec.apply(x.square(), *spec.split(factor.square() * variance))
+    std = var.clamp(min=torch.finfo(var.dtype).tiny).sqrt()
+    return mean + std * torch.randn_like(mean)
+
+
+@pytest.mark.parametrize("name", SCALES)
+def test_gaussian_layer_equals_the_old_computation_with_the_same_draws(name):
+    """Same seed, same noise: the fused computation gives the values and gradients (with
+    respect to input, means, standard deviations and scale) of the plain one it replaced."""
+    generator = torch.Generator().manual_seed(5)
+    spec = SparseBNN(mlp([3, 2]), SpikeSlabNode(), num_data=1).layers[0].spec
+    x = torch.randn(6, 3, generator=generator, requires_grad=True)
+    loc = torch.randn(2, 4, generator=generator, requires_grad=True)
+    sigma = (torch.rand(2, 4, generator=generator) + 0.1).requires_grad_()
+    scale = None if SCALES[name] is None else SCALES[name].clone().requires_grad_()
+    inputs = [x, loc, sigma] + ([] if scale is None else [scale])
+    weight = torch.randn(6, 2, generator=generator)
+    outs = []
+    for layer in (gaussian_layer, _old_gaussian_layer):
+        torch.manual_seed(0)
+        out = layer(x, spec, LayerDraw(slab=torch.zeros(2, 4), scale=scale), loc, sigma)
+        outs.append((out, torch.autograd.grad((out * weight).sum(), inputs)))
+    (new, new_grads), (old, old_grads) = outs
+    assert torch.allclose(new, old, atol=1e-6)
+    for a, b in zip(new_grads, old_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_gaussian_layer_equals_the_old_computation_for_conv_layers():
+    generator = torch.Generator().manual_seed(6)
+    spec = SparseBNN(tiny_conv_net(), SpikeSlabNode(), num_data=1).layers[0].spec
+    x = torch.randn(4, *spec.in_shape, generator=generator)
+    loc = torch.randn(spec.param_shape, generator=generator, requires_grad=True)
+    sigma = (torch.rand(spec.param_shape, generator=generator) + 0.1).requires_grad_()
+    for scale in (None, torch.rand(spec.out_units, 1, generator=generator).requires_grad_()):
+        inputs = [loc, sigma] + ([] if scale is None else [scale])
+        outs = []
+        for layer in (gaussian_layer, _old_gaussian_layer):
+            torch.manual_seed(0)
+            out = layer(x, spec, LayerDraw(slab=torch.zeros(spec.param_shape), scale=scale), loc, sigma)
+            outs.append((out, torch.autograd.grad(out.sin().sum(), inputs)))
+        (new, new_grads), (old, old_grads) = outs
+        assert torch.allclose(new, old, atol=1e-5)
+        for a, b in zip(new_grads, old_grads, strict=True):
+            assert torch.allclose(a, b, atol=1e-4)

@@ -38,14 +38,17 @@ import torch.nn.functional as F
 from pyro.poutine.runtime import effectful
 from torch import nn
 
-from ..distributions import ConcreteBernoulli, GatedNormal
+from ..distributions import ConcreteBernoulli, GatedNormal, SlabNormal
 from ..errors import HyperparameterError
+from ..fused import augmented_linear
 
 __all__ = [
     "LAYER_SLAB",
     "LayerSpec",
     "NetworkInfo",
     "LayerDraw",
+    "scale_layout",
+    "column_factors",
     "Prior",
     "PriorLayer",
     "BernoulliGates",
@@ -168,6 +171,25 @@ class LayerSpec:
             return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, 1)
         raise NotImplementedError(f"layer kind {self.kind!r}")
 
+    def apply_augmented(self, x, params, bias_scale=None):
+        """:meth:`apply` with weight and bias read off the augmented matrix ``params`` of shape
+        :attr:`param_shape` (a linear layer with bias multiplies by it directly, see
+        :func:`~pyro_sparse_bnn.fused.augmented_linear`).
+
+        :param bias_scale: optional scalar tensor multiplying the bias (``None``: 1).
+        """
+        if self.kind == "linear" and self.has_bias:
+            return augmented_linear(x, params, bias_scale)
+        weight, bias = self.split(params)
+        if bias is not None and bias_scale is not None:
+            bias = bias * bias_scale
+        return self.apply(x, weight, bias)
+
+    def output_view(self, x) -> Tuple[int, ...]:
+        """Shape that broadcasts one value per output unit against the layer's output for the
+        input ``x``: ``(1, out_units)`` or ``(1, out_channels, 1, 1)``."""
+        return (1, self.out_units) + (1,) * (x.dim() - 2)
+
 
 @dataclass(frozen=True)
 class NetworkInfo:
@@ -206,8 +228,42 @@ class LayerDraw:
         return self.slab if self.scale is None else self.scale * self.slab
 
 
+def scale_layout(spec: LayerSpec, scale: Optional[torch.Tensor]) -> str:
+    """How the factor ``scale`` of a :class:`LayerDraw` covers the augmented matrix:
+
+    * ``"none"``: no factor (``None``);
+    * ``"rows"``: one value per output unit (node indicators, group scales, conv channels),
+      shape ``(out_units, 1)``;
+    * ``"columns"``: one value per input unit of a linear layer and one for the bias column,
+      shape ``(1, param_shape[1])``;
+    * ``"full"``: anything else that broadcasts (e.g. one indicator per weight).
+
+    A factor that covers rows or columns can multiply the layer's outputs or inputs instead
+    of the weight matrix, which saves work the size of the weights.
+    """
+    if scale is None:
+        return "none"
+    if scale.shape[-1] == 1 and scale.numel() == spec.out_units:
+        return "rows"
+    if spec.kind == "linear" and scale.dim() == 2 and scale.shape[0] == 1 and scale.shape[1] == spec.param_shape[1]:
+        return "columns"
+    return "full"
+
+
+def column_factors(spec: LayerSpec, scale: torch.Tensor):
+    """Split a ``"columns"`` factor (see :func:`scale_layout`) into the factor of the inputs,
+    ``(1, in_features)``, and the bias's (a scalar tensor, ``None`` without bias)."""
+    return scale[:, : spec.fan_in], (scale[0, spec.fan_in] if spec.has_bias else None)
+
+
 def _apply_layer(x, spec: LayerSpec, draw: LayerDraw):
-    return spec.apply(x, *spec.split(draw.params))
+    layout = scale_layout(spec, draw.scale)
+    if layout == "rows":  # scale the outputs: (x @ slab^T) * s equals x @ (s * slab)^T
+        return spec.apply_augmented(x, draw.slab) * draw.scale.reshape(spec.output_view(x))
+    if layout == "columns":  # scale the inputs instead of the weight columns
+        inputs, bias_scale = column_factors(spec, draw.scale)
+        return spec.apply_augmented(x * inputs, draw.slab, bias_scale)
+    return spec.apply_augmented(x, draw.params)
 
 
 #: The layer computation of the model, as a Pyro effect of type ``"sparse_layer"``: its
@@ -449,11 +505,15 @@ class GaussianSlab(nn.Module):
         ).expand(self.shape).to_event(self.loc.dim()))
 
     def guide_dist(self, loc, scale_param, gate=None, gate_probs=None):
-        scale = self.scale_of(scale_param)
-        if gate is None:
-            base = dist.Normal(loc, scale, validate_args=False)
+        # a log-variance parameter gives log sigma directly: the KL and the variance never take a log
+        if self.parameterization == "log_variance":
+            scale, log_scale = None, 0.5 * scale_param
         else:
-            base = GatedNormal(loc, scale, gate, gate_probs, self.prior_scale, validate_args=False)
+            scale, log_scale = F.softplus(scale_param), None
+        if gate is None:
+            base = SlabNormal(loc, scale, log_scale=log_scale, validate_args=False)
+        else:
+            base = GatedNormal(loc, scale, gate, gate_probs, self.prior_scale, validate_args=False, log_scale=log_scale)
         return base.to_event(self.loc.dim())
 
     def guide_sample(self, layer: "PriorLayer", site: str, gate=None, gate_probs=None) -> torch.Tensor:
