@@ -5,16 +5,19 @@ import math
 import pyro.distributions as dist
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 from pyro_sparse_bnn.distributions import (
     ConcreteBernoulli,
     GatedNormal,
     LogUniformScale,
+    SlabNormal,
     bernoulli_kl,
     log_uniform_kl,
     normal_kl,
 )
+from pyro_sparse_bnn.priors.base import GaussianSlab
 
 NUM_MC = 200_000
 
@@ -247,3 +250,41 @@ def test_log_uniform_kl_has_a_finite_gradient_where_a_group_mean_reaches_zero():
     (grad,) = torch.autograd.grad(kl.sum(), [loc])
     assert torch.isfinite(kl).all() and torch.isfinite(grad).all()
     assert float(kl[0]) < float(kl[2])  # a zero mean is the most "dropped" state: lowest KL
+
+
+@pytest.mark.parametrize("parameterization", ["softplus", "log_variance"])
+@pytest.mark.parametrize("gated", [False, True], ids=["ungated", "row gates"])
+def test_the_slab_guide_has_the_kl_and_gradients_of_a_plain_normal(parameterization, gated):
+    """The slab's guide (a SlabNormal, or a GatedNormal with one gate per row) hands its
+    scale or ``log sigma`` to a written-out KL; torch's own Normal KL, weighted by the row
+    gates' probabilities, is the independent reference for value and gradients."""
+    torch.manual_seed(0)
+    init = -4.0 if parameterization == "log_variance" else -2.0
+    slab = GaussianSlab(0.3 * torch.randn(4, 6), 1.3, init, parameterization=parameterization)
+    loc = slab.loc.detach().clone().requires_grad_()
+    param = (slab.scale_param.detach() + 0.5 * torch.randn(4, 6)).requires_grad_()
+    gate_probs = torch.rand(4, 1) if gated else None
+    gate = torch.ones(4, 1) if gated else None
+    kl = kl_divergence(slab.guide_dist(loc, param, gate=gate, gate_probs=gate_probs), slab.prior_dist())
+    sigma = F.softplus(param) if parameterization == "softplus" else torch.exp(0.5 * param)
+    reference = kl_divergence(Normal(loc, sigma), Normal(torch.zeros(()), torch.tensor(1.3)))
+    if gated:
+        reference = reference * gate_probs
+    reference = reference.sum()
+    assert kl.shape == () and torch.allclose(kl, reference, rtol=1e-5)
+    for ours, theirs in zip(torch.autograd.grad(kl, [loc, param]), torch.autograd.grad(reference, [loc, param]),
+                            strict=True):
+        assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-7)
+
+
+def test_a_slab_normal_from_log_scale_is_the_normal_of_that_scale():
+    loc, log_scale = torch.randn(3, 5), 0.4 * torch.randn(3, 5)
+    ours = SlabNormal(loc, log_scale=log_scale)
+    plain = Normal(loc, torch.exp(log_scale))
+    value = torch.randn(3, 5)
+    assert torch.allclose(ours.scale, plain.scale) and torch.allclose(ours.scale_sq, plain.scale ** 2)
+    assert torch.allclose(ours.log_prob(value), plain.log_prob(value), atol=1e-6)
+    torch.manual_seed(1)
+    a = ours.rsample()
+    torch.manual_seed(1)
+    assert torch.allclose(a, plain.rsample(), atol=1e-6)
