@@ -53,7 +53,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -113,6 +113,9 @@ class Row:
     num_samples: int = 100
     num_thresholds: int = 30
     kl_weight: float = 1.0
+    #: ``local_reparameterization`` of the SparseBNN (``None``: the cached fits' estimator,
+    #: local reparameterisation in every layer; ``"auto"``: the library's default)
+    estimator: Optional[str] = None
     #: pixel scaling passed to ``fashion_mnist`` (``"symmetric"``: [-1, 1], the Bayesian
     #: Compression authors' setting)
     scaling: str = "standardize"
@@ -222,13 +225,17 @@ def fit_bnn(row: Row, data, seed: int, refit: bool, echo):
     settings = {"network": repr(row.network()), "prior": repr(row.make_prior()),
                 "batch_size": row.batch_size, "epochs": row.e_bnn, "fit": row.fit, "kl_weight": row.kl_weight,
                 "n_val": N_VAL, "seed": seed, "scaling": row.scaling}
+    if row.estimator is not None:
+        settings["estimator"] = row.estimator
     path = CACHE / f"bnn_{key(settings)}.pt"
     if path.exists() and not refit:
         echo(f"loaded the fitted BNN from {path.name}")
         bnn = psb.load(path)
         return bnn, json.loads(path.with_suffix(".json").read_text())["fit_seconds"], True
     torch.manual_seed(seed)
-    bnn = psb.SparseBNN(row.network(), row.make_prior(), likelihood="categorical", num_data=len(data.x_train))
+    estimator = {None: True, "lrt": True, "weights": False, "auto": "auto"}[row.estimator]
+    bnn = psb.SparseBNN(row.network(), row.make_prior(), likelihood="categorical", num_data=len(data.x_train),
+                        local_reparameterization=estimator)
     options = dict(row.fit)
     if row.kl_weight != 1.0:
         options["elbo"] = MeanFieldELBO(kl_weight=row.kl_weight)
@@ -543,7 +550,7 @@ def with_overrides(row: Row, args) -> Row:
         if value is not None:
             target[name] = value
     changes = {"fit": fit, "train": train}
-    for option in ("e_bnn", "e_ft", "tolerance", "kl_weight"):
+    for option in ("e_bnn", "e_ft", "tolerance", "kl_weight", "estimator"):
         value = getattr(args, option)
         if value is not None:
             changes[option] = value
@@ -564,6 +571,9 @@ def main(argv=None):
                          ("--ft-lr", float), ("--ft-lr-decay", float), ("--tolerance", float),
                          ("--kl-weight", float)):
         experiment.add_argument(option, type=kind, default=None)
+    experiment.add_argument("--estimator", choices=["lrt", "weights", "auto"], default=None,
+                            help="the BNN's local_reparameterization (default: local reparameterisation everywhere, "
+                                 "the estimator of the cached fits)")
     experiment.add_argument("--prior-args", default=None, help='JSON, e.g. \'{"log_alpha_threshold": -2}\'')
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
