@@ -30,20 +30,11 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write  # noqa: E402
+from common import PRIORS, write  # noqa: E402
 
 import pyro_sparse_bnn as psb  # noqa: E402
 from pyro_sparse_bnn.fit import fit  # noqa: E402
 
-PRIORS = {
-    "ss": lambda: psb.SpikeSlab(prior_inclusion=1e-3),
-    "ssig": psb.SpikeSlabNode,
-    "ssgl": psb.SpikeSlabGroupLasso,
-    "ssghs": psb.SpikeSlabGroupHorseshoe,
-    "bcgnj": psb.GroupNormalJeffreys,
-    "bcghs": psb.GroupHorseshoe,
-    "sc": psb.SelfCompressingGaussian,
-}
 NETS = {
     "mlp400": (lambda: psb.nets.mlp([784, 400, 400, 10], nn.SiLU), 1024),
     "lenet300": (psb.nets.lenet_300_100, 128),
@@ -63,6 +54,7 @@ def gradient_noise(bnn, x, y, batch_size, draws, seed):
     """``{group: (estimator noise, minibatch + estimator noise)}``: summed gradient variance
     of the group over its squared mean gradient."""
     from pyro.infer import SVI
+
     from pyro_sparse_bnn.optim import JointAdam
 
     svi = SVI(bnn.model, bnn.guide, JointAdam({"lr": 0.0}), psb.MeanFieldELBO())

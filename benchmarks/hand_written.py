@@ -40,6 +40,19 @@ def scale_of(rho):
     return F.softplus(rho)
 
 
+def horseshoe_log_scale(scales, log_global):
+    """``log`` of a horseshoe scale ``sqrt(tau0_a tau0_b tau_a tau_b)`` times the global
+    factor, drawn from the four LogNormal guides, and their KL against the half-Cauchy's
+    Gamma(1/2, 1) / InverseGamma(1/2, 1) pairs."""
+    log_scale, kl = log_global, 0.0
+    for name in ("tau0_a", "tau0_b", "tau_a", "tau_b"):
+        log_f, loc, sigma, log_sigma = scales.draw(name)
+        log_scale = log_scale + 0.5 * log_f
+        kl_fn = lognormal_gamma_kl if name.endswith("a") else lognormal_inverse_gamma_kl
+        kl = kl + kl_fn(loc, sigma, log_sigma, 0.5, 1.0).sum()
+    return log_scale, kl
+
+
 def indicator(logits, tau):
     """Straight-through binary Concrete draw: 1[noisy logit > 0] forward, relaxed backward."""
     u = torch.rand_like(logits)
@@ -167,12 +180,7 @@ class NodeLayer(HandLayer):
     def scale_and_kl(self):
         """Per-unit scale ``s_j`` (``None`` for SS-IG) and the scales' KL."""
         if isinstance(self.prior, SpikeSlabGroupHorseshoe):
-            log_s, kl = self.log_global, 0.0
-            for name in ("tau0_a", "tau0_b", "tau_a", "tau_b"):
-                log_f, loc, sigma, log_sigma = self.scales.draw(name)
-                log_s = log_s + 0.5 * log_f
-                kl_fn = lognormal_gamma_kl if name.endswith("a") else lognormal_inverse_gamma_kl
-                kl = kl + kl_fn(loc, sigma, log_sigma, 0.5, 1.0).sum()
+            log_s, kl = horseshoe_log_scale(self.scales, self.log_global)
             return self.c * torch.exp(0.5 * F.logsigmoid(2 * (log_s - math.log(self.c)))), kl
         if isinstance(self.prior, SpikeSlabGroupLasso):
             log_l, l_loc, l_sigma, l_log_sigma = self.scales.draw("lambda_sq")
@@ -233,12 +241,7 @@ class GroupScaleHandLayer(HandLayer):
             log_alpha = self.z_log_var - torch.log(self.z_loc.square() + 1e-8)
             kl = (K1 - K1 * torch.sigmoid(K2 + K3 * log_alpha) + 0.5 * F.softplus(-log_alpha)).sum()
             return z, kl
-        log_z, kl = self.log_global, 0.0
-        for name in ("tau0_a", "tau0_b", "tau_a", "tau_b"):
-            log_f, loc, sigma, log_sigma = self.scales.draw(name)
-            log_z = log_z + 0.5 * log_f
-            kl_fn = lognormal_gamma_kl if name.endswith("a") else lognormal_inverse_gamma_kl
-            kl = kl + kl_fn(loc, sigma, log_sigma, 0.5, 1.0).sum()
+        log_z, kl = horseshoe_log_scale(self.scales, self.log_global)
         return torch.exp(log_z), kl
 
     def forward(self, x):

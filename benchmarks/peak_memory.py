@@ -17,19 +17,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write  # noqa: E402
+from common import PRIORS, write  # noqa: E402
 
 import pyro_sparse_bnn as psb  # noqa: E402
 
 NETS = {"lenet300": psb.lenet_300_100, "lenet5": psb.lenet5_caffe}
-PRIORS = {
-    "ss": lambda: psb.SpikeSlab(prior_inclusion=1e-3),
-    "ssig": psb.SpikeSlabNode,
-    "ssgl": psb.SpikeSlabGroupLasso,
-    "ssghs": psb.SpikeSlabGroupHorseshoe,
-    "bcgnj": psb.GroupNormalJeffreys,
-    "bcghs": psb.GroupHorseshoe,
-}
 
 
 def peak_rss_mib() -> float:
