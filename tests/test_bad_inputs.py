@@ -115,7 +115,7 @@ CASES = {
     "PIP threshold above 1": (lambda t: psb.compress(fitted(), threshold=1.5), HyperparameterError,
                               r"threshold must lie in \[0, 1\].*SpikeSlab, got 1.5"),
     "threshold not a number": (lambda t: psb.inclusion_summary(fitted(), threshold="high"), HyperparameterError,
-                               "threshold must be None or a finite number"),
+                               "threshold must be None, a finite number or one per layer"),
     "bits not a bool": (lambda t: psb.compress(fitted(), bits="yes"), HyperparameterError, "bits must be True or False"),
     "PIPs of a plain module": (lambda t: psb.node_inclusion_probs(mlp([5, 4, 3])), InputError,
                                "node_inclusion_probs needs a SparseBNN as bnn, got Sequential"),
