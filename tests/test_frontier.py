@@ -255,11 +255,13 @@ def test_a_choice_made_before_the_network_changed_is_refused():
 
 
 def test_no_argument_is_named_like_test_data():
-    for function in (frontier, Frontier.select, Frontier.within, Frontier.selected_index, psb.plot_frontier):
+    for function in (frontier, psb.layerwise_frontier, Frontier.select, Frontier.within, Frontier.selected_index,
+                     psb.plot_frontier):
         names = list(inspect.signature(function).parameters)
         assert not any("test" in name for name in names), (function, names)
-    assert list(inspect.signature(frontier).parameters)[:3] == ["bnn", "x_val", "y_val"]
-    assert "validation" in frontier.__doc__ and "test" in frontier.__doc__
+    for function in (frontier, psb.layerwise_frontier):
+        assert list(inspect.signature(function).parameters)[:3] == ["bnn", "x_val", "y_val"]
+        assert "validation" in function.__doc__ and "test" in function.__doc__
 
 
 def test_bad_input_is_refused_with_a_clear_error():
