@@ -14,7 +14,7 @@ Biases train. Example::
     history.val_metric                # validation accuracy (or RMSE) after every epoch
 
 With ``teacher=psb.masked_posterior_mean(bnn)`` the compressed network also learns the
-softened predictions of the uncompressed posterior-mean network (knowledge distillation),
+softened predictions of the posterior-mean network in the original architecture (knowledge distillation),
 which costs one pass of the teacher over the training data.
 
 The deterministic baselines of :mod:`pyro_sparse_bnn.baselines` (the dense network, the
@@ -371,7 +371,7 @@ def finetune(
         every weight of the kept units (the architecture stays fixed, the sparsity inside
         the units does not).
     :param teacher: optional ``nn.Module`` mapping ``x`` to logits ``(n, classes)``
-        (classification only), typically the uncompressed posterior-mean network
+        (classification only), typically the posterior-mean network in the original architecture,
         :func:`~pyro_sparse_bnn.compress.masked_posterior_mean` of the same fitted BNN.
         Its outputs on ``x`` are computed once, in evaluation mode, and the loss becomes
         ``(1 - w) CE(outputs, y) + w T^2 KL(softmax(teacher / T) || softmax(outputs / T))``
@@ -413,7 +413,7 @@ def finetune(
     if teacher is not None and not isinstance(teacher, nn.Module) or isinstance(teacher, SparseBNN):
         raise InputError(
             f"teacher must be an nn.Module returning logits, got {type(teacher).__name__}; for a fitted "
-            f"SparseBNN pass psb.masked_posterior_mean(bnn), its uncompressed posterior-mean network"
+            f"SparseBNN pass psb.masked_posterior_mean(bnn), its posterior-mean network in the original architecture"
         )
     module = copy.deepcopy(module)
     params = [p for p in module.parameters() if p.requires_grad]
