@@ -8,9 +8,10 @@ from pyro import poutine
 from pyro.infer import SVI, Predictive, TraceMeanField_ELBO
 from torch import nn
 
+import pyro_sparse_bnn as psb
 from pyro_sparse_bnn import GaussianLikelihood, InputError, MeanFieldELBO, SparseBNN, SpikeSlab
 
-from .conftest import mlp
+from .conftest import conv_net, mlp
 
 
 def test_model_returns_logits_and_observes_labels(small_bnn, classification_data):
@@ -143,3 +144,25 @@ def test_wrapper_follows_the_dtype_of_the_network():
     x = torch.randn(8, 3, dtype=torch.float64)
     assert bnn(x).dtype == torch.float64
     assert bnn.predict(x, num_samples=3).probs.dtype == torch.float64
+
+
+@pytest.mark.parametrize("batch_size, conv_layers_sampling_preactivations", [
+    (8, [0, 1]),      # 8 x 36 = 288 and 8 x 9 = 72 output positions: both within 512
+    (16, [1]),        # 16 x 36 = 576 > 512 for the first conv layer
+    (64, []),         # 64 x 9 = 576 > 512 for the second as well
+])
+def test_auto_samples_preactivations_in_every_linear_layer_and_in_small_conv_layers(
+        batch_size, conv_layers_sampling_preactivations):
+    """The first conv layer has 6 x 6 output positions (3x3, padding 1), the second 3 x 3
+    (stride 2); the linear layer has one and samples pre-activations at any batch size."""
+    torch.manual_seed(0)
+    bnn = SparseBNN(conv_net("padding"), psb.SpikeSlabNode())
+    conv, linear = bnn.architecture.specs[:2], bnn.architecture.specs[2]
+    expected = tuple(conv[i].name for i in conv_layers_sampling_preactivations) + (linear.name,)
+    assert bnn.local_reparameterization_layers(batch_size) == expected
+    mlp_bnn = SparseBNN(mlp([5, 8, 3]), psb.SpikeSlabNode())
+    names = tuple(spec.name for spec in mlp_bnn.architecture.specs)
+    assert mlp_bnn.local_reparameterization_layers(100_000) == names
+    assert bnn.local_reparameterization_layers(None) == tuple(spec.name for spec in bnn.architecture.specs)
+    forced = SparseBNN(conv_net("padding"), psb.SpikeSlabNode(), local_reparameterization=False)
+    assert forced.local_reparameterization_layers(batch_size) == ()
