@@ -74,6 +74,7 @@ def test_pyro_trace_mean_field_elbo_gives_the_same_loss(tiny):
     assert ours == pytest.approx(theirs, rel=1e-6)
 
 
+@pytest.mark.slow  # about 10 s each: many guide draws
 def test_monte_carlo_elbo_agrees_in_expectation(tiny):
     """Pyro's plain Trace_ELBO (log p - log q at the samples, no closed forms) estimates the
     same objective: the means of many single-particle estimates agree within 5 standard errors."""

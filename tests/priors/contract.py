@@ -98,6 +98,7 @@ class PriorContract:
         first, last = sum(history.loss[:5]) / 5, sum(history.loss[-5:]) / 5
         assert last < 0.8 * first
 
+    @pytest.mark.slow  # about 10 s each: many guide draws
     def test_closed_form_kls_match_monte_carlo(self):
         """Per latent site: mean of log q(v) - log p(v) over guide draws = mean closed-form KL."""
         bnn = self.randomize(self.build(), seed=3)
