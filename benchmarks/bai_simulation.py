@@ -24,8 +24,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write  # noqa: E402
 
-from pyro_sparse_bnn import GaussianLikelihood, SparseBNN, SpikeSlab, compress, fit  # noqa: E402
-from pyro_sparse_bnn.datasets import bai_simulation  # noqa: E402
+from pyro_sparse_bnn import SparseBNN, SpikeSlab, compress, fit  # noqa: E402
+from pyro_sparse_bnn.apps.datasets import bai_simulation  # noqa: E402
+from pyro_sparse_bnn.core import GaussianLikelihood
 
 
 def run(seed: int, epochs: int, batch_size: int, lr: float, lr_decay: float, kl_warmup: int,

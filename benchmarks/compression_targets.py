@@ -6,15 +6,15 @@ used only for the final figures):
 
 1. fit the sparse BNN for ``E_bnn`` epochs (``psb.fit``);
 2. compute its size / validation-accuracy frontier (``psb.frontier``), evaluate every row on
-   the test set too, and draw it (``psb.plot_frontier``) into ``benchmarks/figures/<row>.png``;
+   the test set too, and draw it (``psb.analysis.plot_frontier``) into ``benchmarks/figures/<row>.png``;
 3. fine-tune the compressed network (``psb.finetune``, ``E_ft`` epochs, so that
    ``E_bnn + E_ft`` is the row's budget) at the point ``Frontier.select(tolerance)`` picks and
    at the point chosen on validation for each of the row's compression targets;
 4. baselines with the same data, batch size, optimiser (Adam) and total budget: (a) the dense
    network trained for ``E_bnn + E_ft`` epochs; (b) the dense network trained for ``E_bnn``
-   epochs, pruned by structured magnitude pruning (``psb.magnitude_prune``) to exactly the
+   epochs, pruned by structured magnitude pruning (``psb.apps.magnitude_prune``) to exactly the
    widths of each fine-tuned BNN point, then fine-tuned like it for ``E_ft`` epochs; (c) the
-   same widths trained from scratch (``psb.train_from_scratch``) for ``E_bnn + E_ft`` epochs.
+   same widths trained from scratch (``psb.apps.train_from_scratch``) for ``E_bnn + E_ft`` epochs.
 
 Every deterministic training run (fine-tuning, the dense networks, from scratch) uses the same
 Adam settings and returns the weights of its best validation epoch (``restore_best``).
@@ -62,9 +62,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, write  # noqa: E402
 
 import pyro_sparse_bnn as psb  # noqa: E402
-from pyro_sparse_bnn.datasets import fashion_mnist  # noqa: E402
-from pyro_sparse_bnn.elbo import MeanFieldELBO  # noqa: E402
-from pyro_sparse_bnn.errors import DegenerateNetworkWarning  # noqa: E402
+from pyro_sparse_bnn.apps.datasets import fashion_mnist  # noqa: E402
+from pyro_sparse_bnn.core.elbo import MeanFieldELBO  # noqa: E402
+from pyro_sparse_bnn.core.errors import DegenerateNetworkWarning  # noqa: E402
 
 FIGURES = Path(__file__).resolve().parent / "figures"
 CACHE = RESULTS / "compression_targets"
@@ -187,7 +187,7 @@ def num_params(module: nn.Module) -> int:
 @torch.no_grad()
 def evaluate(module: nn.Module, x, y, batch: int = 5000) -> float:
     module.eval()
-    return psb.accuracy(torch.cat([module(x[i:i + batch]) for i in range(0, len(x), batch)]), y)
+    return psb.analysis.accuracy(torch.cat([module(x[i:i + batch]) for i in range(0, len(x), batch)]), y)
 
 
 def scores(module: nn.Module, data) -> dict:
@@ -269,7 +269,7 @@ def train_dense(row: Row, data, epochs: int, seed: int, refit: bool, echo):
         echo(f"loaded the dense network ({epochs} epochs) from {path.name}")
         return net, saved["seconds"]
     start = time.perf_counter()
-    net, history = psb.train_from_scratch(net, data.x_train, data.y_train, seed=seed, epochs=epochs,
+    net, history = psb.apps.train_from_scratch(net, data.x_train, data.y_train, seed=seed, epochs=epochs,
                                           batch_size=row.batch_size, x_val=data.x_val, y_val=data.y_val,
                                           restore_best=True, progress=False, **row.train)
     seconds = time.perf_counter() - start
@@ -336,14 +336,14 @@ def run_point(row: Row, point: dict, bnn, dense_short, data, seed: int, echo, te
     result["bnn"] = {"before": scores(module, data), "after": scores(tuned, data), "best_epoch": history.best_epoch,
                      "seconds": time.perf_counter() - start}
     start = time.perf_counter()
-    pruned = psb.magnitude_prune(dense_short, report)
+    pruned = psb.apps.magnitude_prune(dense_short, report)
     assert psb.baselines.module_widths(pruned) == report.architecture_after
     pruned_tuned, history = psb.finetune(pruned, data.x_train, data.y_train, epochs=row.e_ft, **dense_options)
     result["magnitude"] = {"before": scores(pruned, data), "after": scores(pruned_tuned, data),
                            "weights": num_weights(pruned), "best_epoch": history.best_epoch,
                            "seconds": time.perf_counter() - start}
     start = time.perf_counter()
-    scratch, history = psb.train_from_scratch(module, data.x_train, data.y_train, epochs=row.budget, **options)
+    scratch, history = psb.apps.train_from_scratch(module, data.x_train, data.y_train, epochs=row.budget, **options)
     result["scratch"] = {"after": scores(scratch, data), "best_epoch": history.best_epoch,
                          "seconds": time.perf_counter() - start}
     echo(f"  {result['architecture']} ({result['weight_compression']:.1f}x weights): BNN "
@@ -378,7 +378,7 @@ def draw(front, row: Row, points, dense_val, path: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = psb.plot_frontier(front, tolerance=row.tolerance, figsize=(7.5, 4.8))
+    fig = psb.analysis.plot_frontier(front, tolerance=row.tolerance, figsize=(7.5, 4.8))
     ax = fig.axes[0]
     sizes = [p["nonzero_params"] for p in points]
     ax.plot(sizes, [p["bnn"]["after"]["val"] for p in points], "D", color="C4", label="BNN, fine-tuned")
@@ -414,7 +414,7 @@ def run_row(name: str, row: Row, seed: int, refit: bool, tag: str, command: str,
                          num_samples=row.num_samples, seed=seed, batch_size=1000)
     records = frontier_rows(bnn, front, data)
     prediction = bnn.predict(data.x_test, num_samples=row.num_samples, batch_size=1000, seed=seed)
-    posterior_test = psb.accuracy(prediction.mean, data.y_test)
+    posterior_test = psb.analysis.accuracy(prediction.mean, data.y_test)
     clock.stage("frontier", start)
     echo(f"posterior predictive: validation {front.posterior_metric:.4f}, test {posterior_test:.4f}")
 
@@ -530,7 +530,7 @@ def run_reference(seed: int, command: str, echo=print) -> dict:
 
 def run_demo_row(seed: int, command: str, echo=print) -> dict:
     """The package's demo, with its figures kept."""
-    from pyro_sparse_bnn.demo import DemoConfig, run_demo
+    from pyro_sparse_bnn.apps.demo import DemoConfig, run_demo
 
     start = time.perf_counter()
     measured = run_demo(DemoConfig(seed=seed, progress=False), echo=echo)

@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import pyro_sparse_bnn as psb  # noqa: E402
-from pyro_sparse_bnn import datasets  # noqa: E402
-from pyro_sparse_bnn.baselines import train_deterministic  # noqa: E402
+from pyro_sparse_bnn.apps import datasets  # noqa: E402
+from pyro_sparse_bnn.apps.baselines import train_deterministic  # noqa: E402
 from tests.test_defaults import PRIORS  # noqa: E402  (the priors the tests check, by short name)
 
 DATA = ("digits", "breast_cancer", "wine", "diabetes", "fashion_mnist")
@@ -39,7 +39,7 @@ def score(outputs, y, regression):
     """Accuracy, or the RMSE of ``outputs`` against ``y`` for regression."""
     if regression:
         return float((outputs.reshape(y.shape) - y).square().mean().sqrt())
-    return psb.accuracy(outputs, y)
+    return psb.analysis.accuracy(outputs, y)
 
 
 def run(prior_name, data_name, seed, epochs, hidden, prior_args, fit_args, num_samples, thresholds=()):

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PRIORS, write  # noqa: E402
 
 import pyro_sparse_bnn as psb  # noqa: E402
-from pyro_sparse_bnn.fit import fit  # noqa: E402
+from pyro_sparse_bnn.core.fit import fit  # noqa: E402
 
 NETS = {
     "mlp400": (lambda: psb.nets.mlp([784, 400, 400, 10], nn.SiLU), 1024),
@@ -55,9 +55,9 @@ def gradient_noise(bnn, x, y, batch_size, draws, seed):
     of the group over its squared mean gradient."""
     from pyro.infer import SVI
 
-    from pyro_sparse_bnn.optim import JointAdam
+    from pyro_sparse_bnn.core.optim import JointAdam
 
-    svi = SVI(bnn.model, bnn.guide, JointAdam({"lr": 0.0}), psb.MeanFieldELBO())
+    svi = SVI(bnn.model, bnn.guide, JointAdam({"lr": 0.0}), psb.core.MeanFieldELBO())
     names = [n for n, _ in bnn.named_parameters()]
     params = [p for _, p in bnn.named_parameters()]
 
@@ -99,9 +99,9 @@ def _takes_batch(bnn) -> bool:
 @torch.no_grad()
 def train_elbo(bnn, x, y, seed):
     """ELBO per training example on ``x, y`` (local reparameterisation, fixed seed)."""
-    from pyro_sparse_bnn.reparameterization import LocalReparameterization
+    from pyro_sparse_bnn.core.reparameterization import LocalReparameterization
 
-    elbo = psb.MeanFieldELBO()
+    elbo = psb.core.MeanFieldELBO()
     total = 0.0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write  # noqa: E402
 
 import pyro_sparse_bnn as psb  # noqa: E402
-from pyro_sparse_bnn.baselines import train_deterministic  # noqa: E402
-from pyro_sparse_bnn.compress import analyse_structure  # noqa: E402
-from pyro_sparse_bnn.datasets import fashion_mnist  # noqa: E402
+from pyro_sparse_bnn.analysis.compress import analyse_structure  # noqa: E402
+from pyro_sparse_bnn.apps.baselines import train_deterministic  # noqa: E402
+from pyro_sparse_bnn.apps.datasets import fashion_mnist  # noqa: E402
 
 PRIORS = {
     "ssig": psb.SpikeSlabNode,
@@ -54,8 +54,8 @@ def evaluate(bnn, data, dense_accuracy, threshold=None):
     module, report = psb.compress(bnn, threshold=threshold)
     rounded, _ = psb.compress(bnn, threshold=threshold, bits=True)
     with torch.no_grad():
-        compressed_accuracy = psb.accuracy(module(data.x_test), data.y_test)
-        rounded_accuracy = psb.accuracy(rounded(data.x_test), data.y_test)
+        compressed_accuracy = psb.analysis.accuracy(module(data.x_test), data.y_test)
+        rounded_accuracy = psb.analysis.accuracy(rounded(data.x_test), data.y_test)
     if threshold is None:
         threshold = min(layer.default_threshold for layer in bnn.layers)
     return {
@@ -119,7 +119,7 @@ def main(argv=None):
         dense = train_deterministic(mlp(widths), data.x_train, data.y_train, epochs=args.epochs,
                                     batch_size=args.batch_size, lr=args.dense_lr, seed=args.seed)
         with torch.no_grad():
-            dense_accuracy = psb.accuracy(dense.module(data.x_test), data.y_test)
+            dense_accuracy = psb.analysis.accuracy(dense.module(data.x_test), data.y_test)
         results["dense"] = {"accuracy": dense_accuracy, "seconds": dense.seconds}
         print(f"dense {args.widths}: test accuracy {dense_accuracy:.4f} ({dense.seconds:.0f} s)", flush=True)
     else:
@@ -161,7 +161,7 @@ def main(argv=None):
                 Path(args.save).mkdir(parents=True, exist_ok=True)
                 torch.save(bnn.state_dict(), Path(args.save) / f"{name}.pt")
         prediction = bnn.predict(data.x_test, num_samples=20, batch_size=2000)
-        run = {"bnn_accuracy": psb.accuracy(prediction.probs, data.y_test), **fitted, "thresholds": {}}
+        run = {"bnn_accuracy": psb.analysis.accuracy(prediction.probs, data.y_test), **fitted, "thresholds": {}}
         print(f"{name}: BNN posterior predictive {run['bnn_accuracy']:.4f} (dense {dense_accuracy:.4f})", flush=True)
         thresholds = args.thresholds or ([None, 0.8, 0.5] if name.startswith("bc") else [None, 0.3])
         for threshold in thresholds:

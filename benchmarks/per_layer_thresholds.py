@@ -46,7 +46,7 @@ from compression_targets import (  # noqa: E402
 )
 
 import pyro_sparse_bnn as psb  # noqa: E402
-from pyro_sparse_bnn.datasets import fashion_mnist  # noqa: E402
+from pyro_sparse_bnn.apps.datasets import fashion_mnist  # noqa: E402
 
 
 def main(argv=None):
@@ -77,7 +77,7 @@ def main(argv=None):
     teachers = None
     if args.distill is not None:
         # the posterior-mean network at the prior's own keep rule (before the walk moves the thresholds)
-        teachers = (psb.masked_posterior_mean(bnn), dense_short,
+        teachers = (psb.analysis.masked_posterior_mean(bnn), dense_short,
                     {"distillation_weight": args.distill, "temperature": args.temperature})
     front = psb.layerwise_frontier(bnn, data.x_val, data.y_val, step=args.step, max_loss=args.max_loss,
                                    num_samples=row.num_samples, seed=args.seed, batch_size=1000)

@@ -1,4 +1,4 @@
-"""The planted-teacher experiment of tests/priors/test_planted_teacher.py, with its figures printed.
+"""The planted-teacher experiment of tests/core/priors/test_planted_teacher.py, with its figures printed.
 
     python benchmarks/planted_teacher.py --prior BC-GNJ BC-GHS --seeds 0
     python benchmarks/planted_teacher.py --seeds 0 1 2          # every prior
@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import write  # noqa: E402
 
-from tests.priors.test_planted_teacher import PRIORS, fit_student  # noqa: E402
+from tests.core.priors.test_planted_teacher import PRIORS, fit_student  # noqa: E402
 
 
 def main(argv=None):

@@ -52,10 +52,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write  # noqa: E402
 
 import pyro_sparse_bnn as psb  # noqa: E402
-from pyro_sparse_bnn.baselines import train_deterministic  # noqa: E402
-from pyro_sparse_bnn.datasets import fashion_mnist  # noqa: E402
-from pyro_sparse_bnn.elbo import MeanFieldELBO  # noqa: E402
-from pyro_sparse_bnn.optim import JointAdam  # noqa: E402
+from pyro_sparse_bnn.apps.baselines import train_deterministic  # noqa: E402
+from pyro_sparse_bnn.apps.datasets import fashion_mnist  # noqa: E402
+from pyro_sparse_bnn.core.elbo import MeanFieldELBO  # noqa: E402
+from pyro_sparse_bnn.core.optim import JointAdam  # noqa: E402
 
 PRIORS = {"bcgnj": psb.GroupNormalJeffreys, "bcghs": psb.GroupHorseshoe}
 WIDTHS = (784, 300, 100, 10)
@@ -110,7 +110,7 @@ def run_ours(args, data):
 
     def report(epoch, history, bnn):
         if (epoch + 1) % args.report_every == 0:
-            accuracy = psb.accuracy(posterior_mean_network(bnn)(data.x_test), data.y_test)
+            accuracy = psb.analysis.accuracy(posterior_mean_network(bnn)(data.x_test), data.y_test)
             arch = psb.compress(bnn)[1].as_dict()["architecture_after"]
             print(f"  epoch {epoch + 1}: loss {history.loss[-1]:.5g}, posterior-mean accuracy {accuracy:.4f}, "
                   f"kept {arch}", flush=True)
@@ -125,7 +125,7 @@ def run_ours(args, data):
             seed=args.seed, progress=False, callbacks=[report], **fit_options)
     seconds = time.perf_counter() - start
     if args.save:
-        bnn.save(args.save)
+        psb.save(bnn, args.save)
 
     prediction = bnn.predict(data.x_test, num_samples=args.samples, batch_size=2000, seed=args.seed)
     module, report_ = psb.compress(bnn)
@@ -133,10 +133,10 @@ def run_ours(args, data):
     with torch.no_grad():
         row = {
             "prior": repr(prior),
-            "posterior_predictive": psb.accuracy(prediction.probs, data.y_test),
-            "posterior_mean": psb.accuracy(posterior_mean_network(bnn)(data.x_test), data.y_test),
-            "compressed": psb.accuracy(module(data.x_test), data.y_test),
-            "compressed_rounded": psb.accuracy(rounded(data.x_test), data.y_test),
+            "posterior_predictive": psb.analysis.accuracy(prediction.probs, data.y_test),
+            "posterior_mean": psb.analysis.accuracy(posterior_mean_network(bnn)(data.x_test), data.y_test),
+            "compressed": psb.analysis.accuracy(module(data.x_test), data.y_test),
+            "compressed_rounded": psb.analysis.accuracy(rounded(data.x_test), data.y_test),
         }
     architecture = report_.as_dict()["architecture_after"]
     row.update(architecture=architecture, weight_compression=report_.weight_compression,
@@ -182,16 +182,16 @@ def run_reference(args, data, directory):
     architecture = "-".join(str(int(k.sum())) for k in keep)
     with torch.no_grad():
         model.eval()  # the authors' layers use E[z] and the weight means outside training
-        row = {"posterior_mean": psb.accuracy(model(data.x_test), data.y_test)}
+        row = {"posterior_mean": psb.analysis.accuracy(model(data.x_test), data.y_test)}
         model.train()
         probs = sum(F.softmax(model(data.x_test), -1) for _ in range(args.samples)) / args.samples
-        row["posterior_predictive"] = psb.accuracy(probs, data.y_test)
+        row["posterior_predictive"] = psb.analysis.accuracy(probs, data.y_test)
         model.eval()
         for layer, mask in zip(fc, masks, strict=True):
             mean, _ = layer.compute_posterior_params()
             layer.post_weight_mu = (mean * mask).detach()
             layer.deterministic = True
-        row["compressed"] = psb.accuracy(model(data.x_test), data.y_test)
+        row["compressed"] = psb.analysis.accuracy(model(data.x_test), data.y_test)
         row.update(architecture=architecture, weight_compression=weight_compression(architecture), seconds=seconds)
         if compression is not None:
             numpy_masks = [m.numpy().astype(np.float64) for m in masks]
@@ -203,7 +203,7 @@ def run_reference(args, data, directory):
             row["bit_compression"] = rates[1] if len(rates) > 1 else None
             for layer, weight in zip(fc, compression.compute_reduced_weights(fc, numpy_masks), strict=True):
                 layer.post_weight_mu = torch.as_tensor(weight, dtype=torch.float32)
-            row["compressed_rounded"] = psb.accuracy(model(data.x_test), data.y_test)
+            row["compressed_rounded"] = psb.analysis.accuracy(model(data.x_test), data.y_test)
     return row
 
 
@@ -261,7 +261,7 @@ def main(argv=None):
         dense = train_deterministic(lenet_300_100(), data.x_train, data.y_train, epochs=args.epochs,
                                     batch_size=args.batch_size, lr=args.lr, seed=args.seed)
         with torch.no_grad():
-            results["dense"] = {"accuracy": psb.accuracy(dense.module(data.x_test), data.y_test),
+            results["dense"] = {"accuracy": psb.analysis.accuracy(dense.module(data.x_test), data.y_test),
                                 "seconds": dense.seconds}
         print(f"dense ReLU 784-300-100-10: {results['dense']['accuracy']:.4f}", flush=True)
     if args.ours:

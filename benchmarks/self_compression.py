@@ -27,9 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, write  # noqa: E402
 
 import pyro_sparse_bnn as psb  # noqa: E402
-from pyro_sparse_bnn.baselines import train_deterministic  # noqa: E402
-from pyro_sparse_bnn.datasets import fashion_mnist  # noqa: E402
-from pyro_sparse_bnn.self_compression import (  # noqa: E402
+from pyro_sparse_bnn.analysis.self_compression import (  # noqa: E402
     network_relevance,
     select_units,
     self_compress,
@@ -37,13 +35,15 @@ from pyro_sparse_bnn.self_compression import (  # noqa: E402
     shrink_network,
     unit_relevance,
 )
+from pyro_sparse_bnn.apps.baselines import train_deterministic  # noqa: E402
+from pyro_sparse_bnn.apps.datasets import fashion_mnist  # noqa: E402
 
 NETS = {"lenet5": psb.lenet5_caffe, "lenet300": psb.lenet_300_100}
 
 
 @torch.no_grad()
 def accuracy(module, x, y, batch_size=2000):
-    return psb.accuracy(torch.cat([module(chunk) for chunk in torch.split(x, batch_size)]), y)
+    return psb.analysis.accuracy(torch.cat([module(chunk) for chunk in torch.split(x, batch_size)]), y)
 
 
 def posterior_mean_accuracy(bnn, x, y):
@@ -116,7 +116,7 @@ def main(argv=None):
     def record(round_index, fitted):
         row = rounds[round_index]
         prediction = fitted.predict(x_test, num_samples=args.num_samples, batch_size=2000)
-        row.update(round=round_index, bnn_accuracy=psb.accuracy(prediction.probs, y_test),
+        row.update(round=round_index, bnn_accuracy=psb.analysis.accuracy(prediction.probs, y_test),
                    bnn_mean_accuracy=posterior_mean_accuracy(fitted, x_test, y_test),
                    bnn_params=sum(layer.spec.num_params for layer in fitted.layers),
                    kept_units=[layer.spec.out_units for layer in fitted.layers[:-1]],

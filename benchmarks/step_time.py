@@ -50,10 +50,10 @@ from common import RESULTS, write  # noqa: E402
 from hand_written import HandWritten, fixed_noise  # noqa: E402
 
 import pyro_sparse_bnn as psb  # noqa: E402
-from pyro_sparse_bnn.architecture import parse_sequential  # noqa: E402
-from pyro_sparse_bnn.fit import _fit_step  # noqa: E402
-from pyro_sparse_bnn.optim import JointAdam  # noqa: E402
-from pyro_sparse_bnn.reparameterization import LocalReparameterization  # noqa: E402
+from pyro_sparse_bnn.core.architecture import parse_sequential  # noqa: E402
+from pyro_sparse_bnn.core.fit import _fit_step  # noqa: E402
+from pyro_sparse_bnn.core.optim import JointAdam  # noqa: E402
+from pyro_sparse_bnn.core.reparameterization import LocalReparameterization  # noqa: E402
 
 PRIORS = {
     "ss": ("SpikeSlab", lambda: psb.SpikeSlab(prior_inclusion=1e-3)),
@@ -98,7 +98,7 @@ def build_row(row, lrt, batch_size=None, seed=0, widths=None):
 
     kwargs = {} if lrt is None else {"local_reparameterization": lrt}
     bnn = psb.SparseBNN(build(), PRIORS[prior_key][1](), num_data=NUM_DATA, **kwargs)
-    svi = SVI(bnn.model, bnn.guide, JointAdam({"lr": LR}), psb.MeanFieldELBO())
+    svi = SVI(bnn.model, bnn.guide, JointAdam({"lr": LR}), psb.core.MeanFieldELBO())
 
     def library_step():  # what fit does per step
         _fit_step(bnn, svi, x, y, skip_slab_draws=True)
@@ -119,7 +119,7 @@ def build_row(row, lrt, batch_size=None, seed=0, widths=None):
 def check(bnn, hand, x, y, lrt) -> float:
     """Largest relative difference between the library's and the hand-written loss and
     gradients with every random draw replaced by a constant; raises if above 1e-4."""
-    elbo = psb.MeanFieldELBO()
+    elbo = psb.core.MeanFieldELBO()
     with fixed_noise():
         with LocalReparameterization(skip_slab_draws=True, layers=lrt) if lrt else nullcontext():
             loss = elbo.differentiable_loss(bnn.model, bnn.guide, x, y)

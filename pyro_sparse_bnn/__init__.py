@@ -9,107 +9,55 @@ Typical use::
     bnn = psb.SparseBNN(net, psb.SpikeSlab(), likelihood="categorical")
     history = psb.fit(bnn, x_train, y_train, epochs=200)
     print(psb.inclusion_summary(bnn))
-    module, report = psb.compress(bnn)
     front = psb.frontier(bnn, x_val, y_val)   # size / validation accuracy at many thresholds
     module, report = psb.compress(bnn, threshold=front.select(tolerance=0.01))
+    tuned, _ = psb.finetune(module, x_train, y_train, epochs=5)   # structure fixed
     psb.save(bnn, "bnn.pt", history)          # bnn = psb.load("bnn.pt")
-    psb.export(module, "bnn.ts", example_input=x_train[:8])
-    tuned, history = psb.finetune(module, x_train, y_train, epochs=5)   # structure fixed
+    psb.export(tuned, "net.pt2", example_input=x_train[:8])
+
+The package is layered, and imports run one way only (see ``docs/architecture.md``):
+
+* :mod:`pyro_sparse_bnn.core`: distributions, priors, the network, the ELBO and fitting;
+* :mod:`pyro_sparse_bnn.analysis`: inclusion probabilities, diagnostics, plots, compression;
+* :mod:`pyro_sparse_bnn.persistence`: save files and export;
+* :mod:`pyro_sparse_bnn.apps`: the zoo, the command line, the demo, data sets, baselines.
+
+The names below are the ones most scripts need; everything else is reachable from its
+subpackage, e.g. ``from pyro_sparse_bnn.analysis import plot_inclusion_forest``.
 """
 
-from .baselines import magnitude_prune, train_from_scratch
-from .bits import LayerPrecision, compression_rates, round_to_precision, weight_moments
-from .calibration import (
-    CalibrationBins,
-    accuracy,
-    expected_calibration_error,
-    interval_coverage,
-    predictive_pit,
-)
-from .compress import (
-    Compressed,
-    CompressionReport,
-    ConstantOutput,
-    SelectInputs,
-    ThresholdChoice,
-    compress,
-    masked_posterior_mean,
-)
-from .diagnostics import (
-    VariationalKhat,
-    bnn_variational_khat,
-    compare_priors,
-    psis_loo,
-    to_inference_data,
-    variational_khat,
-)
-from .distributions import ConcreteBernoulli, GatedNormal, bernoulli_kl, normal_kl
-from .elbo import MeanFieldELBO
-from .errors import (
+from .analysis import compress, finetune, frontier, inclusion_summary, layerwise_frontier
+from .core import (
     DegenerateNetworkWarning,
     ExportError,
+    GroupHorseshoe,
+    GroupNormalJeffreys,
     HyperparameterError,
     InputError,
     NonFiniteLossError,
     NotFittedError,
     SaveFileError,
-    SparseBNNError,
-    UnsupportedLayerError,
-)
-from .export import export
-from .finetune import Finetuned, TrainingHistory, finetune
-from .fit import FitHistory, fit, geometric_temperature
-from .frontier import Frontier, frontier, layerwise_frontier
-from .inclusion import (
-    edge_inclusion_probs,
-    feature_inclusion_probs,
-    group_scale_summary,
-    inclusion_draws,
-    inclusion_summary,
-    node_inclusion_probs,
-)
-from .likelihoods import CategoricalLikelihood, GaussianLikelihood, Prediction
-from .moment_propagation import MomentPrediction, fit_moments, moment_loss, moment_predict
-from .nets import lenet5_caffe, lenet_300_100, mlp
-from .network import SparseBNN
-from .plots import (
-    plot_elbo,
-    plot_frontier,
-    plot_group_scales,
-    plot_inclusion_forest,
-    plot_inclusion_heatmap,
-    plot_reliability_diagram,
-)
-from .priors import (
-    GroupHorseshoe,
-    GroupNormalJeffreys,
-    Prior,
-    PriorLayer,
     SelfCompressingGaussian,
+    SparseBNN,
+    SparseBNNError,
     SpikeSlab,
     SpikeSlabGroupHorseshoe,
     SpikeSlabGroupLasso,
     SpikeSlabNode,
-    theory_prior_inclusion,
+    UnsupportedLayerError,
+    fit,
+    lenet5_caffe,
+    lenet_300_100,
+    mlp,
 )
-from .reparameterization import LocalReparameterization, local_reparameterization
-from .self_compression import (
-    CompressionRound,
-    SelfCompression,
-    select_units,
-    self_compress,
-    shrink_bnn,
-    unit_relevance,
-)
-from .serialization import load, load_history, load_state, save
-
-__version__ = "0.1.0"
+from .core.version import __version__
+from .persistence import export, load, save
 
 __all__ = [
     "SparseBNN",
-    "lenet5_caffe",
-    "lenet_300_100",
     "mlp",
+    "lenet_300_100",
+    "lenet5_caffe",
     "SpikeSlab",
     "SpikeSlabNode",
     "SpikeSlabGroupLasso",
@@ -117,64 +65,15 @@ __all__ = [
     "GroupNormalJeffreys",
     "GroupHorseshoe",
     "SelfCompressingGaussian",
-    "Prior",
-    "PriorLayer",
-    "theory_prior_inclusion",
-    "CategoricalLikelihood",
-    "GaussianLikelihood",
-    "Prediction",
-    "MeanFieldELBO",
-    "LocalReparameterization",
-    "local_reparameterization",
     "fit",
-    "FitHistory",
-    "geometric_temperature",
-    "edge_inclusion_probs",
-    "node_inclusion_probs",
-    "feature_inclusion_probs",
     "inclusion_summary",
-    "group_scale_summary",
-    "inclusion_draws",
-    "to_inference_data",
-    "variational_khat",
-    "bnn_variational_khat",
-    "VariationalKhat",
-    "psis_loo",
-    "compare_priors",
-    "accuracy",
-    "expected_calibration_error",
-    "CalibrationBins",
-    "interval_coverage",
-    "predictive_pit",
-    "plot_inclusion_forest",
-    "plot_inclusion_heatmap",
-    "plot_elbo",
-    "plot_group_scales",
-    "plot_reliability_diagram",
-    "plot_frontier",
     "frontier",
     "layerwise_frontier",
-    "Frontier",
     "compress",
-    "Compressed",
-    "CompressionReport",
-    "SelectInputs",
-    "ConstantOutput",
-    "ThresholdChoice",
-    "masked_posterior_mean",
     "finetune",
-    "Finetuned",
-    "TrainingHistory",
-    "magnitude_prune",
-    "train_from_scratch",
-    "weight_moments",
-    "LayerPrecision",
-    "round_to_precision",
-    "compression_rates",
-    "ConcreteBernoulli",
-    "GatedNormal",
-    "bernoulli_kl",
-    "normal_kl",
+    "save",
+    "load",
+    "export",
     "SparseBNNError",
     "InputError",
     "HyperparameterError",
@@ -184,19 +83,5 @@ __all__ = [
     "SaveFileError",
     "ExportError",
     "DegenerateNetworkWarning",
-    "save",
-    "load",
-    "load_history",
-    "load_state",
-    "export",
-    "self_compress",
-    "SelfCompression",
-    "CompressionRound",
-    "unit_relevance",
-    "select_units",
-    "shrink_bnn",
-    "moment_predict",
-    "moment_loss",
-    "fit_moments",
-    "MomentPrediction",
+    "__version__",
 ]

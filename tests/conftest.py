@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pyro_sparse_bnn import SparseBNN, SpikeSlab
-from pyro_sparse_bnn.nets import mlp  # noqa: F401 -- re-exported for the tests
+from pyro_sparse_bnn.core.nets import mlp  # noqa: F401 -- re-exported for the tests
 
 # Under pytest-xdist every worker gets one thread, so two workers do not fight over 2 cores.
 if os.environ.get("PYTEST_XDIST_WORKER"):

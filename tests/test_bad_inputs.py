@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import pyro_sparse_bnn as psb
+import pyro_sparse_bnn.apps
 from pyro_sparse_bnn import (
     HyperparameterError,
     InputError,
@@ -15,8 +16,8 @@ from pyro_sparse_bnn import (
     SpikeSlab,
     UnsupportedLayerError,
 )
-
-from .conftest import mlp, randomize_guide
+from pyro_sparse_bnn.persistence import load_state
+from tests.conftest import mlp, randomize_guide
 
 X = torch.randn(12, 5, generator=torch.Generator().manual_seed(0))
 Y = torch.arange(12) % 3
@@ -117,11 +118,11 @@ CASES = {
     "threshold not a number": (lambda t: psb.inclusion_summary(fitted(), threshold="high"), HyperparameterError,
                                "threshold must be None, a finite number or one per layer"),
     "bits not a bool": (lambda t: psb.compress(fitted(), bits="yes"), HyperparameterError, "bits must be True or False"),
-    "PIPs of a plain module": (lambda t: psb.node_inclusion_probs(mlp([5, 4, 3])), InputError,
+    "PIPs of a plain module": (lambda t: psb.analysis.node_inclusion_probs(mlp([5, 4, 3])), InputError,
                                "node_inclusion_probs needs a SparseBNN as bnn, got Sequential"),
-    "zero inclusion draws": (lambda t: psb.inclusion_draws(fitted(), num_samples=0), InputError,
+    "zero inclusion draws": (lambda t: psb.analysis.inclusion_draws(fitted(), num_samples=0), InputError,
                              "num_samples must be a positive integer, got 0"),
-    "InferenceData of an unfitted network": (lambda t: psb.to_inference_data(net()), NotFittedError, "has not been fitted"),
+    "InferenceData of an unfitted network": (lambda t: psb.analysis.to_inference_data(net()), NotFittedError, "has not been fitted"),
     # -- save, load, export ------------------------------------------------------------
     "save a plain module": (lambda t: psb.save(mlp([5, 4, 3]), t / "m.pt"), InputError, "save needs a SparseBNN as bnn"),
     "save into a missing directory": (lambda t: psb.save(fitted(), t / "no" / "m.pt"), InputError, "does not exist"),
@@ -130,10 +131,10 @@ CASES = {
     "load a corrupt file": (lambda t: (t / "x.pt").write_bytes(b"\x00garbage") and psb.load(t / "x.pt"), SaveFileError,
                             "corrupt or not a file written by torch.save"),
     "load into another architecture": (
-        lambda t: saved_then(t, lambda path: SparseBNN(mlp([5, 6, 3]), SpikeSlab(prior_inclusion=0.2)).load_state(path)),
+        lambda t: saved_then(t, lambda path: load_state(SparseBNN(mlp([5, 6, 3]), SpikeSlab(prior_inclusion=0.2)), path)),
         SaveFileError, r"different architecture: module net.0 is Linear"),
     "load into another prior": (
-        lambda t: saved_then(t, lambda path: SparseBNN(mlp([5, 4, 3]), psb.GroupHorseshoe()).load_state(path)),
+        lambda t: saved_then(t, lambda path: load_state(SparseBNN(mlp([5, 4, 3]), psb.GroupHorseshoe()), path)),
         SaveFileError, r"different prior for layer net.0: SpikeSlab\(.*\) there, GroupHorseshoe\(.*\) here"),
     "export the network instead of the compressed module": (lambda t: psb.export(fitted(), t / "m.ts"), InputError,
                                                             "export takes the compressed deterministic module"),
@@ -141,11 +142,11 @@ CASES = {
                                     InputError, "format must be one of"),
     "fine-tune the network instead of the compressed module": (lambda t: psb.finetune(fitted(), X, Y), InputError,
                                                                "finetune takes a deterministic module"),
-    "fine-tune a constant output": (lambda t: psb.finetune(psb.ConstantOutput(torch.zeros(3)), X, Y), InputError,
+    "fine-tune a constant output": (lambda t: psb.finetune(psb.analysis.ConstantOutput(torch.zeros(3)), X, Y), InputError,
                                     "keeps no input"),
     "fine-tune with labels out of range": (lambda t: psb.finetune(psb.compress(fitted()).module, X, Y + 1),
                                            InputError, r"must lie in \[0, 3\)"),
-    "prune to widths of another network": (lambda t: psb.magnitude_prune(mlp([5, 4, 3]), (5, 4, 4, 3)), InputError,
+    "prune to widths of another network": (lambda t: psb.apps.magnitude_prune(mlp([5, 4, 3]), (5, 4, 4, 3)), InputError,
                                            "needs 3: inputs, one per hidden layer, outputs"),
 }
 

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 import pyro_sparse_bnn as psb
-from pyro_sparse_bnn.baselines import train_deterministic
-from pyro_sparse_bnn.datasets import breast_cancer, digits
+from pyro_sparse_bnn.apps.baselines import train_deterministic
+from pyro_sparse_bnn.apps.datasets import breast_cancer, digits
 
 PRIORS = {
     "SS": psb.SpikeSlab,
@@ -55,7 +55,7 @@ def dense_accuracy(data_name: str) -> float:
     net = psb.mlp([data.num_features, *hidden, int(data.y_train.max()) + 1])
     dense = train_deterministic(net, data.x_train, data.y_train, epochs=epochs, lr=LR, seed=0).module
     with torch.no_grad():
-        return psb.accuracy(dense(data.x_test), data.y_test)
+        return psb.analysis.accuracy(dense(data.x_test), data.y_test)
 
 
 def fit_defaults(prior_name: str, data_name: str):
@@ -69,7 +69,7 @@ def fit_defaults(prior_name: str, data_name: str):
     module, report = psb.compress(bnn)
     dense = dense_accuracy(data_name)
     with torch.no_grad():
-        return dense, psb.accuracy(module(data.x_test), data.y_test), report
+        return dense, psb.analysis.accuracy(module(data.x_test), data.y_test), report
 
 
 def check_sensible(dense_accuracy, compressed_accuracy, report):

@@ -1,0 +1,258 @@
+"""Figures of a fitted network: PIP forest plot, inclusion heatmaps, ELBO history, group
+scales, the reliability diagram and the size / validation-metric frontier.
+
+Every function works headless (it uses matplotlib's object API and never calls
+``plt.show``; select the Agg backend with ``MPLBACKEND=Agg`` on a server) and returns the
+``matplotlib.figure.Figure``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ..core.errors import InputError
+from ..core.fit import FitHistory
+from ..core.network import SparseBNN
+from .calibration import CalibrationBins, expected_calibration_error
+from .frontier import Frontier
+from .inclusion import edge_inclusion_probs
+
+if TYPE_CHECKING:  # imported where used: they take a second to load
+    import arviz as az
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "plot_inclusion_forest",
+    "plot_inclusion_heatmap",
+    "plot_elbo",
+    "plot_group_scales",
+    "plot_reliability_diagram",
+    "plot_frontier",
+]
+
+
+def _check_idata(idata, variable: str) -> None:
+    import arviz as az
+
+    if not isinstance(idata, az.InferenceData) or "posterior" not in idata.groups():
+        raise InputError("expected the arviz.InferenceData of to_inference_data(...)")
+    if variable not in idata.posterior:
+        raise InputError(f"the posterior has no {variable!r} variable")
+
+
+def plot_inclusion_forest(idata: az.InferenceData, layers: Optional[Sequence[str]] = None,
+                          hdi_prob: float = 0.9, figsize=None) -> Figure:
+    """ArviZ forest plot of the feature PIPs and, per hidden layer, the node PIPs.
+
+    Each chain (fit) of :func:`~pyro_sparse_bnn.analysis.diagnostics.to_inference_data` gives one
+    PIP estimate per unit, the mean of its 0/1 inclusion draws. The forest plot treats the
+    fits as draws of one quantity: the marker is the median PIP across fits and the line
+    its ``hdi_prob`` interval across fits (restarts that disagree show as long lines; with
+    one fit it is a point). R-hat and ESS of the inclusion draws are in
+    ``arviz.summary(idata)``.
+
+    :param layers: hidden layers to show (default: all in the ``layer`` coord).
+    :returns: the figure: one axes for the features and one per layer.
+    """
+    import arviz as az
+    import matplotlib.pyplot as plt
+
+    _check_idata(idata, "feature_inclusion")
+    post = idata.posterior
+    layers = list(post.layer.values) if ("layer" in post.coords and layers is None) else list(layers or [])
+    widths = [post.sizes["feature"]] + [
+        int(np.isfinite(post.node_inclusion.sel(layer=name).isel(chain=0, draw=0)).sum()) for name in layers]
+    fig, axes = plt.subplots(len(widths), 1, squeeze=False, figsize=figsize or (6, 1 + 0.3 * sum(widths)),
+                             gridspec_kw={"height_ratios": [max(w, 1) for w in widths]})
+    panels = [("input features", post.feature_inclusion)] + [
+        (f"nodes of {name}", post.node_inclusion.sel(layer=name, node=slice(0, width - 1)).drop_vars("layer"))
+        for name, width in zip(layers, widths[1:], strict=True)]
+    for ax, (title, draws) in zip(axes[:, 0], panels, strict=True):
+        # fits as the draws of one chain: (chain=1, draw=fit, unit)
+        pips = draws.mean("draw").rename(chain="draw").expand_dims(chain=1).rename("PIP")
+        az.plot_forest(pips.to_dataset(), combined=True, hdi_prob=hdi_prob, quartiles=False, ax=ax)
+        ax.set_title(title)
+        ax.set_xlim(-0.05, 1.05)
+    fig.tight_layout()
+    return fig
+
+
+def plot_inclusion_heatmap(bnn: SparseBNN, cmap: str = "viridis") -> Figure:
+    """One heatmap per parametric layer of its edge PIPs ``(out_units, in_units)`` (a conv
+    layer's kernel taps are merged: the probability that at least one tap from input channel
+    ``i`` to output channel ``j`` is active), with a shared colour bar on [0, 1].
+
+    :returns: the figure: one axes per layer plus the colour bar's.
+    """
+    import matplotlib.pyplot as plt
+
+    if not isinstance(bnn, SparseBNN):
+        raise InputError(f"plot_inclusion_heatmap needs a SparseBNN, got {type(bnn).__name__}")
+    pips = edge_inclusion_probs(bnn)
+    fig, axes = plt.subplots(1, len(pips), figsize=(3.2 * len(pips) + 1, 3.2), squeeze=False)
+    image = None
+    for ax, (name, p) in zip(axes[0], pips.items(), strict=True):
+        p = p.detach().double().cpu()
+        if p.dim() == 4:
+            p = -torch.expm1(torch.log1p(-p.clamp(max=1.0)).sum(dim=(2, 3)))
+        image = ax.imshow(p.numpy(), vmin=0, vmax=1, cmap=cmap, aspect="auto", interpolation="nearest")
+        ax.set_title(name)
+        ax.set_xlabel("input unit")
+        ax.set_ylabel("output unit")
+    fig.colorbar(image, ax=list(axes[0]), label="edge PIP")
+    return fig
+
+
+def plot_elbo(history: FitHistory, log_scale: Optional[bool] = None) -> Figure:
+    """ELBO per epoch from a :class:`~pyro_sparse_bnn.core.fit.FitHistory`, with the KL warm-up
+    epochs shaded (the objective is annealed there).
+
+    :param log_scale: plot ``-ELBO`` on a log axis (default: when it is positive and spans
+        more than two decades).
+    :returns: the figure (one axes).
+    """
+    import matplotlib.pyplot as plt
+
+    if not isinstance(history, FitHistory) or len(history) == 0:
+        raise InputError("plot_elbo needs the non-empty FitHistory returned by fit")
+    loss = np.asarray(history.loss)
+    epochs = np.arange(1, len(loss) + 1)
+    if log_scale is None:
+        log_scale = bool(np.all(loss > 0) and loss.max() / loss.min() > 100)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if log_scale:
+        ax.plot(epochs, loss)
+        ax.set_yscale("log")
+        ax.set_ylabel("-ELBO (loss)")
+    else:
+        ax.plot(epochs, -loss)
+        ax.set_ylabel("ELBO")
+    warmup = np.flatnonzero(np.asarray(history.kl_weight) < 1)
+    if warmup.size:
+        ax.axvspan(0.5, warmup.max() + 1.5, color="grey", alpha=0.2, label="KL warm-up")
+        ax.legend()
+    ax.set_xlabel("epoch")
+    fig.tight_layout()
+    return fig
+
+
+def plot_group_scales(idata: az.InferenceData, log10: bool = True) -> Figure:
+    """Distribution of the group scales per layer: one box per group over all draws and
+    chains, on a log10 axis by default (a pruned group's scale sits decades below a kept one).
+
+    :returns: the figure: one axes per layer in the posterior's ``scale_layer`` coord.
+    """
+    import matplotlib.pyplot as plt
+
+    _check_idata(idata, "group_scale")
+    scales = idata.posterior.group_scale
+    names = list(scales.scale_layer.values)
+    fig, axes = plt.subplots(len(names), 1, squeeze=False, figsize=(7, 2.6 * len(names)))
+    for ax, name in zip(axes[:, 0], names, strict=True):
+        values = scales.sel(scale_layer=name).values.reshape(-1, scales.sizes["group"])
+        values = values[:, np.isfinite(values).all(axis=0)]
+        values = np.abs(values)
+        if log10:
+            values = np.log10(np.maximum(values, np.finfo(float).tiny))
+        ax.boxplot(values, showfliers=False)
+        ax.set_title(f"group scales of {name}")
+        ax.set_xlabel("group")
+        ax.set_ylabel("log10 |scale|" if log10 else "|scale|")
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability_diagram(probs: Union[CalibrationBins, torch.Tensor, np.ndarray], y=None,
+                             num_bins: int = 10) -> Figure:
+    """Reliability diagram: accuracy against confidence per bin, with the diagonal of
+    perfect calibration, the bins' example counts and the ECE in the title.
+
+    :param probs: predictive probabilities ``(n, classes)`` (or a ``Prediction``) with
+        labels ``y``, or the :class:`~pyro_sparse_bnn.analysis.calibration.CalibrationBins` of
+        :func:`~pyro_sparse_bnn.analysis.calibration.expected_calibration_error`.
+    :returns: the figure: the diagram and, below it, a histogram of the counts (two axes).
+    """
+    import matplotlib.pyplot as plt
+
+    bins = probs if isinstance(probs, CalibrationBins) else expected_calibration_error(probs, y, num_bins)
+    centers = (bins.edges[:-1] + bins.edges[1:]) / 2
+    width = np.diff(bins.edges)
+    fig, (ax, count_ax) = plt.subplots(2, 1, sharex=True, figsize=(4.5, 5.5),
+                                       gridspec_kw={"height_ratios": [3, 1]})
+    filled = bins.counts > 0
+    ax.bar(centers[filled], bins.accuracy[filled], width=width[filled], edgecolor="black", alpha=0.7,
+           label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    ax.plot(bins.confidence[filled], bins.accuracy[filled], "o", color="C1", label="mean confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"ECE = {bins.ece:.3f}")
+    ax.legend(loc="upper left")
+    count_ax.bar(centers, bins.counts, width=width, edgecolor="black")
+    count_ax.set_xlabel("confidence")
+    count_ax.set_ylabel("examples")
+    count_ax.set_xlim(0, 1)
+    fig.tight_layout()
+    return fig
+
+
+def plot_frontier(front: Frontier, tolerance: Optional[float] = 0.01, figsize=None) -> Figure:
+    """Validation metric of the compressed network against the parameters it keeps (non-zero
+    parameters, log axis), one point per row of a :func:`~pyro_sparse_bnn.analysis.frontier.frontier`
+    table: the posterior predictive's metric as a dashed line, the band of networks within
+    ``tolerance`` of it shaded, the keep rule's rows as squares, networks that do not depend
+    on their input as crosses, and the network :meth:`Frontier.select
+    <pyro_sparse_bnn.analysis.frontier.Frontier.select>` picks as a star (or a note that none is
+    within ``tolerance``).
+
+    :param front: the :class:`~pyro_sparse_bnn.analysis.frontier.Frontier` of ``frontier(bnn, x_val, y_val)``.
+    :param tolerance: as in ``front.select`` (``None``: no band and no chosen point).
+    :returns: the figure (one axes).
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    if not isinstance(front, Frontier):
+        raise InputError(f"plot_frontier needs the Frontier returned by frontier, got {type(front).__name__}")
+    table, metric = front.table, front.metric
+    label = "validation accuracy" if metric == "accuracy" else "validation RMSE"
+    ordered = table.sort_values(["nonzero_params", "threshold"])
+    fig, ax = plt.subplots(figsize=figsize or (6.5, 4.2))
+    ax.plot(ordered.nonzero_params, ordered[metric], "o-", color="C0", label="compressed network")
+    ax.axhline(front.posterior_metric, color="black", linestyle="--",
+               label=f"posterior predictive ({front.posterior_metric:.3g})")
+    rule = table[table.keep_rule]
+    if not rule.empty:
+        ax.plot(rule.nonzero_params, rule[metric], "s", markersize=10, markerfacecolor="none",
+                color="C1", label="keep rule")
+    degenerate = table[table.degenerate]
+    if not degenerate.empty:
+        ax.plot(degenerate.nonzero_params, degenerate[metric], "x", markersize=9, color="C3",
+                label="output ignores the input")
+    title = f"{label.capitalize()} against size"
+    if tolerance is not None:
+        limit = front.limit(tolerance)
+        band = f"within {tolerance:g}" if metric == "accuracy" else f"within {100 * tolerance:g} %"
+        ax.axhspan(min(limit, front.posterior_metric), max(limit, front.posterior_metric), color="C2", alpha=0.15,
+                   label=f"{band} of the posterior")
+        index = front.selected_index(tolerance)
+        if index is not None:
+            row = table.loc[index]
+            ax.plot([row.nonzero_params], [row[metric]], "*", markersize=16, color="C3",
+                    label=f"chosen: {row.architecture}, {int(row.nonzero_params):,} parameters")
+        else:
+            ax.text(0.02, 0.02, "no network within the tolerance", transform=ax.transAxes, color="C3")
+        title += f" (tolerance {tolerance:g})"
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("parameters kept (non-zero, log scale)")
+    ax.set_ylabel(label)
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,149 @@
+"""Command-line interface: ``python -m pyro_sparse_bnn <command>``."""
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from ..core.errors import SparseBNNError
+from .demo import DemoConfig, run_demo
+from .zoo import (
+    PRIOR_ABBREVIATIONS,
+    describe,
+    find_entries,
+    load_entry,
+    render_cards,
+    resolve_entry,
+    run_entry,
+    shell_command,
+    update_readme_table,
+)
+
+__all__ = ["main"]
+
+
+def _demo(args) -> int:
+    config = DemoConfig(
+        epochs=args.epochs,
+        finetune_epochs=args.finetune_epochs,
+        tolerance=args.tolerance,
+        seed=args.seed,
+        prior_inclusion=None if args.prior_inclusion == "theory" else float(args.prior_inclusion),
+        progress=not args.no_progress,
+        output=args.output,
+    )
+    run_demo(config)
+    return 0
+
+
+def _run(args) -> int:
+    run_entry(
+        args.entry, args.output, epochs=args.epochs, smoke=args.smoke, data_dir=args.data_dir,
+        progress=not args.no_progress, publish=args.publish, baseline_cache=args.baseline_cache,
+        command=shell_command(args.argv),
+    )
+    return 0
+
+
+def _list(args) -> int:
+    for path in find_entries(args.models):
+        entry = load_entry(path)
+        config, metrics = entry.config, entry.stored_metrics()
+        status = "not yet measured" if metrics is None else (
+            f"{metrics['metric']} {metrics['bnn'][metrics['metric']]:.4f}")
+        print(f"{entry.name:32s} {PRIOR_ABBREVIATIONS[entry.prior_name]:8s} {config['data']['name']:16s} "
+              f"{config['model']['architecture']:14s} {status}")
+    return 0
+
+
+def _show(args) -> int:
+    print(describe(load_entry(resolve_entry(args.entry, args.models))))
+    return 0
+
+
+def _zoo_table(args) -> int:
+    if args.cards:
+        for path in render_cards(args.models):
+            print(f"rewrote {path}")
+    print(f"rewrote {update_readme_table(args.models)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pyro_sparse_bnn",
+        description="Sparsity-inducing priors for Bayesian neural networks, built on Pyro.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser(
+        "demo", help="fit a spike-and-slab BNN on scikit-learn's digits, inspect PIPs, compress at the threshold "
+                     "chosen on validation data, fine-tune, compare with the dense and magnitude-pruned networks"
+    )
+    defaults = DemoConfig()
+    demo.add_argument("--epochs", type=int, default=defaults.epochs, help="passes over the data fitting the BNN")
+    demo.add_argument("--finetune-epochs", type=int, default=defaults.finetune_epochs,
+                      help="passes over the data fine-tuning the compressed module (the dense network trains "
+                           "for both together)")
+    demo.add_argument("--tolerance", type=float, default=defaults.tolerance,
+                      help="how far below the posterior's validation accuracy the chosen network may be")
+    demo.add_argument("--seed", type=int, default=defaults.seed)
+    demo.add_argument(
+        "--prior-inclusion", default=str(defaults.prior_inclusion),
+        help=f"prior inclusion probability lambda (default {defaults.prior_inclusion}), or 'theory' for "
+             f"Bai et al.'s rule",
+    )
+    demo.add_argument("--output", default=None,
+                      help="directory for the figures, the fitted network and the compressed and fine-tuned modules")
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    demo.set_defaults(handler=_demo)
+
+    run = commands.add_parser(
+        "run", help="run a model-zoo entry: fit, evaluate, compress, baselines, plots, card",
+        description="Run models/<entry>.toml and write metrics.json, plots, the compressed module "
+                    "and the model card into --output.",
+    )
+    run.add_argument("entry", help="path of the entry's TOML file, e.g. models/digits_spike_slab.toml")
+    run.add_argument("--epochs", type=int, default=None, help="override [train] epochs (baselines too)")
+    run.add_argument("--smoke", action="store_true", help="a few steps on a small slice, to check it runs")
+    run.add_argument("--output", default=None, help="output directory (default zoo_output/<entry>)")
+    run.add_argument("--data-dir", default=None,
+                     help="directory with the IDX files of fashion_mnist entries (e.g. real MNIST)")
+    run.add_argument("--publish", action="store_true",
+                     help="also store the metrics in models/results/<entry>.json and rewrite models/<entry>.md")
+    run.add_argument("--baseline-cache", default=None,
+                     help="directory where baselines are stored and reused by entries with the same "
+                          "data, architecture and budget")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    run.set_defaults(handler=_run)
+
+    listing = commands.add_parser("list", help="list the model-zoo entries and their measured figure")
+    listing.add_argument("--models", default="models", help="directory of the entries")
+    listing.set_defaults(handler=_list)
+
+    show = commands.add_parser("show", help="print an entry's config and measured figures")
+    show.add_argument("entry", help="entry name (e.g. digits_spike_slab) or path of its TOML file")
+    show.add_argument("--models", default="models", help="directory of the entries")
+    show.set_defaults(handler=_show)
+
+    table = commands.add_parser("zoo-table", help="regenerate the table of models/README.md from the "
+                                "stored metrics (--cards: the cards too)")
+    table.add_argument("--models", default="models", help="directory of the entries")
+    table.add_argument("--cards", action="store_true", help="also rewrite every card from its stored metrics")
+    table.set_defaults(handler=_zoo_table)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    try:
+        return args.handler(args)
+    except Exception as error:
+        if isinstance(error, SparseBNNError):  # a message for the user, not a stack trace
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

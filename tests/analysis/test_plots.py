@@ -1,0 +1,120 @@
+"""Every plot runs headless and returns a figure with the expected axes."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+import pyro_sparse_bnn as psb  # noqa: E402
+from pyro_sparse_bnn import InputError, SparseBNN, SpikeSlab  # noqa: E402
+from pyro_sparse_bnn.analysis import to_inference_data  # noqa: E402
+from pyro_sparse_bnn.analysis.plots import (  # noqa: E402
+    plot_elbo,
+    plot_frontier,
+    plot_group_scales,
+    plot_inclusion_forest,
+    plot_inclusion_heatmap,
+    plot_reliability_diagram,
+)
+from tests.conftest import mlp, randomize_guide  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def fit(seed, prior=None):
+    torch.manual_seed(seed)
+    bnn = SparseBNN(mlp([4, 5, 3, 2]), prior or SpikeSlab(prior_inclusion=0.1), num_data=20)
+    return randomize_guide(bnn, seed=seed, logit_scale=2.0)
+
+
+@pytest.mark.parametrize("chains", [1, 2])
+def test_forest_plot_has_a_panel_per_layer_with_markers_at_the_pips(chains):
+    fits = [fit(s) for s in range(chains)]
+    idata = to_inference_data(fits, num_samples=10, progress=False)
+    figure = plot_inclusion_forest(idata)
+    assert isinstance(figure, Figure)
+    assert len(figure.axes) == 3  # features, net.0, net.2
+    assert figure.axes[0].get_title() == "input features"
+    # the markers sit at the median over fits of each fit's draw-mean PIP
+    expected = idata.posterior.feature_inclusion.mean("draw").median("chain").values
+    markers = [line for line in figure.axes[0].lines if line.get_marker() == "o"]
+    located = sorted(float(x) for line in markers for x in line.get_xdata())
+    assert located == pytest.approx(sorted(expected.tolist()))
+
+
+def test_heatmap_has_one_axes_per_layer_and_a_colour_bar():
+    bnn = fit(0)
+    figure = plot_inclusion_heatmap(bnn)
+    assert len(figure.axes) == 3 + 1
+    image = figure.axes[1].images[0].get_array()
+    assert torch.allclose(torch.as_tensor(image.data, dtype=torch.float32), psb.analysis.edge_inclusion_probs(bnn)["net.2"])
+
+
+def test_heatmap_merges_conv_kernel_taps():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    bnn = randomize_guide(SparseBNN(net, SpikeSlab(prior_inclusion=0.1), num_data=10, input_shape=(2, 4, 4)))
+    figure = plot_inclusion_heatmap(bnn)
+    assert len(figure.axes) == 3 and figure.axes[0].images[0].get_array().shape == (3, 2)
+
+
+def test_elbo_plot_shades_the_kl_warmup():
+    history = psb.core.FitHistory(loss=[100.0, 50.0, 20.0, 10.0], kl_weight=[0.3, 0.6, 1.0, 1.0])
+    figure = plot_elbo(history, log_scale=False)
+    (ax,) = figure.axes
+    assert list(ax.lines[0].get_ydata()) == [-100.0, -50.0, -20.0, -10.0]
+    assert len(ax.patches) == 1
+    with pytest.raises(InputError):
+        plot_elbo(psb.core.FitHistory())
+
+
+def test_group_scale_plot_has_one_axes_per_layer_with_scales():
+    idata = to_inference_data(fit(0, psb.SpikeSlabGroupHorseshoe()), num_samples=10, progress=False)
+    figure = plot_group_scales(idata)
+    assert len(figure.axes) == 3
+    with pytest.raises(InputError, match="no 'group_scale'"):
+        plot_group_scales(to_inference_data(fit(0), num_samples=5, progress=False))
+
+
+def test_reliability_diagram_has_the_diagram_and_the_counts():
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    y = torch.tensor([0, 1, 1, 1])
+    figure = plot_reliability_diagram(probs, y, num_bins=5)
+    assert len(figure.axes) == 2 and figure.axes[0].get_title().startswith("ECE = ")
+
+
+def test_frontier_plot_shows_the_rows_the_posterior_the_band_and_the_choice():
+    bnn = fit(0)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(40, 4, generator=generator)
+    y = (x[:, 0] > 0).long()
+    front = psb.frontier(bnn, x, y, num_samples=3)
+    figure = plot_frontier(front, tolerance=1.0)  # accepts every row: the choice is the smallest
+    (ax,) = figure.axes
+    assert ax.get_xscale() == "log" and ax.get_ylabel() == "validation accuracy"
+    assert "parameters kept" in ax.get_xlabel() and "tolerance 1" in ax.get_title()
+    ordered = front.table.sort_values(["nonzero_params", "threshold"])
+    points = ax.lines[0]
+    assert list(points.get_xdata()) == ordered.nonzero_params.tolist()
+    assert list(points.get_ydata()) == pytest.approx(ordered.accuracy.tolist())
+    (posterior,) = [line for line in ax.lines if line.get_linestyle() == "--"]
+    assert list(posterior.get_ydata()) == [front.posterior_metric] * 2
+    (star,) = [line for line in ax.lines if line.get_marker() == "*"]
+    assert list(star.get_xdata()) == [front.table.nonzero_params.min()]
+    assert len(ax.patches) == 1  # the tolerance band
+    assert ax.xaxis.get_major_formatter()(1000, 0) == "1,000"
+    assert not ax.texts
+    unreachable = psb.analysis.Frontier(front.table, "accuracy", 1.5, front.params_before, 3, 0)  # no row within
+    assert [t.get_text() for t in plot_frontier(unreachable).axes[0].texts] == ["no network within the tolerance"]
+    bare = plot_frontier(front, tolerance=None).axes[0]
+    assert not [line for line in bare.lines if line.get_marker() == "*"] and not bare.patches
+    with pytest.raises(InputError, match="Frontier"):
+        plot_frontier(front.table)
