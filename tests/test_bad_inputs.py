@@ -136,7 +136,7 @@ CASES = {
     "load into another prior": (
         lambda t: saved_then(t, lambda path: load_state(SparseBNN(mlp([5, 4, 3]), psb.GroupHorseshoe()), path)),
         SaveFileError, r"different prior for layer net.0: SpikeSlab\(.*\) there, GroupHorseshoe\(.*\) here"),
-    "export the network instead of the compressed module": (lambda t: psb.export(fitted(), t / "m.ts"), InputError,
+    "export the network instead of the compressed module": (lambda t: psb.export(fitted(), t / "m.pt2"), InputError,
                                                             "export takes the compressed deterministic module"),
     "export to an unknown format": (lambda t: psb.export(psb.compress(fitted()).module, t / "m.x", format="tflite"),
                                     InputError, "format must be one of"),

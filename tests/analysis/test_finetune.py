@@ -193,14 +193,13 @@ def test_lr_decay_slows_the_later_epochs(mlp_module):
         assert not torch.allclose(p, r, atol=1e-4)
 
 
-@pytest.mark.filterwarnings("ignore:.*torch.jit.load.*:DeprecationWarning")
 def test_the_result_exports_and_round_trips_through_state_dict(conv_module, tmp_path):
     x, y = toy_classification(72)
     tuned, _ = finetune(conv_module, x, y, epochs=2, progress=False)
-    path = psb.export(tuned, tmp_path / "tuned.ts", example_input=x[:8])
+    path = psb.export(tuned, tmp_path / "tuned.pt2", example_input=x[:8])
     with torch.no_grad():
         expected = tuned(x)
-        assert torch.allclose(torch.jit.load(str(path))(x), expected, atol=1e-6)
+        assert torch.allclose(torch.export.load(str(path)).module()(x), expected, atol=1e-6)
     torch.save(tuned.state_dict(), tmp_path / "tuned.pt")
     same_structure = copy.deepcopy(conv_module)
     same_structure.load_state_dict(torch.load(tmp_path / "tuned.pt"))
