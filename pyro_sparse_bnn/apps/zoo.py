@@ -805,13 +805,13 @@ def render_card(entry: ZooEntry, metrics: Optional[dict] = None) -> str:
     published = config["published"]
     lines += ["## Published numbers", ""]
     if any(k in published for k in PUBLISHED_FIGURES):
-        lines += [f"{published.get('source', 'docs/methods.md')}, on {published.get('dataset', 'MNIST')}"
+        lines += [f"{published.get('source', 'docs/methods.md#published-figures')}, on {published.get('dataset', 'MNIST')}"
                   + (" (ours are Fashion-MNIST, a harder data set: expect lower accuracies)"
                      if config["data"]["name"] == "fashion_mnist" and published.get("dataset", "MNIST") != "Fashion-MNIST"
                      else "") + ", with the full schedule:", "",
                   "| published | value |", "| --- | --- |", *_published_rows(published), ""]
     else:
-        lines += [(published.get("source") or "The methods page (docs/methods.md) reports no figures for this configuration.").strip(), ""]
+        lines += [(published.get("source") or "The methods page (docs/methods.md#published-figures) reports no figures for this configuration.").strip(), ""]
     if config["entry"].get("notes"):
         lines += ["## Notes", "", config["entry"]["notes"].strip(), ""]
     lines += ["## Configuration", "", f"`models/{entry.name}.toml`:", "", "```toml", entry.text.rstrip(), "```", ""]
