@@ -4,18 +4,18 @@ Nothing here downloads anything. Every loader returns a :class:`DataSplit` of fl
 (standardised with the training split's statistics) and labels or targets as tensors, split
 into training, optional validation and test parts with a seed.
 
-==================  ==============================================  ==========================
-loader              data                                            task
-==================  ==============================================  ==========================
-:func:`digits`      scikit-learn 8x8 digits, 1,797 x 64             classification, 10 classes
-:func:`breast_cancer` scikit-learn Wisconsin breast cancer, 569 x 30  classification, 2 classes
-:func:`wine`        scikit-learn wine, 178 x 13                     classification, 3 classes
-:func:`diabetes`    scikit-learn diabetes, 442 x 10                 regression
-:func:`fashion_mnist` IDX files (Fashion-MNIST or MNIST), 70,000 x 784 classification, 10 classes
-:func:`bai_simulation` Bai et al. (2020) simulation                 regression, 5 relevant inputs
-:func:`saha_simulation` Saha et al. (2024) additive simulation       regression, ``pi * D`` relevant
-:func:`planted_teacher` small tanh teacher network                  regression
-==================  ==============================================  ==========================
+=========================  =================================================  ===============================
+loader                     data                                               task
+=========================  =================================================  ===============================
+:func:`digits`             scikit-learn 8x8 digits, 1,797 x 64                classification, 10 classes
+:func:`breast_cancer`      scikit-learn Wisconsin breast cancer, 569 x 30     classification, 2 classes
+:func:`wine`               scikit-learn wine, 178 x 13                        classification, 3 classes
+:func:`diabetes`           scikit-learn diabetes, 442 x 10                    regression
+:func:`fashion_mnist`      IDX files (Fashion-MNIST or MNIST), 70,000 x 784   classification, 10 classes
+:func:`bai_simulation`     Bai et al. (2020) simulation                       regression, 5 relevant inputs
+:func:`saha_simulation`    Saha et al. (2024) additive simulation             regression, ``pi * D`` relevant
+:func:`planted_teacher`    small tanh teacher network                         regression
+=========================  =================================================  ===============================
 
 :data:`LOADERS` maps these names to the functions (the model zoo's ``[data] name``).
 """

@@ -24,19 +24,28 @@ The config sections and keys (every key is checked; a bad one raises :class:`Zoo
 naming it):
 
 ``[entry]`` ``title``, ``description``, ``notes``
+
 ``[data]`` ``name`` (a loader of :data:`~pyro_sparse_bnn.apps.datasets.LOADERS`) and that loader's
     keyword arguments (``seed``, ``val_size`` / ``n_val``, ``num_features``, ...)
+
 ``[model]`` ``architecture`` (``"mlp"``, ``"lenet_300_100"``, ``"lenet5_caffe"``), ``widths``
     (``mlp`` only: hidden widths; input and output widths come from the data),
     ``activation`` (``"relu"``, ``"silu"``, ``"tanh"``)
+
 ``[prior]`` ``name`` (a prior class exported by the package) and its keyword arguments
+
 ``[likelihood]`` ``name`` (``"categorical"`` or ``"gaussian"``), ``noise_scale``, ``learn_noise``
+
 ``[train]`` ``epochs``, ``batch_size``, ``lr``, ``lr_decay``, ``logit_lr``, ``kl_warmup``,
     ``indicator_warmup``, ``temperature``, ``seed``, ``predict_samples``
+
 ``[compress]`` ``thresholds``: extra PIP thresholds to evaluate besides each prior's keep rule
+
 ``[baselines]`` ``deterministic_lr``, ``gaussian`` (train the Gaussian BNN baseline),
     ``gaussian_prior_scale``
+
 ``[budget]`` ``full_schedule``: the published schedule, for the card
+
 ``[published]`` ``source``, ``dataset`` and published figures (``accuracy``, ``weights_kept``,
     ``architecture``, ``architecture_compression``, ``bit_compression``, ``error``)
 """
@@ -796,13 +805,13 @@ def render_card(entry: ZooEntry, metrics: Optional[dict] = None) -> str:
     published = config["published"]
     lines += ["## Published numbers", ""]
     if any(k in published for k in PUBLISHED_FIGURES):
-        lines += [f"{published.get('source', 'docs/methods.md')}, on {published.get('dataset', 'MNIST')}"
+        lines += [f"{published.get('source', 'docs/methods.md#published-figures')}, on {published.get('dataset', 'MNIST')}"
                   + (" (ours are Fashion-MNIST, a harder data set: expect lower accuracies)"
                      if config["data"]["name"] == "fashion_mnist" and published.get("dataset", "MNIST") != "Fashion-MNIST"
                      else "") + ", with the full schedule:", "",
                   "| published | value |", "| --- | --- |", *_published_rows(published), ""]
     else:
-        lines += [(published.get("source") or "The methods page (docs/methods.md) reports no figures for this configuration.").strip(), ""]
+        lines += [(published.get("source") or "The methods page (docs/methods.md#published-figures) reports no figures for this configuration.").strip(), ""]
     if config["entry"].get("notes"):
         lines += ["## Notes", "", config["entry"]["notes"].strip(), ""]
     lines += ["## Configuration", "", f"`models/{entry.name}.toml`:", "", "```toml", entry.text.rstrip(), "```", ""]

@@ -160,7 +160,7 @@ def dropout_log_alpha(loc: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
 
 
 def log_uniform_kl(log_alpha: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, alpha mu^2) || p(z) ~ 1/|z|), elementwise, by Molchanov et al.'s approximation.
+    """``KL(N(mu, alpha mu^2) || p(z) ~ 1/|z|)``, elementwise, by Molchanov et al.'s approximation.
 
     The log-uniform prior is improper, so the KL is defined up to a constant; the
     approximation fixes it so that the KL tends to 0 as ``alpha -> infinity``::
