@@ -1,4 +1,4 @@
-"""Feature selection on a scaled-down Bai et al. (2020) simulation (METHODS.md section 1).
+"""Feature selection on a scaled-down Bai et al. (2020) simulation (docs/methods.md section 1).
 
 50 inputs of which 5 are relevant, ``y = 7 x_2 / (1 + x_1^2) + 5 sin(x_3 x_4) + 2 x_5 + N(0, 1)``.
 We use n = 2000 rather than 1000: x_1 acts only through the interaction with x_2, and

@@ -27,7 +27,7 @@ def tiny():
 
 
 def hand_kl(bnn) -> float:
-    """Bernoulli KL + gamma-weighted slab KL of METHODS.md section 1, written out."""
+    """Bernoulli KL + gamma-weighted slab KL of docs/methods.md section 1, written out."""
     total = 0.0
     sigma0 = 1.3
     for layer in bnn.layers:

@@ -1,6 +1,6 @@
 """Independent hand computations of the published objectives for tiny networks (tests only).
 
-Everything here is written out from METHODS.md with elementary tensor operations, without
+Everything here is written out from docs/methods.md with elementary tensor operations, without
 the library's KL functions, so that the library's loss can be checked against it.
 """
 
@@ -28,7 +28,7 @@ def bernoulli_and_slab_kl(layer, prior_scale):
 
 
 def kl_lognormal_gamma(mu, s, shape, e_log_rate, e_rate):
-    """METHODS.md: a(log 2 - E log lambda^2 - mu) + lgamma(a) + E[lambda^2]/2 e^{mu + s^2/2}
+    """docs/methods.md: a(log 2 - E log lambda^2 - mu) + lgamma(a) + E[lambda^2]/2 e^{mu + s^2/2}
     - log s - (1 + log 2 pi)/2, written for a general rate b with E[log b], E[b]."""
     return (-shape * (e_log_rate + mu) + math.lgamma(shape) if isinstance(shape, float) else
             -shape * (e_log_rate + mu) + torch.lgamma(shape)) + e_rate * torch.exp(mu + s**2 / 2) \

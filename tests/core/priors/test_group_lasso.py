@@ -59,7 +59,7 @@ def test_loss_equals_hand_computation_at_the_sampled_lambda(tiny):
 
 
 def test_expected_tau_kl_is_the_closed_form_of_methods(tiny):
-    """Averaging the tau^2 KL over the guide of lambda^2 gives METHODS.md's fully closed form
+    """Averaging the tau^2 KL over the guide of lambda^2 gives docs/methods.md's fully closed form
     a (log 2 - E log lambda^2 - mu) + lgamma(a) + E[lambda^2]/2 e^{mu+s^2/2} - log s - (1 + log 2 pi)/2."""
     bnn, x, y = tiny
     layer = bnn.layers[0]
