@@ -36,7 +36,7 @@ from ..core.network import SparseBNN
 from ..core.priors.base import LayerSpec
 from ..core.priors.self_compressing import RELEVANCE_SCORES, SelfCompressingLayer, row_relevance
 from .calibration import accuracy
-from .compress import SelectInputs, input_columns
+from .compress import KeptSlice, SelectInputs, assemble, kept_slices, layer_module
 
 __all__ = [
     "unit_relevance",
@@ -130,10 +130,10 @@ def select_units(relevance, fraction: Optional[float] = None, count: Optional[in
 # --------------------------------------------------------------------------------------
 # Smaller networks
 # --------------------------------------------------------------------------------------
-def augmented_columns(spec: LayerSpec, kept_inputs: torch.Tensor) -> torch.Tensor:
+def augmented_columns(spec: LayerSpec, cut: KeptSlice) -> torch.Tensor:
     """Boolean mask over the ``fan_in + 1`` columns of the augmented matrix of ``spec`` that
-    belong to the kept units of the previous layer (``kept_inputs``; the bias column is kept)."""
-    columns = input_columns(spec, kept_inputs).repeat_interleave(spec.fan_in // spec.in_units)
+    belong to the kept input units of ``cut`` (the bias column is kept)."""
+    columns = cut.columns.repeat_interleave(spec.fan_in // spec.in_units)
     if spec.has_bias:
         columns = torch.cat([columns, columns.new_ones(1)])
     return columns
@@ -156,31 +156,14 @@ def _check_mask(mask, num_units: int, what: str) -> torch.Tensor:
     return mask
 
 
-def _row_masks(specs, keep, kept_inputs=None):
-    """Kept rows of every layer (all rows of the output layer) and the kept input units
+def _kept_slices(specs, keep, kept_inputs=None) -> List[KeptSlice]:
+    """:func:`~pyro_sparse_bnn.analysis.compress.kept_slices` of every layer, on the CPU
     (``kept_inputs`` of the first layer: all by default)."""
     kept_in = torch.ones(specs[0].in_units, dtype=torch.bool) if kept_inputs is None else kept_inputs.cpu()
-    for i, spec in enumerate(specs):
-        rows = keep[i] if i < len(keep) else torch.ones(spec.out_units, dtype=torch.bool)
-        yield spec, rows.cpu(), kept_in
-        kept_in = rows.cpu()
+    return list(kept_slices([spec.weight_shape for spec in specs], kept_in, [mask.cpu() for mask in keep]))
 
 
-def _smaller_layer(module: nn.Module, rows: torch.Tensor, columns: torch.Tensor) -> nn.Module:
-    """A copy of ``module`` (``nn.Linear`` / ``nn.Conv2d``) with only output units ``rows``
-    and input units (dim 1 of the weight) ``columns``."""
-    smaller = copy.deepcopy(module)
-    with torch.no_grad():
-        smaller.weight = nn.Parameter(module.weight[rows.to(module.weight.device)][:, columns.to(module.weight.device)].clone())
-        if module.bias is not None:
-            smaller.bias = nn.Parameter(module.bias[rows.to(module.bias.device)].clone())
-    if isinstance(module, nn.Linear):
-        smaller.out_features, smaller.in_features = smaller.weight.shape
-    else:
-        smaller.out_channels, smaller.in_channels = smaller.weight.shape[:2]
-    return smaller
-
-
+@torch.no_grad()
 def shrink_network(net: nn.Sequential, keep, input_shape=None, kept_inputs=None) -> nn.Sequential:
     """A copy of ``net`` with hidden units (and optionally input units) physically removed.
 
@@ -204,19 +187,14 @@ def shrink_network(net: nn.Sequential, keep, input_shape=None, kept_inputs=None)
     masks = _check_keep(specs, keep)
     if kept_inputs is not None:
         kept_inputs = _check_mask(kept_inputs, specs[0].in_units, f"kept_inputs of layer {specs[0].name}")
-    layers = {spec.name: _smaller_layer(spec.module, rows, input_columns(spec, kept_in))
-              for spec, rows, kept_in in _row_masks(specs, masks, kept_inputs)}
-    modules = []
-    for stage in architecture.stages:
-        if stage.is_parametric:
-            if stage.layer_index == 0 and kept_inputs is not None:
-                indices = kept_inputs.nonzero().flatten().to(specs[0].module.weight.device)
-                modules.append(SelectInputs(indices, specs[0].in_units,
-                                            dim=1 if specs[0].kind == "conv2d" else -1))
-            modules.append(layers[specs[stage.layer_index].name])
-        else:
-            modules.append(copy.deepcopy(stage.module))
-    return nn.Sequential(*modules)
+    layers = [layer_module(spec, cut.slice(spec.module.weight),
+                           None if spec.module.bias is None else spec.module.bias[cut.rows.to(spec.module.bias.device)])
+              for spec, cut in zip(specs, _kept_slices(specs, masks, kept_inputs), strict=True)]
+    select = None
+    if kept_inputs is not None:
+        indices = kept_inputs.nonzero().flatten().to(specs[0].module.weight.device)
+        select = SelectInputs(indices, specs[0].in_units, dim=1 if specs[0].kind == "conv2d" else -1)
+    return assemble(architecture.stages, layers, select)
 
 
 def _require_self_compressing(bnn, what: str) -> None:
@@ -250,11 +228,10 @@ def shrink_bnn(bnn: SparseBNN, keep) -> SparseBNN:
         num_data=bnn.num_data, temperature=float(bnn.temperature),
         local_reparameterization=bnn.local_reparameterization, input_shape=bnn.input_shape,
     )
-    for (spec, rows, kept_in), old, new in zip(_row_masks(specs, masks), bnn.layers, smaller.layers, strict=True):
-        columns = augmented_columns(spec, kept_in).to(old.slab.loc.device)
-        rows = rows.to(old.slab.loc.device)
-        new.slab.loc.copy_(old.slab.loc[rows][:, columns])
-        new.slab.rho.copy_(old.slab.rho[rows][:, columns])
+    for spec, cut, old, new in zip(specs, _kept_slices(specs, masks), bnn.layers, smaller.layers, strict=True):
+        augmented = cut._replace(columns=augmented_columns(spec, cut))
+        new.slab.loc.copy_(augmented.slice(old.slab.loc))
+        new.slab.rho.copy_(augmented.slice(old.slab.rho))
     smaller.num_steps.copy_(bnn.num_steps)
     return smaller
 
