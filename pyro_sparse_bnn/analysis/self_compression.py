@@ -35,6 +35,7 @@ from ..core.fit import fit
 from ..core.network import SparseBNN
 from ..core.priors.base import LayerSpec
 from ..core.priors.self_compressing import RELEVANCE_SCORES, SelfCompressingLayer, row_relevance
+from ..core.validation import check_positive_int
 from .calibration import accuracy
 from .compress import KeptSlice, SelectInputs, assemble, kept_slices, layer_module
 
@@ -102,12 +103,11 @@ def select_units(relevance, fraction: Optional[float] = None, count: Optional[in
         raise HyperparameterError(f"give exactly one of fraction, count and threshold, got {given or 'none'}")
     if fraction is not None and not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
         raise HyperparameterError(f"fraction must lie strictly between 0 and 1, got {fraction!r}")
-    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
-        raise HyperparameterError(f"count must be a positive integer, got {count!r}")
+    if count is not None:
+        count = check_positive_int("count", count)
     if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
         raise HyperparameterError(f"threshold must be a finite number, got {threshold!r}")
-    if isinstance(min_units, bool) or not isinstance(min_units, int) or min_units < 1:
-        raise HyperparameterError(f"min_units must be a positive integer, got {min_units!r}")
+    min_units = check_positive_int("min_units", min_units)
     masks = []
     for score in scores:
         if score.dim() != 1 or not torch.isfinite(score).all():
@@ -361,14 +361,12 @@ def self_compress(
     if fraction is None and count is None and threshold is None:
         fraction = 0.2
     select_units([torch.ones(2)], fraction, count, threshold, min_units)  # validates the rule
-    for name, value in (("rounds", rounds), ("epochs", epochs), ("num_samples", num_samples)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise HyperparameterError(f"{name} must be a positive integer, got {value!r}")
+    rounds, epochs = check_positive_int("rounds", rounds), check_positive_int("epochs", epochs)
+    num_samples = check_positive_int("num_samples", num_samples)
     if tolerance is not None and not (isinstance(tolerance, (int, float)) and tolerance >= 0):
         raise HyperparameterError(f"tolerance must be a non-negative number or None, got {tolerance!r}")
-    if target_units is not None and (isinstance(target_units, bool) or not isinstance(target_units, int)
-                                     or target_units < 1):
-        raise HyperparameterError(f"target_units must be a positive integer or None, got {target_units!r}")
+    if target_units is not None:
+        target_units = check_positive_int("target_units", target_units)
     if len(bnn.layers) < 2:
         raise InputError("self_compress needs a network with at least one hidden layer")
     x, y = _unpack_pair(data, "data")
