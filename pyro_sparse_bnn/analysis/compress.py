@@ -161,10 +161,6 @@ class Structure:
         return list(kept_slices([m.shape for m in self.weight_masks], self.kept_features, self.kept_nodes))
 
 
-def _require_fitted(bnn: SparseBNN, what: str):
-    check_bnn(bnn, what, fitted=True)
-
-
 def _between(bnn: SparseBNN):
     """Fixed modules before the first layer, between consecutive layers, after the last."""
     groups: List[List[nn.Module]] = [[]]
@@ -416,7 +412,7 @@ def assemble(stages, layers: Sequence[nn.Module], select: Optional[nn.Module] = 
 def masked_posterior_mean(bnn: SparseBNN, threshold: Optional[float] = None) -> nn.Sequential:
     """The reference network: the original architecture with posterior-mean weights and the
     weights outside the median-probability model set to zero (nothing removed or folded)."""
-    _require_fitted(bnn, "masked_posterior_mean")
+    check_bnn(bnn, "masked_posterior_mean", fitted=True)
     threshold = check_threshold(threshold, bnn.priors)
     layers = [layer_module(layer.spec, weight, bias)
               for layer, (weight, bias, _) in zip(bnn.layers, _masked_layers(bnn, threshold), strict=True)]
@@ -673,7 +669,7 @@ def compress(bnn: SparseBNN, threshold: Union[float, ThresholdChoice, None] = No
     :warns DegenerateNetworkWarning: when the compressed network does not depend on its input
         (the message, also in ``report.warnings``, names the layer that cuts it off).
     """
-    _require_fitted(bnn, "compress")
+    check_bnn(bnn, "compress", fitted=True)
     choice = threshold if isinstance(threshold, ThresholdChoice) else None
     threshold = check_threshold(threshold if choice is None else choice.threshold, bnn.priors)
     bits = check_bool("bits", bits)

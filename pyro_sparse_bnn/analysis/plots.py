@@ -15,7 +15,7 @@ import torch
 
 from ..core.errors import InputError
 from ..core.fit import FitHistory
-from ..core.network import SparseBNN
+from ..core.network import SparseBNN, check_bnn
 from .calibration import CalibrationBins, expected_calibration_error
 from .frontier import Frontier
 from .inclusion import edge_inclusion_probs
@@ -89,8 +89,7 @@ def plot_inclusion_heatmap(bnn: SparseBNN, cmap: str = "viridis") -> Figure:
     """
     import matplotlib.pyplot as plt
 
-    if not isinstance(bnn, SparseBNN):
-        raise InputError(f"plot_inclusion_heatmap needs a SparseBNN, got {type(bnn).__name__}")
+    check_bnn(bnn, "plot_inclusion_heatmap")
     pips = edge_inclusion_probs(bnn)
     fig, axes = plt.subplots(1, len(pips), figsize=(3.2 * len(pips) + 1, 3.2), squeeze=False)
     image = None

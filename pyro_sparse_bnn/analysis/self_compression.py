@@ -30,9 +30,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.architecture import parse_sequential
-from ..core.errors import HyperparameterError, InputError, NotFittedError
+from ..core.errors import HyperparameterError, InputError
 from ..core.fit import fit
-from ..core.network import SparseBNN
+from ..core.network import SparseBNN, check_bnn
 from ..core.priors.base import LayerSpec
 from ..core.priors.self_compressing import RELEVANCE_SCORES, SelfCompressingLayer, row_relevance
 from ..core.validation import check_positive_int
@@ -69,8 +69,7 @@ def unit_relevance(bnn: SparseBNN, score: str = "snr") -> Dict[str, torch.Tensor
     :returns: ``{layer_name: (out_units,)}`` for every layer but the output layer.
     """
     _check_score(score)
-    if not isinstance(bnn, SparseBNN):
-        raise InputError(f"unit_relevance needs a SparseBNN, got {type(bnn).__name__}")
+    check_bnn(bnn, "unit_relevance")
     return {layer.spec.name: row_relevance(*layer.weight_moments(), score) for layer in bnn.layers[:-1]}
 
 
@@ -198,8 +197,7 @@ def shrink_network(net: nn.Sequential, keep, input_shape=None, kept_inputs=None)
 
 
 def _require_self_compressing(bnn, what: str) -> None:
-    if not isinstance(bnn, SparseBNN):
-        raise InputError(f"{what} needs a SparseBNN, got {type(bnn).__name__}")
+    check_bnn(bnn, what)
     others = sorted({type(p).__name__ for p, layer in zip(bnn.priors, bnn.layers, strict=True)
                      if not isinstance(layer, SelfCompressingLayer)})
     if others:
@@ -355,8 +353,7 @@ def self_compress(
     :raises NotFittedError: if ``bnn`` has not been fitted.
     """
     _require_self_compressing(bnn, "self_compress")
-    if not bnn.is_fitted:
-        raise NotFittedError("self_compress needs a fitted network: call pyro_sparse_bnn.fit first")
+    check_bnn(bnn, "self_compress", fitted=True)
     _check_score(score)
     if fraction is None and count is None and threshold is None:
         fraction = 0.2
