@@ -569,11 +569,21 @@ def _threshold_text(t: float) -> str:
     return repr(t)
 
 
+def log_alpha_threshold(threshold):
+    """The ``t`` of the rule ``log alpha < t`` that equals ``PIP > threshold`` (Bayesian
+    Compression's), per entry for a tuple; NaN for ``None`` or a threshold outside (0, 1)."""
+    if isinstance(threshold, tuple):
+        return tuple(map(log_alpha_threshold, threshold))
+    if threshold is None or not 0 < threshold < 1:
+        return math.nan
+    return math.log1p(-threshold) - math.log(threshold)
+
+
 def _pip_text(layers, threshold: float) -> str:
     """``PIP > t``, with the equivalent rule of the priors of ``layers`` that have their own."""
     text = f"PIP > {_threshold_text(threshold)}"
     if 0 < threshold < 1 and any(isinstance(layer, GroupScaleLayer) for layer in layers):
-        text += f" (log alpha < {math.log1p(-threshold) - math.log(threshold):.3g})"
+        text += f" (log alpha < {log_alpha_threshold(threshold):.3g})"
     if 0 <= threshold < 1 and any(isinstance(layer, SelfCompressingLayer) for layer in layers):
         text += f" (SNR > {math.sqrt(threshold / (1 - threshold)):.3g})"
     return text
