@@ -20,7 +20,7 @@ import torch
 
 from ..core.errors import InputError
 from ..core.likelihoods import Prediction
-from ..core.validation import as_tensor, check_finite, check_same_length
+from ..core.validation import as_tensor, check_finite, check_positive_int, check_same_length
 
 if TYPE_CHECKING:  # imported where used: they take a second to load
     import pandas as pd
@@ -81,8 +81,7 @@ def expected_calibration_error(probs, y, num_bins: int = 10) -> CalibrationBins:
     :param int num_bins: equal-width confidence bins on [0, 1] (10).
     :returns: :class:`CalibrationBins` (``ece`` and the reliability diagram's bins).
     """
-    if isinstance(num_bins, bool) or int(num_bins) != num_bins or num_bins < 1:
-        raise InputError(f"num_bins must be a positive integer, got {num_bins!r}")
+    num_bins = check_positive_int("num_bins", num_bins, InputError)
     probs, y = _probs_and_labels(probs, y)
     confidence, predicted = probs.max(dim=1)
     correct = (predicted == y).double()

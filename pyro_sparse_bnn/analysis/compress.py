@@ -58,7 +58,7 @@ import warnings
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -154,16 +154,11 @@ class Structure:
     def kept_weight_masks(self) -> List[torch.Tensor]:
         """Per layer, the mask of kept weights of the compressed layer (its kept units' rows
         and the columns of the kept units before it), in the compressed layer's shape."""
-        masks, kept_units = [], self.kept_features
-        for i, mask in enumerate(self.weight_masks):
-            rows = _kept_rows(self, i)
-            masks.append(mask[rows][:, kept_units.repeat_interleave(mask.shape[1] // len(kept_units))])
-            kept_units = rows
-        return masks
+        return [cut.slice(mask) for cut, mask in zip(self.kept_slices(), self.weight_masks, strict=True)]
 
-
-def _require_fitted(bnn: SparseBNN, what: str):
-    check_bnn(bnn, what, fitted=True)
+    def kept_slices(self) -> List["KeptSlice"]:
+        """:func:`kept_slices` of the compressed network, one per layer."""
+        return list(kept_slices([m.shape for m in self.weight_masks], self.kept_features, self.kept_nodes))
 
 
 def _between(bnn: SparseBNN):
@@ -224,10 +219,43 @@ def _units(tensor: torch.Tensor, num_units: int) -> torch.Tensor:
     return tensor.reshape(tensor.shape[0], num_units, -1)
 
 
-def input_columns(spec, kept_units: torch.Tensor) -> torch.Tensor:
-    """Boolean mask over dim 1 of the weight of layer ``spec`` selecting the inputs that
-    belong to ``kept_units`` (a mask over the previous layer's units)."""
-    return kept_units.repeat_interleave(spec.in_units // len(kept_units))
+class KeptSlice(NamedTuple):
+    """The part of one layer that a smaller network keeps (see :func:`kept_slices`).
+
+    :ivar int index: the layer's position among the parametric layers.
+    :ivar rows: boolean mask over the layer's output units (dim 0 of its weight).
+    :ivar columns: boolean mask over dim 1 of its weight: the entries that belong to
+        ``inputs`` (an input unit is a block of entries after ``nn.Flatten``).
+    :ivar inputs: boolean mask over the layer's input units: the rows kept in the layer
+        before, or the kept inputs of the first layer.
+    """
+
+    index: int
+    rows: torch.Tensor
+    columns: torch.Tensor
+    inputs: torch.Tensor
+
+    def slice(self, weight: torch.Tensor) -> torch.Tensor:
+        """The kept part ``weight[rows][:, columns]`` of a weight-shaped tensor (on its device)."""
+        return weight[self.rows.to(weight.device)][:, self.columns.to(weight.device)]
+
+
+def kept_slices(weight_shapes, kept_inputs: torch.Tensor, kept_rows) -> Iterator[KeptSlice]:
+    """Walk the layers front to back, carrying the units kept in each layer over as the
+    kept input units of the next, and yield what each layer keeps.
+
+    :param weight_shapes: the shape of every layer's weight, in order (dim 0: output units;
+        dim 1: input units, or for a linear layer after ``nn.Flatten`` the ``units * H * W``
+        entries of its input channels).
+    :param kept_inputs: boolean mask over the first layer's input units.
+    :param kept_rows: boolean mask over the output units of every layer but the last (whose
+        units are all kept); a longer sequence gives the last layer's too.
+    """
+    inputs = kept_inputs
+    for i, shape in enumerate(weight_shapes):
+        rows = kept_rows[i] if i < len(kept_rows) else torch.ones(shape[0], dtype=torch.bool, device=inputs.device)
+        yield KeptSlice(i, rows, inputs.repeat_interleave(shape[1] // len(inputs)), inputs)
+        inputs = rows
 
 
 def _connectivity(mask: torch.Tensor, num_units: int) -> torch.Tensor:
@@ -341,43 +369,54 @@ def analyse_structure(bnn: SparseBNN, threshold: Optional[float] = None) -> Stru
     )
 
 
-def layer_module(spec, weight: torch.Tensor, bias: torch.Tensor) -> nn.Module:
+def layer_module(spec, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Module:
     """A deterministic ``nn.Linear`` or ``nn.Conv2d`` sized after ``weight`` and holding
-    copies of ``weight`` and ``bias`` (always with a bias), in their dtype and on their device.
+    copies of ``weight`` and ``bias``, in their dtype and on their device. Building it draws
+    no random numbers (no initialisation that is overwritten anyway).
 
     :param spec: the :class:`~pyro_sparse_bnn.core.priors.base.LayerSpec` of the layer it replaces
         (its kind; a conv layer's kernel size, stride, padding and dilation).
     :param weight: ``(out_features, in_features)`` or ``(out_channels, in_channels, kh, kw)``.
-    :param bias: ``(out_units,)``.
+    :param bias: ``(out_units,)``, or ``None`` for a layer without bias.
     """
+    options = dict(bias=bias is not None, dtype=weight.dtype, device=weight.device)
     if spec.kind == "linear":
-        layer = nn.Linear(weight.shape[1], weight.shape[0], bias=True)
+        layer = nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0], **options)
     else:
         m = spec.module
-        layer = nn.Conv2d(weight.shape[1], weight.shape[0], m.kernel_size, stride=m.stride,
-                          padding=m.padding, dilation=m.dilation, bias=True)
-    layer = layer.to(dtype=weight.dtype, device=weight.device)
+        layer = nn.utils.skip_init(nn.Conv2d, weight.shape[1], weight.shape[0], m.kernel_size, stride=m.stride,
+                                   padding=m.padding, dilation=m.dilation, **options)
     with torch.no_grad():
         layer.weight.copy_(weight)
-        layer.bias.copy_(bias)
+        if bias is not None:
+            layer.bias.copy_(bias)
     return layer
+
+
+def assemble(stages, layers: Sequence[nn.Module], select: Optional[nn.Module] = None) -> nn.Sequential:
+    """An ``nn.Sequential`` of ``stages`` (an :class:`~pyro_sparse_bnn.core.architecture.Architecture`'s)
+    with parametric layer ``i`` replaced by ``layers[i]``, copies of the fixed modules, and
+    ``select`` (e.g. a :class:`SelectInputs`), if given, just before the first layer."""
+    modules: List[nn.Module] = []
+    for stage in stages:
+        if not stage.is_parametric:
+            modules.append(copy.deepcopy(stage.module))
+            continue
+        if stage.layer_index == 0 and select is not None:
+            modules.append(select)
+        modules.append(layers[stage.layer_index])
+    return nn.Sequential(*modules)
 
 
 @torch.no_grad()
 def masked_posterior_mean(bnn: SparseBNN, threshold: Optional[float] = None) -> nn.Sequential:
     """The reference network: the original architecture with posterior-mean weights and the
     weights outside the median-probability model set to zero (nothing removed or folded)."""
-    _require_fitted(bnn, "masked_posterior_mean")
+    check_bnn(bnn, "masked_posterior_mean", fitted=True)
     threshold = check_threshold(threshold, bnn.priors)
-    modules: List[nn.Module] = []
-    layers = iter(_masked_layers(bnn, threshold))
-    for stage in bnn.architecture.stages:
-        if stage.is_parametric:
-            weight, bias, _ = next(layers)
-            modules.append(layer_module(bnn.layers[stage.layer_index].spec, weight, bias))
-        else:
-            modules.append(copy.deepcopy(stage.module))
-    return nn.Sequential(*modules)
+    layers = [layer_module(layer.spec, weight, bias)
+              for layer, (weight, bias, _) in zip(bnn.layers, _masked_layers(bnn, threshold), strict=True)]
+    return assemble(bnn.architecture.stages, layers)
 
 
 @dataclass
@@ -530,11 +569,21 @@ def _threshold_text(t: float) -> str:
     return repr(t)
 
 
+def log_alpha_threshold(threshold):
+    """The ``t`` of the rule ``log alpha < t`` that equals ``PIP > threshold`` (Bayesian
+    Compression's), per entry for a tuple; NaN for ``None`` or a threshold outside (0, 1)."""
+    if isinstance(threshold, tuple):
+        return tuple(map(log_alpha_threshold, threshold))
+    if threshold is None or not 0 < threshold < 1:
+        return math.nan
+    return math.log1p(-threshold) - math.log(threshold)
+
+
 def _pip_text(layers, threshold: float) -> str:
     """``PIP > t``, with the equivalent rule of the priors of ``layers`` that have their own."""
     text = f"PIP > {_threshold_text(threshold)}"
     if 0 < threshold < 1 and any(isinstance(layer, GroupScaleLayer) for layer in layers):
-        text += f" (log alpha < {math.log1p(-threshold) - math.log(threshold):.3g})"
+        text += f" (log alpha < {log_alpha_threshold(threshold):.3g})"
     if 0 <= threshold < 1 and any(isinstance(layer, SelfCompressingLayer) for layer in layers):
         text += f" (SNR > {math.sqrt(threshold / (1 - threshold)):.3g})"
     return text
@@ -590,29 +639,19 @@ class Compressed(NamedTuple):
     report: CompressionReport
 
 
-def _kept_rows(structure: Structure, i: int) -> torch.Tensor:
-    """Output units of layer ``i`` kept by the compressed network (all for the output layer)."""
-    if i < len(structure.kept_nodes):
-        return structure.kept_nodes[i]
-    return torch.ones(structure.weights[i].shape[0], dtype=torch.bool, device=structure.weights[i].device)
-
-
 def _precisions(bnn: SparseBNN, structure: Structure) -> Optional[List[LayerPrecision]]:
     """Bit precision of every layer's structurally kept weights (``None`` without moments)."""
     precisions = []
-    kept_units = structure.kept_features
-    for i, layer in enumerate(bnn.layers):
+    for layer, cut in zip(bnn.layers, structure.kept_slices(), strict=True):
         try:
-            mean, var = (layer.spec.split(m)[0] for m in _read(layer, "weight_moments"))
+            mean, var = (cut.slice(layer.spec.split(m)[0]) for m in _read(layer, "weight_moments"))
         except NotImplementedError:
             return None
-        rows, cols = _kept_rows(structure, i), input_columns(layer.spec, kept_units)
-        mask = structure.weight_masks[i][rows][:, cols]
+        mask = cut.slice(structure.weight_masks[cut.index])
         precisions.append(layer_precision(
-            layer.spec.name, mean[rows][:, cols][mask], var[rows][:, cols][mask],
+            layer.spec.name, mean[mask], var[mask],
             weights_before=layer.spec.weight_shape.numel(), kept_weights=mask.numel(),
         ))
-        kept_units = rows
     return precisions
 
 
@@ -640,7 +679,7 @@ def compress(bnn: SparseBNN, threshold: Union[float, ThresholdChoice, None] = No
     :warns DegenerateNetworkWarning: when the compressed network does not depend on its input
         (the message, also in ``report.warnings``, names the layer that cuts it off).
     """
-    _require_fitted(bnn, "compress")
+    check_bnn(bnn, "compress", fitted=True)
     choice = threshold if isinstance(threshold, ThresholdChoice) else None
     threshold = check_threshold(threshold if choice is None else choice.threshold, bnn.priors)
     bits = check_bool("bits", bits)
@@ -654,7 +693,6 @@ def compress(bnn: SparseBNN, threshold: Union[float, ThresholdChoice, None] = No
             f"chosen on another network or before this one was refitted: compute the frontier again"
         )
     problems = _degeneracy(bnn, structure, rule)
-    between = _between(bnn)
     specs = [layer.spec for layer in bnn.layers]
     kept_features = structure.kept_features.nonzero().flatten()
     precision = _precisions(bnn, structure)
@@ -667,28 +705,23 @@ def compress(bnn: SparseBNN, threshold: Union[float, ThresholdChoice, None] = No
     kept_weights, flops_after, nonzero_flops_after = 0, 0, 0
     if len(kept_features) == 0:
         # no input reaches the output: no zero-width layers, just the constant
-        modules: List[nn.Module] = [ConstantOutput(structure.biases[-1])]
+        module = nn.Sequential(ConstantOutput(structure.biases[-1]))
         params_after = nonzero_params_after = structure.biases[-1].numel()
     else:
-        modules = [copy.deepcopy(m) for m in between[0]]
-        modules.append(SelectInputs(kept_features, bnn.num_inputs, dim=1 if specs[0].kind == "conv2d" else -1))
-        kept_units = structure.kept_features
-        for i, spec in enumerate(specs):
-            rows, cols = _kept_rows(structure, i), input_columns(spec, kept_units)
-            weight = structure.weights[i][rows][:, cols]
+        layers = []
+        for spec, cut in zip(specs, structure.kept_slices(), strict=True):
+            weight = cut.slice(structure.weights[cut.index])
             if bits:
-                weight = round_to_precision(weight, precision[i].significand_bits)
-            modules.append(layer_module(spec, weight, structure.biases[i][rows]))
-            modules.extend(copy.deepcopy(m) for m in between[i + 1])
-            kept = int(structure.weight_masks[i][rows][:, cols].sum())
+                weight = round_to_precision(weight, precision[cut.index].significand_bits)
+            layers.append(layer_module(spec, weight, structure.biases[cut.index][cut.rows]))
+            kept = int(cut.slice(structure.weight_masks[cut.index]).sum())
             kept_weights += kept
             flops_after += 2 * weight.numel() * spec.out_positions
             nonzero_flops_after += 2 * kept * spec.out_positions
-            kept_units = rows
-        parametric = [m for m in modules if isinstance(m, (nn.Linear, nn.Conv2d))]
-        params_after = sum(p.numel() for m in parametric for p in m.parameters())
-        nonzero_params_after = kept_weights + sum(m.bias.numel() for m in parametric)
-    module = nn.Sequential(*modules)
+        select = SelectInputs(kept_features, bnn.num_inputs, dim=1 if specs[0].kind == "conv2d" else -1)
+        module = assemble(bnn.architecture.stages, layers, select)
+        params_after = sum(p.numel() for m in layers for p in m.parameters())
+        nonzero_params_after = kept_weights + sum(m.bias.numel() for m in layers)
 
     before = bnn.architecture.widths
     after = structure.widths

@@ -49,8 +49,8 @@ from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 from tqdm.auto import tqdm
 
-from ..core.errors import InputError, NotFittedError
-from ..core.network import SparseBNN
+from ..core.errors import InputError
+from ..core.network import SparseBNN, check_bnn
 from ..core.validation import check_positive_int
 from .inclusion import check_same_network, inclusion_draws
 
@@ -80,9 +80,7 @@ def _without_local_reparameterization(fn: Callable) -> Callable:
 def _fitted(fits: Fits, what: str = "bnn"):
     fits = check_same_network(fits, what)
     for i, bnn in enumerate(fits):
-        if not bnn.is_fitted:
-            where = what if len(fits) == 1 else f"{what}[{i}]"
-            raise NotFittedError(f"{where} has not been fitted: its guide is still at its initial values")
+        check_bnn(bnn, what if len(fits) == 1 else f"{what}[{i}]", fitted=True)
     return fits
 
 

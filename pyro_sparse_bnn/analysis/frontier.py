@@ -61,6 +61,7 @@ from .compress import (
     analyse_structure,
     compress,
     describe_keep_rule,
+    log_alpha_threshold,
     reused_readouts,
 )
 
@@ -73,10 +74,10 @@ __all__ = ["frontier", "layerwise_frontier", "Frontier"]
 _ROUND_OFF = 1e-9
 
 
-def _check_tolerance(tolerance) -> float:
+def _check_tolerance(tolerance, name: str = "tolerance") -> float:
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not math.isfinite(tolerance) \
             or tolerance < 0:
-        raise HyperparameterError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+        raise HyperparameterError(f"{name} must be a finite number >= 0, got {tolerance!r}")
     return float(tolerance)
 
 
@@ -309,13 +310,8 @@ def _record(bnn: SparseBNN, threshold: Optional[float], keep_rule: bool, metric:
             report: CompressionReport) -> dict:
     """One row of the frontier's table."""
     record = {"threshold": math.nan if threshold is None else threshold}
-
-    def log_alpha(t):
-        return math.log1p(-t) - math.log(t) if 0 < t < 1 else math.nan
-
     if any(isinstance(layer, GroupScaleLayer) for layer in bnn.layers):
-        record["log_alpha_threshold"] = (math.nan if threshold is None else tuple(map(log_alpha, threshold))
-                                         if isinstance(threshold, tuple) else log_alpha(threshold))
+        record["log_alpha_threshold"] = log_alpha_threshold(threshold)
     return {
         **record,
         "rule": describe_keep_rule(bnn, threshold),
@@ -385,7 +381,7 @@ def frontier(bnn: SparseBNN, x_val, y_val, thresholds: Optional[Sequence[float]]
     records = []
     with reused_readouts():  # the posterior means are the same at every threshold
         for threshold, keep_rule in _rows(bnn, thresholds, num_thresholds):
-            records.append(judge.record(threshold, keep_rule)[0])
+            records.append(judge.record(threshold, keep_rule))
     return judge.frontier(records)
 
 
@@ -401,14 +397,20 @@ class _Judge:
         prediction = bnn.predict(x_val, num_samples=num_samples, batch_size=batch_size, seed=seed)
         self.posterior_metric = _metric(prediction.mean, y_val, self.classification)
         self.chunks = [x_val] if batch_size is None else torch.split(x_val, batch_size)
+        self.params_before = sum(layer.spec.num_params for layer in bnn.layers)
 
-    def record(self, threshold, keep_rule: bool) -> Tuple[dict, CompressionReport]:
+    def score(self, threshold) -> Tuple[float, CompressionReport]:
+        """The validation metric of the network compressed at ``threshold``, and its report."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DegenerateNetworkWarning)  # flagged in the table instead
             module, report = compress(self.bnn, threshold=threshold)
-        value = _metric(torch.cat([module(chunk) for chunk in self.chunks]), self.y_val, self.classification)
-        self.params_before = report.params_before
-        return _record(self.bnn, threshold, keep_rule, {self.metric: value}, report), report
+        return _metric(torch.cat([module(chunk) for chunk in self.chunks]), self.y_val, self.classification), report
+
+    def record(self, threshold, keep_rule: bool, scored: Optional[Tuple[float, CompressionReport]] = None) -> dict:
+        """The table row of ``threshold``: compressed and scored here, or from ``scored``, the
+        result of :meth:`score` for it."""
+        value, report = self.score(threshold) if scored is None else scored
+        return _record(self.bnn, threshold, keep_rule, {self.metric: value}, report)
 
     def frontier(self, records: List[dict]) -> Frontier:
         import pandas as pd
@@ -472,34 +474,30 @@ def layerwise_frontier(bnn: SparseBNN, x_val, y_val, step: float = 0.1, max_loss
     x_val, y_val = _validation_data(bnn, x_val, y_val)
     if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 1:
         raise HyperparameterError(f"step must lie in (0, 1] (a fraction of the kept switches), got {step!r}")
-    if isinstance(max_loss, bool) or not isinstance(max_loss, (int, float)) or not max_loss >= 0 \
-            or not math.isfinite(max_loss):
-        raise HyperparameterError(f"max_loss must be a finite number >= 0, got {max_loss!r}")
+    max_loss = _check_tolerance(max_loss, "max_loss")
     judge = _Judge(bnn, x_val, y_val, num_samples, seed, batch_size)
     better = 1 if judge.metric == "accuracy" else -1
     floor = judge.posterior_metric - max_loss if better == 1 else judge.posterior_metric * (1 + max_loss)
     pips = [layer.inclusion_groups().detach().flatten() for layer in bnn.layers]
     thresholds = tuple(float(layer.default_threshold) for layer in bnn.layers)
-    records = []
     with reused_readouts():
-        current, report = judge.record(thresholds, keep_rule=True)
-        current["layer"] = None
-        records.append(current)
+        current = {**judge.record(thresholds, keep_rule=True), "layer": None}
+        records = [current]
         while better * (current[judge.metric] - floor) >= 0:
-            moves = []
-            for index, layer in enumerate(bnn.layers):
+            moves = []  # (metric lost per parameter removed, layer, thresholds, score)
+            for index in range(len(bnn.layers)):
                 raised = _next_threshold(pips[index], thresholds[index], step)
                 if raised is None:
                     continue
                 trial = thresholds[:index] + (raised,) + thresholds[index + 1:]
-                record, report = judge.record(trial, keep_rule=False)
-                removed = current["nonzero_params"] - record["nonzero_params"]
-                if removed <= 0 or record["degenerate"]:
+                value, report = scored = judge.score(trial)
+                removed = current["nonzero_params"] - report.nonzero_params_after
+                if removed <= 0 or report.warnings:  # a degenerate network is no move
                     continue
-                loss = better * (current[judge.metric] - record[judge.metric])
-                moves.append((loss / removed, index, trial, {**record, "layer": layer.spec.name}))
+                moves.append((better * (current[judge.metric] - value) / removed, index, trial, scored))
             if not moves:
                 break
-            _, _, thresholds, current = min(moves, key=lambda move: move[:2])
+            _, index, thresholds, scored = min(moves, key=lambda move: move[:2])
+            current = {**judge.record(thresholds, keep_rule=False, scored=scored), "layer": bnn.layers[index].spec.name}
             records.append(current)
     return judge.frontier(records)

@@ -15,7 +15,7 @@ import torch
 
 from ..core.errors import InputError
 from ..core.fit import FitHistory
-from ..core.network import SparseBNN
+from ..core.network import SparseBNN, check_bnn
 from .calibration import CalibrationBins, expected_calibration_error
 from .frontier import Frontier
 from .inclusion import edge_inclusion_probs
@@ -89,8 +89,7 @@ def plot_inclusion_heatmap(bnn: SparseBNN, cmap: str = "viridis") -> Figure:
     """
     import matplotlib.pyplot as plt
 
-    if not isinstance(bnn, SparseBNN):
-        raise InputError(f"plot_inclusion_heatmap needs a SparseBNN, got {type(bnn).__name__}")
+    check_bnn(bnn, "plot_inclusion_heatmap")
     pips = edge_inclusion_probs(bnn)
     fig, axes = plt.subplots(1, len(pips), figsize=(3.2 * len(pips) + 1, 3.2), squeeze=False)
     image = None
@@ -199,6 +198,60 @@ def plot_reliability_diagram(probs: Union[CalibrationBins, torch.Tensor, np.ndar
     return fig
 
 
+def _count_label(value: float, _position=None) -> str:
+    """A parameter count as a tick label: ``1,000``."""
+    return f"{value:,.0f}" if value >= 1 else f"{value:g}"
+
+
+def _readable_log_ticks(axis) -> None:
+    """Label a log-scaled count axis with as many ticks as fit without their labels touching:
+    every ``1..9 x 10^k`` on a short range, ``1, 2, 5 x 10^k`` on a longer one, then powers
+    of ten (every second, fifth, ... one on a very long range); round linear steps when the
+    range holds fewer than two of those. Minor ticks stay unlabelled. The choice is redone
+    whenever the view or the figure size changes."""
+    from matplotlib import rcParams
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.ticker import FuncFormatter, Locator, LogLocator, MaxNLocator, NullFormatter
+
+    class ReadableLogLocator(Locator):
+        def __call__(self):
+            return self.tick_values(*self.axis.get_view_interval())
+
+        def fits(self, ticks, low, high) -> bool:
+            points = FontProperties(size=rcParams["xtick.labelsize"]).get_size_in_points()
+            char = 0.6 * points * self.axis.axes.figure.dpi / 72  # width of a digit in pixels
+            span = max(np.log10(high / low), 1e-12)
+            width = self.axis.axes.bbox.width
+            return all(
+                np.log10(b / a) / span * width >= char * ((len(_count_label(a)) + len(_count_label(b))) / 2 + 1.5)
+                for a, b in zip(ticks, ticks[1:], strict=False))
+
+        def tick_values(self, vmin, vmax):
+            low, high = sorted((max(vmin, 1e-300), max(vmax, 1e-300)))
+            first, last = int(np.floor(np.log10(low))), int(np.ceil(np.log10(high)))
+            candidates = [(tuple(range(1, 10)), 1), ((1, 2, 5), 1)] + [((1,), n) for n in (1, 2, 3, 5, 10, 20)]
+            for subs, stride in candidates:
+                ticks = [m * 10.0 ** k for k in range(first, last + 1) if k % stride == 0 for m in subs]
+                ticks = [t for t in ticks if low * (1 - 1e-9) <= t <= high * (1 + 1e-9)]
+                if len(ticks) < 2 and subs != (1,):
+                    break  # too short a range for round multiples of powers of ten
+                if self.fits(ticks, low, high):
+                    return ticks
+            else:
+                return ticks
+            for bins in (4, 3, 2):
+                ticks = [t for t in MaxNLocator(nbins=bins, steps=[1, 2, 2.5, 5, 10]).tick_values(low, high)
+                         if low <= t <= high]
+                if self.fits(ticks, low, high):
+                    break
+            return ticks
+
+    axis.set_major_locator(ReadableLogLocator())
+    axis.set_major_formatter(FuncFormatter(_count_label))
+    axis.set_minor_locator(LogLocator(subs="auto"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def plot_frontier(front: Frontier, tolerance: Optional[float] = 0.01, figsize=None) -> Figure:
     """Validation metric of the compressed network against the parameters it keeps (non-zero
     parameters, log axis), one point per row of a :func:`~pyro_sparse_bnn.analysis.frontier.frontier`
@@ -213,7 +266,6 @@ def plot_frontier(front: Frontier, tolerance: Optional[float] = 0.01, figsize=No
     :returns: the figure (one axes).
     """
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     if not isinstance(front, Frontier):
         raise InputError(f"plot_frontier needs the Frontier returned by frontier, got {type(front).__name__}")
@@ -247,9 +299,7 @@ def plot_frontier(front: Frontier, tolerance: Optional[float] = 0.01, figsize=No
             ax.text(0.02, 0.02, "no network within the tolerance", transform=ax.transAxes, color="C3")
         title += f" (tolerance {tolerance:g})"
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    _readable_log_ticks(ax.xaxis)
     ax.set_xlabel("parameters kept (non-zero, log scale)")
     ax.set_ylabel(label)
     ax.set_title(title)

@@ -30,13 +30,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.architecture import parse_sequential
-from ..core.errors import HyperparameterError, InputError, NotFittedError
+from ..core.errors import HyperparameterError, InputError
 from ..core.fit import fit
-from ..core.network import SparseBNN
+from ..core.network import SparseBNN, check_bnn
 from ..core.priors.base import LayerSpec
 from ..core.priors.self_compressing import RELEVANCE_SCORES, SelfCompressingLayer, row_relevance
+from ..core.validation import check_positive_int
 from .calibration import accuracy
-from .compress import SelectInputs, input_columns
+from .compress import KeptSlice, SelectInputs, assemble, kept_slices, layer_module
 
 __all__ = [
     "unit_relevance",
@@ -68,8 +69,7 @@ def unit_relevance(bnn: SparseBNN, score: str = "snr") -> Dict[str, torch.Tensor
     :returns: ``{layer_name: (out_units,)}`` for every layer but the output layer.
     """
     _check_score(score)
-    if not isinstance(bnn, SparseBNN):
-        raise InputError(f"unit_relevance needs a SparseBNN, got {type(bnn).__name__}")
+    check_bnn(bnn, "unit_relevance")
     return {layer.spec.name: row_relevance(*layer.weight_moments(), score) for layer in bnn.layers[:-1]}
 
 
@@ -102,12 +102,11 @@ def select_units(relevance, fraction: Optional[float] = None, count: Optional[in
         raise HyperparameterError(f"give exactly one of fraction, count and threshold, got {given or 'none'}")
     if fraction is not None and not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
         raise HyperparameterError(f"fraction must lie strictly between 0 and 1, got {fraction!r}")
-    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
-        raise HyperparameterError(f"count must be a positive integer, got {count!r}")
+    if count is not None:
+        count = check_positive_int("count", count)
     if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
         raise HyperparameterError(f"threshold must be a finite number, got {threshold!r}")
-    if isinstance(min_units, bool) or not isinstance(min_units, int) or min_units < 1:
-        raise HyperparameterError(f"min_units must be a positive integer, got {min_units!r}")
+    min_units = check_positive_int("min_units", min_units)
     masks = []
     for score in scores:
         if score.dim() != 1 or not torch.isfinite(score).all():
@@ -130,10 +129,10 @@ def select_units(relevance, fraction: Optional[float] = None, count: Optional[in
 # --------------------------------------------------------------------------------------
 # Smaller networks
 # --------------------------------------------------------------------------------------
-def augmented_columns(spec: LayerSpec, kept_inputs: torch.Tensor) -> torch.Tensor:
+def augmented_columns(spec: LayerSpec, cut: KeptSlice) -> torch.Tensor:
     """Boolean mask over the ``fan_in + 1`` columns of the augmented matrix of ``spec`` that
-    belong to the kept units of the previous layer (``kept_inputs``; the bias column is kept)."""
-    columns = input_columns(spec, kept_inputs).repeat_interleave(spec.fan_in // spec.in_units)
+    belong to the kept input units of ``cut`` (the bias column is kept)."""
+    columns = cut.columns.repeat_interleave(spec.fan_in // spec.in_units)
     if spec.has_bias:
         columns = torch.cat([columns, columns.new_ones(1)])
     return columns
@@ -156,31 +155,14 @@ def _check_mask(mask, num_units: int, what: str) -> torch.Tensor:
     return mask
 
 
-def _row_masks(specs, keep, kept_inputs=None):
-    """Kept rows of every layer (all rows of the output layer) and the kept input units
+def _kept_slices(specs, keep, kept_inputs=None) -> List[KeptSlice]:
+    """:func:`~pyro_sparse_bnn.analysis.compress.kept_slices` of every layer, on the CPU
     (``kept_inputs`` of the first layer: all by default)."""
     kept_in = torch.ones(specs[0].in_units, dtype=torch.bool) if kept_inputs is None else kept_inputs.cpu()
-    for i, spec in enumerate(specs):
-        rows = keep[i] if i < len(keep) else torch.ones(spec.out_units, dtype=torch.bool)
-        yield spec, rows.cpu(), kept_in
-        kept_in = rows.cpu()
+    return list(kept_slices([spec.weight_shape for spec in specs], kept_in, [mask.cpu() for mask in keep]))
 
 
-def _smaller_layer(module: nn.Module, rows: torch.Tensor, columns: torch.Tensor) -> nn.Module:
-    """A copy of ``module`` (``nn.Linear`` / ``nn.Conv2d``) with only output units ``rows``
-    and input units (dim 1 of the weight) ``columns``."""
-    smaller = copy.deepcopy(module)
-    with torch.no_grad():
-        smaller.weight = nn.Parameter(module.weight[rows.to(module.weight.device)][:, columns.to(module.weight.device)].clone())
-        if module.bias is not None:
-            smaller.bias = nn.Parameter(module.bias[rows.to(module.bias.device)].clone())
-    if isinstance(module, nn.Linear):
-        smaller.out_features, smaller.in_features = smaller.weight.shape
-    else:
-        smaller.out_channels, smaller.in_channels = smaller.weight.shape[:2]
-    return smaller
-
-
+@torch.no_grad()
 def shrink_network(net: nn.Sequential, keep, input_shape=None, kept_inputs=None) -> nn.Sequential:
     """A copy of ``net`` with hidden units (and optionally input units) physically removed.
 
@@ -204,24 +186,18 @@ def shrink_network(net: nn.Sequential, keep, input_shape=None, kept_inputs=None)
     masks = _check_keep(specs, keep)
     if kept_inputs is not None:
         kept_inputs = _check_mask(kept_inputs, specs[0].in_units, f"kept_inputs of layer {specs[0].name}")
-    layers = {spec.name: _smaller_layer(spec.module, rows, input_columns(spec, kept_in))
-              for spec, rows, kept_in in _row_masks(specs, masks, kept_inputs)}
-    modules = []
-    for stage in architecture.stages:
-        if stage.is_parametric:
-            if stage.layer_index == 0 and kept_inputs is not None:
-                indices = kept_inputs.nonzero().flatten().to(specs[0].module.weight.device)
-                modules.append(SelectInputs(indices, specs[0].in_units,
-                                            dim=1 if specs[0].kind == "conv2d" else -1))
-            modules.append(layers[specs[stage.layer_index].name])
-        else:
-            modules.append(copy.deepcopy(stage.module))
-    return nn.Sequential(*modules)
+    layers = [layer_module(spec, cut.slice(spec.module.weight),
+                           None if spec.module.bias is None else spec.module.bias[cut.rows.to(spec.module.bias.device)])
+              for spec, cut in zip(specs, _kept_slices(specs, masks, kept_inputs), strict=True)]
+    select = None
+    if kept_inputs is not None:
+        indices = kept_inputs.nonzero().flatten().to(specs[0].module.weight.device)
+        select = SelectInputs(indices, specs[0].in_units, dim=1 if specs[0].kind == "conv2d" else -1)
+    return assemble(architecture.stages, layers, select)
 
 
 def _require_self_compressing(bnn, what: str) -> None:
-    if not isinstance(bnn, SparseBNN):
-        raise InputError(f"{what} needs a SparseBNN, got {type(bnn).__name__}")
+    check_bnn(bnn, what)
     others = sorted({type(p).__name__ for p, layer in zip(bnn.priors, bnn.layers, strict=True)
                      if not isinstance(layer, SelfCompressingLayer)})
     if others:
@@ -250,11 +226,10 @@ def shrink_bnn(bnn: SparseBNN, keep) -> SparseBNN:
         num_data=bnn.num_data, temperature=float(bnn.temperature),
         local_reparameterization=bnn.local_reparameterization, input_shape=bnn.input_shape,
     )
-    for (spec, rows, kept_in), old, new in zip(_row_masks(specs, masks), bnn.layers, smaller.layers, strict=True):
-        columns = augmented_columns(spec, kept_in).to(old.slab.loc.device)
-        rows = rows.to(old.slab.loc.device)
-        new.slab.loc.copy_(old.slab.loc[rows][:, columns])
-        new.slab.rho.copy_(old.slab.rho[rows][:, columns])
+    for spec, cut, old, new in zip(specs, _kept_slices(specs, masks), bnn.layers, smaller.layers, strict=True):
+        augmented = cut._replace(columns=augmented_columns(spec, cut))
+        new.slab.loc.copy_(augmented.slice(old.slab.loc))
+        new.slab.rho.copy_(augmented.slice(old.slab.rho))
     smaller.num_steps.copy_(bnn.num_steps)
     return smaller
 
@@ -378,20 +353,17 @@ def self_compress(
     :raises NotFittedError: if ``bnn`` has not been fitted.
     """
     _require_self_compressing(bnn, "self_compress")
-    if not bnn.is_fitted:
-        raise NotFittedError("self_compress needs a fitted network: call pyro_sparse_bnn.fit first")
+    check_bnn(bnn, "self_compress", fitted=True)
     _check_score(score)
     if fraction is None and count is None and threshold is None:
         fraction = 0.2
     select_units([torch.ones(2)], fraction, count, threshold, min_units)  # validates the rule
-    for name, value in (("rounds", rounds), ("epochs", epochs), ("num_samples", num_samples)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise HyperparameterError(f"{name} must be a positive integer, got {value!r}")
+    rounds, epochs = check_positive_int("rounds", rounds), check_positive_int("epochs", epochs)
+    num_samples = check_positive_int("num_samples", num_samples)
     if tolerance is not None and not (isinstance(tolerance, (int, float)) and tolerance >= 0):
         raise HyperparameterError(f"tolerance must be a non-negative number or None, got {tolerance!r}")
-    if target_units is not None and (isinstance(target_units, bool) or not isinstance(target_units, int)
-                                     or target_units < 1):
-        raise HyperparameterError(f"target_units must be a positive integer or None, got {target_units!r}")
+    if target_units is not None:
+        target_units = check_positive_int("target_units", target_units)
     if len(bnn.layers) < 2:
         raise InputError("self_compress needs a network with at least one hidden layer")
     x, y = _unpack_pair(data, "data")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..core.errors import HyperparameterError, InputError
+from ..core.validation import check_non_negative_int, check_positive_int
 
 #: where Debian's ``dataset-fashion-mnist`` package puts the IDX files
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -240,12 +241,6 @@ def _simulated_split(x, y, n_train, n_val, n_test, names, relevant, noise_scale,
     )
 
 
-def _check_count(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise HyperparameterError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def bai_simulation(
     n_train: int = 3000,
     n_test: int = 10000,
@@ -265,7 +260,7 @@ def bai_simulation(
     """
     if num_features < 5:
         raise HyperparameterError(f"the Bai simulation needs at least 5 features, got {num_features}")
-    n_val = _check_count("n_val", n_val, minimum=0)
+    n_val = check_non_negative_int("n_val", n_val)
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1, 1, size=(n_train + n_test, num_features))
     y = bai_regression_function(x) + noise_scale * rng.standard_normal(n_train + n_test)
@@ -316,9 +311,9 @@ def saha_simulation(
     :param float snr: ``alpha > 0``.
     :param int n_val: size of a validation split (0: none).
     """
-    num_features = _check_count("num_features", num_features)
-    n_train, n_test = _check_count("n_train", n_train), _check_count("n_test", n_test)
-    n_val = _check_count("n_val", n_val, minimum=0)
+    num_features = check_positive_int("num_features", num_features)
+    n_train, n_test = check_positive_int("n_train", n_train), check_positive_int("n_test", n_test)
+    n_val = check_non_negative_int("n_val", n_val)
     if isinstance(relevant_fraction, bool) or not 0 < relevant_fraction <= 1:
         raise HyperparameterError(f"relevant_fraction (pi) must be in (0, 1], got {relevant_fraction!r}")
     if isinstance(snr, bool) or not snr > 0 or not np.isfinite(snr):
@@ -448,7 +443,7 @@ def fashion_mnist(
     :raises HyperparameterError: for an unknown ``scaling``.
     """
     directory = FASHION_MNIST_DIR if directory is None else directory
-    n_val = _check_count("n_val", n_val, minimum=0)
+    n_val = check_non_negative_int("n_val", n_val)
     if scaling not in _PIXEL_SCALINGS:
         raise HyperparameterError(
             f"scaling must be one of {', '.join(map(repr, _PIXEL_SCALINGS))}, got {scaling!r}"

@@ -189,7 +189,7 @@ class LogUniformScale(TorchDistribution):
     arg_constraints = {}
     support = constraints.real
 
-    def __init__(self, shape=torch.Size(), validate_args=False):
+    def __init__(self, shape=(), validate_args=False):
         super().__init__(torch.Size(shape), validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
@@ -198,7 +198,7 @@ class LogUniformScale(TorchDistribution):
     def log_prob(self, value):
         return -torch.log(value.abs())
 
-    def sample(self, sample_shape=torch.Size()):
+    def sample(self, sample_shape=()):
         raise NotImplementedError(
             "the log-uniform prior is improper and cannot be sampled; draw the scales from the guide "
             "(e.g. Predictive(model, guide=guide)) instead"
@@ -255,7 +255,7 @@ class ConcreteBernoulli(TorchDistribution):
         new._validate_args = self._validate_args
         return new
 
-    def rsample(self, sample_shape=torch.Size()):
+    def rsample(self, sample_shape=()):
         shape = self._extended_shape(sample_shape)
         eps = torch.finfo(self.logits.dtype).eps
         uniform = torch.rand(shape, dtype=self.logits.dtype, device=self.logits.device)
@@ -430,7 +430,7 @@ class GatedNormal(_SlabScales, TorchDistribution):
             self.batch_shape
         )
 
-    def rsample(self, sample_shape=torch.Size()):
+    def rsample(self, sample_shape=()):
         shape = self._extended_shape(sample_shape)
         noise = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
         return self.loc + self.scale * noise

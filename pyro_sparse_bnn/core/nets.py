@@ -16,14 +16,9 @@ from typing import Callable, Sequence
 from torch import nn
 
 from .errors import HyperparameterError
+from .validation import check_positive_int
 
 __all__ = ["lenet5_caffe", "lenet_300_100", "mlp"]
-
-
-def _check_count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise HyperparameterError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 def mlp(widths: Sequence[int], activation: Callable[[], nn.Module] = nn.ReLU, bias: bool = True) -> nn.Sequential:
@@ -38,8 +33,7 @@ def mlp(widths: Sequence[int], activation: Callable[[], nn.Module] = nn.ReLU, bi
     widths = list(widths)
     if len(widths) < 2:
         raise HyperparameterError(f"widths needs at least an input and an output width, got {widths!r}")
-    for w in widths:
-        _check_count("every width", w)
+    widths = [check_positive_int("every width", w) for w in widths]
     layers = []
     for i, (a, b) in enumerate(zip(widths, widths[1:], strict=False)):
         layers.append(nn.Linear(a, b, bias=bias))
@@ -55,7 +49,7 @@ def lenet_300_100(num_inputs: int = 784, num_classes: int = 10,
 
     :returns: ``nn.Sequential`` mapping ``(batch, num_inputs)`` to ``(batch, num_classes)`` logits.
     """
-    return mlp([_check_count("num_inputs", num_inputs), 300, 100, _check_count("num_classes", num_classes)],
+    return mlp([check_positive_int("num_inputs", num_inputs), 300, 100, check_positive_int("num_classes", num_classes)],
                activation)
 
 
@@ -76,8 +70,8 @@ def lenet5_caffe(num_classes: int = 10, in_channels: int = 1,
         authors' choice).
     :returns: ``nn.Sequential`` mapping ``(batch, in_channels * 784)`` to ``(batch, num_classes)``.
     """
-    in_channels = _check_count("in_channels", in_channels)
-    num_classes = _check_count("num_classes", num_classes)
+    in_channels = check_positive_int("in_channels", in_channels)
+    num_classes = check_positive_int("num_classes", num_classes)
     return nn.Sequential(
         nn.Unflatten(1, (in_channels, 28, 28)),
         nn.Conv2d(in_channels, 20, 5), activation(), nn.MaxPool2d(2),   # 20 x 12 x 12

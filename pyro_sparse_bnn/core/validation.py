@@ -14,7 +14,7 @@ from .errors import HyperparameterError, InputError
 
 __all__ = [
     "as_tensor", "check_features", "check_finite", "check_same_length",
-    "check_positive_int", "check_bool", "check_threshold", "layer_thresholds", "check_seed",
+    "check_positive_int", "check_non_negative_int", "check_bool", "check_threshold", "layer_thresholds", "check_seed",
 ]
 
 
@@ -91,21 +91,29 @@ def check_same_length(tensors: Sequence[torch.Tensor], names: Sequence[str]) -> 
 
 
 
+def _check_int(name: str, value, minimum: int, expected: str, error) -> int:
+    """``value`` as an int if it is an integer ``>= minimum`` (an int, a numpy integer or an
+    integral float; not a bool), else raise ``error`` saying ``{name} must be {expected}``."""
+    integral = isinstance(value, (int, np.integer)) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not integral or value < minimum:
+        raise error(f"{name} must be {expected}, got {value!r}")
+    return int(value)
+
+
 def check_positive_int(name: str, value, error=HyperparameterError) -> int:
     """``value`` as an int if it is a positive integer (not a bool), else raise ``error``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer)) or int(value) != value or value < 1:
-        raise error(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    return _check_int(name, value, 1, "a positive integer", error)
+
+
+def check_non_negative_int(name: str, value, error=HyperparameterError) -> int:
+    """``value`` as an int if it is a non-negative integer (not a bool), else raise ``error``."""
+    return _check_int(name, value, 0, "a non-negative integer", error)
 
 
 def check_seed(seed) -> Optional[int]:
     """``seed`` as an int if it is ``None`` or a non-negative integer (not a bool), else raise
     :class:`HyperparameterError`."""
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise HyperparameterError(f"seed must be None or a non-negative integer, got {seed!r}")
-    return int(seed)
+    return None if seed is None else _check_int("seed", seed, 0, "None or a non-negative integer", HyperparameterError)
 
 
 def check_bool(name: str, value) -> bool:

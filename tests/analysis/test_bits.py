@@ -72,7 +72,7 @@ def test_rounded_compressed_module_stays_within_the_propagated_rounding_bound():
     bound = torch.zeros_like(h)
     changed = 0
     with torch.no_grad():
-        for i, (e, r, p) in enumerate(zip(linear_exact, linear_rounded, report.precision)):
+        for i, (e, r, p) in enumerate(zip(linear_exact, linear_rounded, report.precision, strict=True)):
             mantissa, _ = torch.frexp(r.weight)
             scaled = mantissa * 2.0 ** (p.significand_bits + 1)
             assert torch.equal(scaled, torch.round(scaled)), f"layer {i} is off its grid"

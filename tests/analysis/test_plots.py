@@ -118,3 +118,23 @@ def test_frontier_plot_shows_the_rows_the_posterior_the_band_and_the_choice():
     assert not [line for line in bare.lines if line.get_marker() == "*"] and not bare.patches
     with pytest.raises(InputError, match="Frontier"):
         plot_frontier(front.table)
+
+
+@pytest.mark.parametrize("low, high", [(150, 420), (300, 5_000), (2_000, 266_610), (12, 2_600_000), (3, 4e9), (120, 180)])
+@pytest.mark.parametrize("width", [6.5, 3.5])
+def test_frontier_size_labels_do_not_overlap(low, high, width):
+    import numpy as np
+    import pandas as pd
+
+    params = np.unique(np.geomspace(low, high, 12).round())
+    table = pd.DataFrame({"threshold": np.linspace(0.9, 0.1, len(params)), "nonzero_params": params,
+                          "accuracy": np.linspace(0.6, 0.9, len(params)), "keep_rule": False, "degenerate": False,
+                          "architecture": "4-3-2", "params": params})
+    figure = plot_frontier(psb.analysis.Frontier(table, "accuracy", 0.9, int(high), 3, 0), figsize=(width, 4))
+    figure.canvas.draw()
+    ax = figure.axes[0]
+    labels = [t for t in ax.get_xticklabels() if t.get_text() and t.get_visible()
+              and ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
+    assert len(labels) >= 2, [t.get_text() for t in labels]
+    boxes = sorted((t.get_window_extent() for t in labels), key=lambda box: box.x0)
+    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:], strict=False)), [t.get_text() for t in labels]

@@ -157,3 +157,33 @@ def test_predict_validates(bnn):
         bnn.predict(X, num_samples=0)
     with pytest.raises(InputError, match="expects"):
         bnn.predict(torch.randn(4, 5))
+
+
+@pytest.mark.parametrize("value, expected", [(3, 3), (np.int64(2), 2), (4.0, 4)])
+def test_integer_checks_accept_integers(value, expected):
+    from pyro_sparse_bnn.core.validation import check_non_negative_int, check_positive_int
+
+    assert check_positive_int("n", value) == expected and type(check_positive_int("n", value)) is int
+    assert check_non_negative_int("n", value) == expected
+    assert check_non_negative_int("n", 0) == 0
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True, "3", None, float("nan"), float("inf")])
+def test_positive_int_names_the_argument(value):
+    from pyro_sparse_bnn.core.validation import check_positive_int
+
+    with pytest.raises(HyperparameterError, match=f"num_things must be a positive integer, got {value!r}"):
+        check_positive_int("num_things", value)
+    with pytest.raises(InputError, match="num_things must be a positive integer"):
+        check_positive_int("num_things", value, InputError)
+
+
+@pytest.mark.parametrize("value", [-1, 0.5, False, "0", float("nan")])
+def test_non_negative_int_names_the_argument(value):
+    from pyro_sparse_bnn.core.validation import check_non_negative_int, check_seed
+
+    with pytest.raises(HyperparameterError, match=f"n_val must be a non-negative integer, got {value!r}"):
+        check_non_negative_int("n_val", value)
+    with pytest.raises(HyperparameterError, match="seed must be None or a non-negative integer"):
+        check_seed(value)
+    assert check_seed(None) is None and check_seed(np.int32(7)) == 7
