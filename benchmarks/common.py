@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import pyro_sparse_bnn as psb
-from pyro_sparse_bnn.apps.zoo import environment
+from pyro_sparse_bnn.apps.environment import environment
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

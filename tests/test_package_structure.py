@@ -74,8 +74,8 @@ def test_the_graph_reader_sees_what_it_should():
     ``from . import x`` to a module, and the subpackages as declared."""
     fit_imports = {target for target, _, _ in GRAPH["pyro_sparse_bnn.core.fit"]}
     assert {"pyro_sparse_bnn.core.elbo", "pyro_sparse_bnn.core.checkpoint"} <= fit_imports
-    zoo_imports = {target for target, _, _ in GRAPH["pyro_sparse_bnn.apps.zoo"]}
-    assert {"pyro_sparse_bnn.apps.datasets", "pyro_sparse_bnn.core.priors", "pyro_sparse_bnn.analysis.plots"} <= zoo_imports
+    zoo_imports = {target for target, _, _ in GRAPH["pyro_sparse_bnn.apps.zoo.run"]}
+    assert {"pyro_sparse_bnn.apps.datasets", "pyro_sparse_bnn.apps.zoo.entries", "pyro_sparse_bnn.analysis.plots"} <= zoo_imports
     assert {layer_of(name) for name in MODULES} == set(LAYERS) | {None}
 
 

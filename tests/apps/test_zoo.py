@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from pyro_sparse_bnn.apps.cli import main
+from pyro_sparse_bnn.apps.zoo.entries import PRIORS
 from pyro_sparse_bnn.apps.zoo import (
-    PRIORS,
     SMOKE,
     ZooConfigError,
     find_entries,
@@ -247,7 +247,7 @@ def test_publish_stores_metrics_renders_card_and_table(tmp_path):
 
 
 def test_feature_selection_rates():
-    from pyro_sparse_bnn.apps.zoo import _feature_selection
+    from pyro_sparse_bnn.apps.zoo.run import _feature_selection
 
     rates = _feature_selection(torch.tensor([1, 2, 7]), [0, 1, 2, 3], num_features=10)
     assert rates["false_negative_rate"] == pytest.approx(2 / 4)

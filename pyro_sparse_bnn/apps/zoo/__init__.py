@@ -1,0 +1,96 @@
+"""The model zoo: run an entry of ``models/`` and render its model card.
+
+An *entry* is a TOML file ``models/<name>.toml`` (read with the standard library's
+``tomllib``) naming the data, the architecture, the prior, the likelihood and the training
+schedule, and a model card ``models/<name>.md`` with what running it measured on this
+machine. ``python -m pyro_sparse_bnn run models/<name>.toml`` (:func:`run_entry`):
+
+1. loads the data (:data:`~pyro_sparse_bnn.apps.datasets.LOADERS`) and builds the network;
+2. fits the sparse BNN with :func:`~pyro_sparse_bnn.core.fit.fit` (progress bar with the ELBO);
+3. evaluates the posterior predictive (accuracy, or RMSE in the data's original units),
+   compresses the network (:func:`~pyro_sparse_bnn.analysis.compress.compress`) and evaluates the
+   compressed module; for simulations with known relevant inputs, the false negative and
+   false positive rates of the kept input features;
+4. trains the two baselines with the same budget on the same split and initial weights: the
+   dense deterministic network (:func:`~pyro_sparse_bnn.apps.baselines.train_deterministic`) and
+   the dense mean-field Gaussian BNN
+   (:class:`~pyro_sparse_bnn.core.priors.SelfCompressingGaussian`, no pruning);
+5. writes ``metrics.json``, the diagnostic plots of :mod:`pyro_sparse_bnn.analysis.plots`, the
+   compressed module (``compressed_module.pt``, ``torch.save``) and the updated card
+   ``card.md`` into the output directory; ``--publish`` also stores the metrics next to the
+   entry (``models/results/<name>.json``) and rewrites ``models/<name>.md``.
+
+The config sections and keys (every key is checked; a bad one raises :class:`ZooConfigError`
+naming it):
+
+``[entry]`` ``title``, ``description``, ``notes``
+
+``[data]`` ``name`` (a loader of :data:`~pyro_sparse_bnn.apps.datasets.LOADERS`) and that loader's
+    keyword arguments (``seed``, ``val_size`` / ``n_val``, ``num_features``, ...)
+
+``[model]`` ``architecture`` (``"mlp"``, ``"lenet_300_100"``, ``"lenet5_caffe"``), ``widths``
+    (``mlp`` only: hidden widths; input and output widths come from the data),
+    ``activation`` (``"relu"``, ``"silu"``, ``"tanh"``)
+
+``[prior]`` ``name`` (a prior class exported by the package) and its keyword arguments
+
+``[likelihood]`` ``name`` (``"categorical"`` or ``"gaussian"``), ``noise_scale``, ``learn_noise``
+
+``[train]`` ``epochs``, ``batch_size``, ``lr``, ``lr_decay``, ``logit_lr``, ``kl_warmup``,
+    ``indicator_warmup``, ``temperature``, ``seed``, ``predict_samples``
+
+``[compress]`` ``thresholds``: extra PIP thresholds to evaluate besides each prior's keep rule
+
+``[baselines]`` ``deterministic_lr``, ``gaussian`` (train the Gaussian BNN baseline),
+    ``gaussian_prior_scale``
+
+``[budget]`` ``full_schedule``: the published schedule, for the card
+
+``[published]`` ``source``, ``dataset`` and published figures (``accuracy``, ``weights_kept``,
+    ``architecture``, ``architecture_compression``, ``bit_compression``, ``error``)
+"""
+
+from .cards import (
+    TABLE_END,
+    TABLE_START,
+    describe,
+    render_card,
+    render_cards,
+    render_table,
+    shell_command,
+    update_readme_table,
+)
+from .entries import (
+    PRIOR_ABBREVIATIONS,
+    SMOKE,
+    ZooConfigError,
+    ZooEntry,
+    find_entries,
+    load_data,
+    load_entry,
+    parse_entry,
+    resolve_entry,
+)
+from .run import run_entry, run_fingerprint
+
+__all__ = [
+    "ZooConfigError",
+    "ZooEntry",
+    "load_entry",
+    "parse_entry",
+    "find_entries",
+    "resolve_entry",
+    "load_data",
+    "run_entry",
+    "run_fingerprint",
+    "render_card",
+    "render_cards",
+    "render_table",
+    "update_readme_table",
+    "describe",
+    "shell_command",
+    "PRIOR_ABBREVIATIONS",
+    "SMOKE",
+    "TABLE_START",
+    "TABLE_END",
+]

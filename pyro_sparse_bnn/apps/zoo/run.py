@@ -1,0 +1,344 @@
+"""Running a zoo entry end to end: fit, evaluate, compress, train the baselines with the same
+budget, write the metrics, plots and card."""
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import torch
+
+from ...analysis import plots
+from ...analysis.calibration import accuracy
+from ...analysis.compress import compress
+from ...analysis.diagnostics import to_inference_data
+from ...core import priors as prior_module
+from ...core.errors import SparseBNNError
+from ...core.fit import fit
+from ...core.network import SparseBNN
+from .. import datasets
+from ..baselines import train_deterministic
+from ..environment import environment
+from .cards import render_card
+from .entries import (
+    SMOKE,
+    ZooConfigError,
+    ZooEntry,
+    build_likelihood,
+    build_net,
+    build_prior,
+    load_data,
+    load_entry,
+    output_width,
+)
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+def _score(outputs: torch.Tensor, y: torch.Tensor, data: datasets.DataSplit) -> float:
+    """Accuracy of logits/probabilities ``(n, classes)``, or RMSE of predictions ``(n,)`` /
+    ``(n, 1)`` in the data's original units."""
+    if data.task == "classification":
+        return accuracy(outputs, y)
+    rmse = float((outputs.reshape(y.shape) - y).square().mean().sqrt())
+    return rmse * data.info.get("target_std", 1.0)
+
+
+def _metric_name(data: datasets.DataSplit) -> str:
+    return "accuracy" if data.task == "classification" else "rmse"
+
+
+def _predict_score(bnn: SparseBNN, x, y, data, num_samples: int):
+    """``(score, prediction)`` of the posterior predictive from ``num_samples`` draws."""
+    prediction = bnn.predict(x, num_samples=num_samples, batch_size=2000)
+    return _score(prediction.mean, y, data), prediction
+
+
+def _feature_selection(kept: torch.Tensor, relevant: Sequence[int], num_features: int) -> dict:
+    kept = set(int(i) for i in kept.flatten().tolist())
+    relevant = set(relevant)
+    irrelevant = num_features - len(relevant)
+    return {
+        "selected": sorted(kept),
+        "relevant": sorted(relevant),
+        "false_negative_rate": len(relevant - kept) / max(len(relevant), 1),
+        "false_positive_rate": len(kept - relevant) / max(irrelevant, 1),
+    }
+
+
+def _compression_row(bnn: SparseBNN, data, threshold: Optional[float]) -> tuple:
+    module, report = compress(bnn, threshold=threshold)
+    with torch.no_grad():
+        score = _score(module(data.x_test), data.y_test, data)
+    summary = report.as_dict()
+    row = {
+        "threshold": threshold if threshold is not None else min(layer.default_threshold for layer in bnn.layers),
+        "keep_rule": threshold is None,
+        _metric_name(data): score,
+        "architecture_before": summary["architecture_before"],
+        "architecture_after": summary["architecture_after"],
+        "params_before": report.params_before,
+        "nonzero_params_after": report.nonzero_params_after,
+        "weights_kept": report.nonzero_params_after / report.params_before,
+        "flops_kept": report.nonzero_flops_after / report.flops_before,
+        "architecture_compression": report.weight_compression or report.architecture_compression,
+        "bit_compression": report.bit_compression,
+        "bits_per_weight": None if report.precision is None else [p.bits_per_weight for p in report.precision],
+    }
+    if data.relevant_features is not None:
+        row["feature_selection"] = _feature_selection(report.kept_features, data.relevant_features,
+                                                      data.num_features)
+    return module, row
+
+
+# -- baselines -------------------------------------------------------------------------------------
+def _fit_options(train: dict, epochs: int, batch_size: int, progress: bool, prior_specific: bool) -> dict:
+    options = {"epochs": epochs, "batch_size": batch_size, "lr": train["lr"], "lr_decay": train["lr_decay"],
+               "kl_warmup": train["kl_warmup"], "seed": train["seed"], "progress": progress}
+    if prior_specific:
+        options.update(logit_lr=train["logit_lr"], indicator_warmup=min(train["indicator_warmup"], epochs - 1),
+                       temperature=train["temperature"])
+    return options
+
+
+#: the sections that decide what a run measures (the others are prose for the card)
+RUN_SECTIONS = ("data", "model", "prior", "likelihood", "train", "compress", "baselines")
+
+
+def run_fingerprint(entry: ZooEntry) -> str:
+    """SHA-256 of the checked sections that decide what a run measures, stored with the
+    metrics so that a card's numbers can be checked to come from the entry's current config
+    (the card's prose -- ``[entry]``, ``[budget]``, ``[published]`` -- may change without a
+    rerun)."""
+    sections = {name: entry.config[name] for name in RUN_SECTIONS}
+    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
+
+
+def _baseline_key(entry: ZooEntry, schedule: dict, smoke: bool) -> str:
+    """Baselines depend on the data, architecture, likelihood and budget, not on the prior:
+    entries that share these share their baselines (see ``baseline_cache`` of
+    :func:`run_entry`)."""
+    train = {k: v for k, v in entry.config["train"].items()
+             if k not in ("logit_lr", "indicator_warmup", "temperature")}
+    key = {"data": entry.config["data"], "model": entry.config["model"], "likelihood": entry.config["likelihood"],
+           "train": {**train, **schedule}, "baselines": entry.config["baselines"], "smoke": smoke}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _run_baselines(entry, data, make_net, schedule, progress, echo) -> dict:
+    config = entry.config
+    train, baselines = config["train"], config["baselines"]
+    task = data.task
+    dense = train_deterministic(
+        make_net(), data.x_train, data.y_train, task=task, epochs=schedule["epochs"],
+        batch_size=schedule["batch_size"], lr=baselines["deterministic_lr"], seed=train["seed"],
+    )
+    with torch.no_grad():
+        dense_score = _score(dense.module(data.x_test), data.y_test, data)
+    metric = _metric_name(data)
+    results = {"deterministic": {metric: dense_score, "seconds": dense.seconds,
+                                 "lr": baselines["deterministic_lr"],
+                                 "params": sum(p.numel() for p in dense.module.parameters())}}
+    echo(f"dense deterministic baseline: test {metric} {dense_score:.4f} ({dense.seconds:.0f} s)")
+    if baselines["gaussian"]:
+        prior = prior_module.SelfCompressingGaussian(prior_scale=baselines["gaussian_prior_scale"])
+        bnn = SparseBNN(make_net(), prior, likelihood=build_likelihood(config["likelihood"]),
+                        num_data=len(data.x_train))
+        start = time.perf_counter()
+        history = fit(bnn, data.x_train, data.y_train,
+                      **_fit_options(train, schedule["epochs"], schedule["batch_size"], progress, False))
+        seconds = time.perf_counter() - start
+        score, _ = _predict_score(bnn, data.x_test, data.y_test, data, schedule["predict_samples"])
+        results["gaussian_bnn"] = {metric: score, "seconds": seconds, "num_steps": history.num_steps,
+                                   "prior": repr(prior)}
+        echo(f"dense Gaussian BNN baseline: test {metric} {score:.4f} ({seconds:.0f} s)")
+    return results
+
+
+# -- plots -------------------------------------------------------------------------------------------
+def _save_plots(bnn, history, prediction, data, out: Path, echo) -> List[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+
+    def save(name, make):
+        try:
+            fig = make()
+        except (SparseBNNError, ValueError, NotImplementedError) as error:  # a plot a prior cannot give
+            echo(f"skipped {name}: {error}")
+            return
+        fig.savefig(out / name, dpi=90)
+        plt.close(fig)
+        written.append(name)
+
+    save("elbo.png", lambda: plots.plot_elbo(history))
+    save("inclusion_heatmap.png", lambda: plots.plot_inclusion_heatmap(bnn))
+    if data.task == "classification":
+        save("reliability.png", lambda: plots.plot_reliability_diagram(prediction.probs, data.y_test))
+    hidden_units = sum(bnn.architecture.widths[1:-1])
+    if hidden_units + bnn.num_inputs <= 300 or any(hasattr(layer, "scales") for layer in bnn.layers):
+        # draws of the guide for the forest plot and the group scales (no data needed)
+        idata = to_inference_data(bnn, num_samples=50, feature_names=None, progress=False)
+        if hidden_units + bnn.num_inputs <= 300:  # one row per unit: unreadable beyond that
+            save("inclusion_forest.png", lambda: plots.plot_inclusion_forest(idata))
+        if "group_scale" in idata.posterior and idata.posterior.group_scale[0, 0].size <= 1000:
+            # one box per group: beyond a few hundred boxes matplotlib takes minutes
+            save("group_scales.png", lambda: plots.plot_group_scales(idata))
+    return written
+
+
+# -- running -----------------------------------------------------------------------------------------
+def run_entry(
+    entry,
+    output=None,
+    *,
+    epochs: Optional[int] = None,
+    smoke: bool = False,
+    data_dir=None,
+    progress: bool = True,
+    publish: bool = False,
+    baseline_cache=None,
+    command: Optional[str] = None,
+    echo: Callable[[str], None] = print,
+) -> dict:
+    """Run a zoo entry end to end and write its outputs.
+
+    :param entry: a :class:`ZooEntry` or the path of its TOML file.
+    :param output: output directory (default ``zoo_output/<name>``; ``smoke`` runs add
+        ``-smoke``).
+    :param epochs: override ``[train] epochs`` (the baselines get the same budget).
+    :param bool smoke: a few steps on a small slice of every split (:data:`SMOKE`), to check
+        that the entry runs; nothing measured is meaningful.
+    :param data_dir: directory of the IDX files for ``fashion_mnist`` entries.
+    :param bool progress: tqdm progress bars with the ELBO.
+    :param bool publish: also write ``<models>/results/<name>.json`` and rewrite the card
+        ``<models>/<name>.md`` (not allowed with ``smoke``).
+    :param baseline_cache: directory in which baseline results are stored by
+        :func:`_baseline_key`, so entries that share data, architecture and budget train
+        their baselines once (``None``: always train them).
+    :param command: the command line to print in the card (default: rebuilt from the
+        arguments).
+    :returns: the metrics dict that is written to ``metrics.json``.
+    """
+    entry = entry if isinstance(entry, ZooEntry) else load_entry(entry)
+    if publish and smoke:
+        raise ZooConfigError("--publish stores measured results; a --smoke run measures nothing")
+    config = entry.config
+    train = config["train"]
+    if epochs is not None and (isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1):
+        raise ZooConfigError(f"--epochs must be a positive integer, got {epochs!r}")
+    schedule = {
+        "epochs": SMOKE["epochs"] if smoke else int(epochs or train["epochs"]),
+        "batch_size": min(train["batch_size"], SMOKE["batch_size"]) if smoke else train["batch_size"],
+        "predict_samples": SMOKE["predict_samples"] if smoke else train["predict_samples"],
+    }
+    out = Path(output) if output is not None else Path("zoo_output") / (entry.name + ("-smoke" if smoke else ""))
+    out.mkdir(parents=True, exist_ok=True)
+    if command is None:
+        parts = ["python -m pyro_sparse_bnn run", str(entry.path)]
+        if epochs is not None:
+            parts.append(f"--epochs {epochs}")
+        if smoke:
+            parts.append("--smoke")
+        command = " ".join(parts)
+    start = time.perf_counter()
+
+    data = load_data(entry, smoke=smoke, data_dir=data_dir)
+    num_outputs = output_width(data)
+    metric = _metric_name(data)
+
+    def make_net():
+        torch.manual_seed(train["seed"])
+        return build_net(config["model"], data.num_features, num_outputs)
+
+    prior = build_prior(config["prior"])
+    bnn = SparseBNN(make_net(), prior, likelihood=build_likelihood(config["likelihood"]),
+                    num_data=len(data.x_train))
+    widths = "-".join(map(str, bnn.architecture.widths))
+    echo(f"{entry.name}: {config['data']['name']} ({len(data.x_train)} training, "
+         f"{0 if data.x_val is None else len(data.x_val)} validation, {len(data.x_test)} test examples), "
+         f"{config['model']['architecture']} {widths}, {prior}, {schedule['epochs']} epochs of batch "
+         f"{schedule['batch_size']}" + (" [smoke]" if smoke else ""))
+
+    fit_start = time.perf_counter()
+    history = fit(bnn, data.x_train, data.y_train,
+                  **_fit_options(train, schedule["epochs"], schedule["batch_size"], progress, True))
+    fit_seconds = time.perf_counter() - fit_start
+    echo(f"fitted {history.num_steps} steps in {fit_seconds:.1f} s; final ELBO {history.elbo[-1]:.4g}")
+
+    bnn_score, prediction = _predict_score(bnn, data.x_test, data.y_test, data, schedule["predict_samples"])
+    results = {"bnn": {metric: bnn_score, "predict_samples": schedule["predict_samples"]}}
+    if data.x_val is not None:
+        results["bnn"]["validation_" + metric], _ = _predict_score(
+            bnn, data.x_val, data.y_val, data, schedule["predict_samples"])
+    echo(f"BNN posterior predictive: test {metric} {bnn_score:.4f}")
+
+    module, keep_rule = _compression_row(bnn, data, None)
+    sweep = [_compression_row(bnn, data, t)[1] for t in config["compress"]["thresholds"]]
+    echo(f"compressed (keep rule): test {metric} {keep_rule[metric]:.4f}, {keep_rule['architecture_before']} -> "
+         f"{keep_rule['architecture_after']}, {100 * keep_rule['weights_kept']:.2f} % of the parameters kept")
+
+    if prior_module.SelfCompressingGaussian is type(prior) and config["baselines"]["gaussian"]:
+        baseline_config = {**config["baselines"], "gaussian": False}
+        entry_for_baselines = ZooEntry(entry.name, entry.path, entry.text, {**config, "baselines": baseline_config})
+    else:
+        entry_for_baselines = entry
+    key = _baseline_key(entry_for_baselines, schedule, smoke)
+    cache_file = None if baseline_cache is None else Path(baseline_cache) / f"{key}.json"
+    if cache_file is not None and cache_file.exists():
+        baselines = json.loads(cache_file.read_text())
+        trained_by = baselines.pop("trained_by", None)
+        if trained_by != entry.name:  # a rerun of the same entry shares nothing
+            baselines["shared_from"] = trained_by
+        echo(f"baselines reused from {cache_file} (trained by entry {trained_by})")
+    else:
+        baselines = _run_baselines(entry_for_baselines, data, make_net, schedule, progress, echo)
+        if cache_file is not None:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            cache_file.write_text(json.dumps({**baselines, "trained_by": entry.name}, indent=2))
+    if entry_for_baselines is not entry:
+        baselines["gaussian_bnn"] = {metric: bnn_score, "seconds": fit_seconds, "same_as_entry": True}
+    baselines["key"] = key
+
+    plots = _save_plots(bnn, history, prediction, data, out, echo)
+    torch.save(module, out / "compressed_module.pt")
+    metrics = {
+        "entry": entry.name,
+        "config": str(entry.path),
+        "run_config_sha256": run_fingerprint(entry),
+        "command": command,
+        "smoke": smoke,
+        "task": data.task,
+        "metric": metric,
+        "data": {"name": config["data"]["name"], "n_train": len(data.x_train),
+                 "n_val": 0 if data.x_val is None else len(data.x_val), "n_test": len(data.x_test),
+                 "num_features": data.num_features, "noise_scale": data.noise_scale,
+                 "target_std": data.info.get("target_std")},
+        "schedule": {**schedule, "batch_size": schedule["batch_size"], "num_steps": history.num_steps},
+        "prior": repr(prior),
+        "architecture": widths,
+        **results,
+        "compressed": keep_rule,
+        "threshold_sweep": sweep,
+        "baselines": baselines,
+        "elbo": {"first": history.elbo[0], "last": history.elbo[-1]},
+        "timing": {"fit_seconds": fit_seconds, "seconds_per_step": fit_seconds / max(history.num_steps, 1),
+                   "total_seconds": time.perf_counter() - start},
+        "plots": plots,
+        "environment": environment(),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "card.md").write_text(render_card(entry, metrics))
+    echo(f"wrote {out / 'metrics.json'}, {out / 'card.md'}, {out / 'compressed_module.pt'} and "
+         f"{len(plots)} plots in {out}")
+    if publish:
+        entry.results_path.parent.mkdir(parents=True, exist_ok=True)
+        entry.results_path.write_text(json.dumps(metrics, indent=2))
+        entry.card_path.write_text(render_card(entry, metrics))
+        echo(f"published {entry.results_path} and {entry.card_path}")
+    return metrics
+
+
