@@ -123,9 +123,7 @@ class SparseBNN(nn.Module):
     def _check_num_data(num_data):
         if num_data is None:
             return None
-        if isinstance(num_data, bool) or int(num_data) != num_data or num_data < 1:
-            raise HyperparameterError(f"num_data must be a positive integer, got {num_data!r}")
-        return int(num_data)
+        return check_positive_int("num_data", num_data)
 
     @staticmethod
     def _per_layer_priors(prior, num_layers):

@@ -61,7 +61,7 @@ __all__ = [
     "cached_prior",
     "check_positive",
     "check_probability",
-    "check_finite",
+    "check_finite_number",
     "fan_in_rho",
 ]
 
@@ -342,8 +342,12 @@ def check_probability(name: str, value) -> float:
     return value
 
 
-def check_finite(name: str, value) -> float:
-    """Return ``float(value)`` or raise :class:`HyperparameterError` unless it is finite."""
+def check_finite_number(name: str, value) -> float:
+    """Return ``float(value)`` or raise :class:`HyperparameterError` unless it is a finite number.
+
+    For scalar hyperparameters, argument order ``(name, value)`` like :func:`check_positive`;
+    data tensors are checked by :func:`~pyro_sparse_bnn.core.validation.check_finite`
+    (which raises :class:`~pyro_sparse_bnn.core.errors.InputError`)."""
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -351,6 +355,11 @@ def check_finite(name: str, value) -> float:
     if not math.isfinite(value):
         raise HyperparameterError(f"{name} must be finite, got {value}")
     return value
+
+
+#: former name of :func:`check_finite_number`, kept only until
+#: :mod:`pyro_sparse_bnn.analysis.finetune` imports the new name; not exported
+check_finite = check_finite_number
 
 
 def _logit(p: float) -> float:
@@ -653,7 +662,7 @@ class IndicatorPrior(Prior):
             None if prior_inclusion is None else check_probability("prior_inclusion", prior_inclusion)
         )
         self.init_inclusion = check_probability("init_inclusion", init_inclusion)
-        self.init_rho = None if init_rho is None else check_finite("init_rho", init_rho)
+        self.init_rho = None if init_rho is None else check_finite_number("init_rho", init_rho)
         self.hard = bool(hard)
         self.threshold = check_probability("threshold", threshold)
 
