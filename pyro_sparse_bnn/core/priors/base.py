@@ -29,7 +29,7 @@ indicators and the Gaussian slab with its (optionally inclusion-weighted) KL.
 import math
 import weakref
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import pyro
 import pyro.distributions as dist
@@ -743,6 +743,14 @@ class PriorLayer(nn.Module):
         :param torch.Tensor temperature: scalar relaxation temperature of the indicators.
         """
         raise NotImplementedError
+
+    def indicator_parameters(self) -> List[nn.Parameter]:
+        """The logits of the layer's Bernoulli indicators: the ``logits`` of every
+        :class:`BernoulliGates` among its submodules, in module order; empty for priors
+        without indicators. :func:`~pyro_sparse_bnn.core.fit.fit` gives them their own
+        learning rate (``logit_lr``) and holds them during ``indicator_warmup``; a prior that
+        keeps indicator logits outside a ``BernoulliGates`` overrides this."""
+        return [module.logits for module in self.modules() if isinstance(module, BernoulliGates)]
 
     # -- readouts of the fitted guide ---------------------------------------------------
     def inclusion_groups(self) -> torch.Tensor:
