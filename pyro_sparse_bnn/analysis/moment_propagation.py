@@ -44,12 +44,11 @@ import pyro
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..core.architecture import ELEMENTWISE_MODULES
 from ..core.distributions import normal_kl
-from ..core.errors import HyperparameterError, InputError, NonFiniteLossError
-from ..core.fit import FitHistory, minibatches
+from ..core.errors import HyperparameterError, InputError
+from ..core.fit import FitHistory, NonFiniteStep, minibatches, run_epochs
 from ..core.likelihoods import GaussianLikelihood
 from ..core.network import SparseBNN
 from ..core.priors.base import check_positive
@@ -234,24 +233,35 @@ def moment_loss(bnn: SparseBNN, x: torch.Tensor, y: torch.Tensor, num_data: Opti
     """
     _trainable(bnn)
     x, y = bnn.check_data(x, y)
-    moments = [(layer.slab.loc, F.softplus(layer.slab.rho).square()) for layer in bnn.layers]
+    scales = []
+    for layer in bnn.layers:
+        layer.slab.project()  # as a guide run does: keep a bounded slab's variances within the bound
+        scales.append(layer.slab.scale_of(layer.slab.scale_param))
+    moments = [(layer.slab.loc, scale.square()) for layer, scale in zip(bnn.layers, scales, strict=True)]
     mean, var = propagate_moments(bnn, x, moments)
     mean, var = mean.reshape(y.shape), var.reshape(y.shape)
     noise_var = F.softplus(bnn.likelihood.noise_rho).square()
     expected = -0.5 * torch.log(2 * math.pi * noise_var) - ((y - mean).square() + var) / (2 * noise_var)
     num_data = num_data or bnn.num_data or len(x)
-    kl = sum(normal_kl(layer.slab.loc, F.softplus(layer.slab.rho), 0.0, layer.slab.prior_scale).sum()
-             for layer in bnn.layers)
+    kl = sum(normal_kl(layer.slab.loc, scale, 0.0, layer.slab.prior_scale).sum()
+             for layer, scale in zip(bnn.layers, scales, strict=True))
     return -(num_data / len(x)) * expected.sum() + kl
 
 
 def fit_moments(bnn: SparseBNN, x, y, *, epochs: int = 100, batch_size: int = 128, lr: float = 5e-3,
                 seed: Optional[int] = None, progress: bool = True) -> FitHistory:
     """Fit a self-compressing regression BNN by minimising :func:`moment_loss` with Adam
-    (deterministic: no sampling at all), epoch by epoch over shuffled minibatches.
+    (deterministic: no sampling at all), epoch by epoch over shuffled minibatches, in the
+    epoch loop of :func:`~pyro_sparse_bnn.core.fit.fit`
+    (:func:`~pyro_sparse_bnn.core.fit.run_epochs`).
 
-    :returns: :class:`~pyro_sparse_bnn.core.fit.FitHistory` (mean minibatch loss per epoch).
-    :raises NonFiniteLossError: if the loss becomes NaN or infinite.
+    ``bnn`` is fitted in place; its ``num_steps`` counts the steps and, if it is ``None``,
+    its ``num_data`` is set to ``len(x)``.
+
+    :returns: :class:`~pyro_sparse_bnn.core.fit.FitHistory` (mean minibatch loss and seconds
+        per epoch).
+    :raises NonFiniteLossError: if the loss becomes NaN or infinite (naming the epoch and
+        step); that step is not applied.
     """
     _trainable(bnn)
     epochs = check_positive_int("epochs", epochs)
@@ -266,18 +276,17 @@ def fit_moments(bnn: SparseBNN, x, y, *, epochs: int = 100, batch_size: int = 12
     if seed is not None:
         pyro.set_rng_seed(seed)
     optimizer = torch.optim.Adam(bnn.parameters(), lr=lr)
+
+    def step(x_batch, y_batch) -> float:
+        loss = moment_loss(bnn, x_batch, y_batch)
+        if not torch.isfinite(loss):
+            raise NonFiniteStep(f"the moment loss became {float(loss)}", loss=float(loss))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
     history = FitHistory()
-    for _ in tqdm(range(epochs), disable=not progress, desc="moment fit", unit="epoch"):
-        total, steps = 0.0, 0
-        for x_batch, y_batch in minibatches(x, y, batch_size, shuffle=True):
-            loss = moment_loss(bnn, x_batch, y_batch)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"the moment loss became {float(loss)} after {history.num_steps + steps} steps")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, steps = total + float(loss), steps + 1
-        bnn.num_steps += steps
-        history.num_steps += steps
-        history.loss.append(total / steps)
+    run_epochs(step, lambda epoch: minibatches(x, y, batch_size, shuffle=True), history, bnn, epochs=epochs,
+               steps_per_epoch=math.ceil(len(x) / batch_size), progress=progress, desc="moment fit")
     return history

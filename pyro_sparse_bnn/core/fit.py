@@ -1,17 +1,33 @@
-"""Fitting a :class:`~pyro_sparse_bnn.core.network.SparseBNN` with Pyro's SVI over minibatches."""
+"""Fitting a :class:`~pyro_sparse_bnn.core.network.SparseBNN` by stochastic variational inference over minibatches.
 
+:func:`fit` is made of three parts:
+
+* :class:`FitPlan`: the arguments, checked once, with what the run derives from them (the
+  schedules, the ELBO and optimiser it works with, the data source, the steps per epoch,
+  the configuration a resumed run is compared with);
+* :func:`run_epochs`: the epoch loop (minibatches, running loss, step counters, history,
+  progress bar), shared with :func:`~pyro_sparse_bnn.analysis.moment_propagation.fit_moments`;
+* the failure handling of a run (:class:`_FitRun`): a non-finite loss stops the fit before its
+  step is applied (:class:`NonFiniteStep`, raised by :func:`svi_step`), and an exception or
+  ``KeyboardInterrupt`` flushes the checkpoint and says how to resume.
+"""
+
+import copy
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import pyro
 import pyro.optim
 import pyro.optim.lr_scheduler
 import torch
-from pyro.infer import ELBO, SVI
+from pyro import poutine
+from pyro.infer import ELBO
+from pyro.infer.util import torch_item, zero_grads
 from tqdm.auto import tqdm
 
 from .checkpoint import Checkpoints, set_optimizer_state, set_rng_state
@@ -98,12 +114,7 @@ def _scale_learning_rate(optim: pyro.optim.PyroOptim, factor: float) -> None:
                 group["lr"] *= factor
 
 
-def _indicator_logits(bnn: SparseBNN) -> List[torch.Tensor]:
-    """The indicator-logit parameters of ``bnn`` (empty for priors without indicators)."""
-    return [p for name, p in bnn.named_parameters() if name.endswith("logits")]
-
-
-def _logit_multiplier(logits: List[torch.Tensor], lr: float, logit_lr: Optional[float]):
+def _logit_multiplier(logits: Sequence[torch.Tensor], lr: float, logit_lr: Optional[float]):
     if logit_lr is None or logit_lr == lr:
         return None
     ids = {id(p) for p in logits}
@@ -114,33 +125,10 @@ def _non_finite_parameters(bnn: SparseBNN) -> List[str]:
     return [name for name, p in bnn.named_parameters() if not bool(torch.isfinite(p).all())]
 
 
-class _NonFiniteStep(Exception):
-    """Raised inside ``SVI.step`` by the loss guard, before the optimiser sees the gradients."""
-
-    def __init__(self, loss: float):
-        super().__init__(loss)
-        self.loss = loss
-
-
-def _guard_non_finite(svi: SVI) -> None:
-    """Make ``svi.step`` raise :class:`_NonFiniteStep` when the loss is NaN or infinite,
-    before the optimiser step: the parameters keep their last finite values."""
-    inner = svi.loss_and_grads
-
-    def guarded(model, guide, *args, **kwargs):
-        loss = inner(model, guide, *args, **kwargs)
-        if not math.isfinite(loss):
-            raise _NonFiniteStep(loss)
-        return loss
-
-    svi.loss_and_grads = guarded
-
-
-def _fit_step(bnn: SparseBNN, svi: SVI, x: torch.Tensor, y: torch.Tensor, skip_slab_draws: bool) -> float:
-    """One optimisation step of :func:`fit` on the minibatch ``(x, y)``, which must have
-    passed ``bnn.check_data``; returns the loss."""
-    with bnn.reparameterization(skip_slab_draws, x.shape[0]), bnn._checked_data():
-        return svi.step(x, y)
+def _check_non_negative_int(name: str, value) -> int:
+    if isinstance(value, bool) or int(value) != value or value < 0:
+        raise HyperparameterError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
 
 
 def _fit_config(**arguments) -> dict:
@@ -178,6 +166,357 @@ def _check_checkpoint_path(path) -> Path:
     return path
 
 
+# --------------------------------------------------------------------------------------
+# The plan: the checked arguments and what the run derives from them
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class FitPlan:
+    """The arguments of one :func:`fit` call, checked, with what the run derives from them.
+
+    Building it (:meth:`build`) raises the errors :func:`fit` documents for bad arguments and
+    changes nothing: neither the network nor the ELBO or optimiser passed in.
+
+    :ivar epochs, batch_size, lr, lr_decay, logit_lr, seed, kl_warmup, indicator_warmup,
+        num_particles, shuffle, progress, checkpoint_every, resume: the checked arguments
+        (``batch_size`` is ``None`` for a DataLoader, ``checkpoint`` a :class:`~pathlib.Path`).
+    :ivar callbacks: tuple of the callbacks.
+    :ivar temperature: the temperature schedule as a function ``epoch -> temperature``.
+    :ivar indicators: the network's indicator logits
+        (:meth:`~pyro_sparse_bnn.core.network.SparseBNN.indicator_parameters`).
+    :ivar elbo: the ELBO the run computes its loss with: the default
+        :class:`~pyro_sparse_bnn.core.elbo.MeanFieldELBO`, the caller's ELBO, or -- with a KL
+        warm-up, which re-weights the KL epoch by epoch -- a shallow copy of the caller's, so
+        that the caller's ``kl_weight`` stays as it was.
+    :ivar optim: the Pyro optimiser (the caller's, or :func:`~pyro_sparse_bnn.core.optim.JointAdam`).
+    :ivar skip_slab_draws: whether the local reparameterisation handler may skip slab draws
+        (with the analytic-KL ELBO nothing reads them).
+    :ivar loader: the ``DataLoader`` passed as ``x``, or ``None`` for tensors ``x``, ``y``
+        (checked and converted by the network).
+    :ivar num_data: number of training examples. :ivar steps_per_epoch: minibatches per epoch.
+    :ivar config: the arguments that shape the trajectory, as plain data, stored in
+        checkpoints and compared on resume.
+    """
+
+    epochs: int
+    batch_size: Optional[int]
+    lr: float
+    lr_decay: float
+    logit_lr: Optional[float]
+    seed: Optional[int]
+    temperature: Callable[[int], float]
+    kl_warmup: int
+    indicator_warmup: int
+    num_particles: int
+    shuffle: bool
+    progress: bool
+    callbacks: Tuple[Callable, ...]
+    checkpoint: Optional[Path]
+    checkpoint_every: int
+    resume: Optional[Union[str, os.PathLike]]
+    indicators: Tuple[torch.Tensor, ...]
+    elbo: ELBO
+    optim: pyro.optim.PyroOptim
+    skip_slab_draws: bool
+    loader: Optional[torch.utils.data.DataLoader]
+    x: Optional[torch.Tensor]
+    y: Optional[torch.Tensor]
+    num_data: int
+    steps_per_epoch: int
+    config: Dict[str, object]
+
+    @classmethod
+    def build(cls, bnn: SparseBNN, x, y=None, *, epochs, batch_size, lr, lr_decay, logit_lr, seed, temperature,
+              kl_warmup, indicator_warmup, num_particles, optim, elbo, shuffle, progress, callbacks, checkpoint,
+              checkpoint_every, resume) -> "FitPlan":
+        """Check the arguments of :func:`fit` (same names and meaning) and derive the plan."""
+        if not isinstance(bnn, SparseBNN):
+            raise InputError(f"fit needs a SparseBNN, got {type(bnn).__name__}")
+        epochs = check_positive_int("epochs", epochs)
+        checkpoint_every = check_positive_int("checkpoint_every", checkpoint_every)
+        checkpoint = None if checkpoint is None else _check_checkpoint_path(checkpoint)
+        shuffle, progress = check_bool("shuffle", shuffle), check_bool("progress", progress)
+        if callable(callbacks):
+            callbacks = [callbacks]
+        if not all(callable(c) for c in callbacks):
+            raise HyperparameterError("callbacks must be a sequence of functions callback(epoch, history, bnn)")
+        batch_size = check_positive_int("batch_size", batch_size)
+        num_particles = check_positive_int("num_particles", num_particles)
+        lr = check_positive("lr", lr)
+        if logit_lr is not None:
+            logit_lr = check_positive("logit_lr", logit_lr)
+            if optim is not None:
+                raise HyperparameterError("logit_lr applies to the default optimiser; set it in your own optim")
+        lr_decay = check_positive("lr_decay", lr_decay)
+        if lr_decay != 1.0 and isinstance(optim, pyro.optim.lr_scheduler.PyroLRScheduler):
+            raise HyperparameterError("lr_decay cannot be combined with a Pyro learning-rate scheduler")
+        schedule = _schedule(temperature, bnn, epochs)
+        kl_warmup = _check_non_negative_int("kl_warmup", kl_warmup)
+        indicator_warmup = _check_non_negative_int("indicator_warmup", indicator_warmup)
+        indicators = tuple(bnn.indicator_parameters())
+        if indicator_warmup and not indicators:
+            raise HyperparameterError(
+                f"indicator_warmup needs a prior with indicators; {type(bnn.priors[0]).__name__} has none"
+            )
+        if elbo is None:
+            elbo = MeanFieldELBO(num_particles=num_particles)
+        elif kl_warmup:
+            if not hasattr(elbo, "kl_weight"):
+                raise HyperparameterError(
+                    f"kl_warmup needs an ELBO with a kl_weight (MeanFieldELBO), got {type(elbo).__name__}"
+                )
+            elbo = _private_copy(elbo)
+
+        loader = x if isinstance(x, torch.utils.data.DataLoader) else None
+        if loader is not None:
+            if y is not None:
+                raise InputError("pass either a DataLoader as x (and y=None) or tensors x and y")
+            x, num_data, steps_per_epoch = None, len(loader.dataset), len(loader)
+        else:
+            if y is None:
+                raise InputError("y is None: fit needs targets")
+            x, y = bnn.check_data(*bnn.as_data(x, y))
+            num_data = x.shape[0]
+            steps_per_epoch = math.ceil(num_data / batch_size)
+        if bnn.num_data is not None and bnn.num_data != num_data:
+            raise InputError(
+                f"the network was built with num_data={bnn.num_data} but the training data has "
+                f"{num_data} examples"
+            )
+        batch_size = None if loader is not None else batch_size
+        config = _fit_config(
+            epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=lr_decay,
+            logit_lr=logit_lr, seed=seed, temperature=temperature, kl_warmup=kl_warmup,
+            indicator_warmup=indicator_warmup, num_particles=num_particles, shuffle=shuffle,
+            optim=type(optim).__name__, elbo=type(elbo).__name__, num_data=num_data,
+        )
+        if optim is None:
+            optim = JointAdam({"lr": lr}, _logit_multiplier(indicators, lr, logit_lr))
+        return cls(
+            epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=lr_decay, logit_lr=logit_lr, seed=seed,
+            temperature=schedule, kl_warmup=kl_warmup, indicator_warmup=indicator_warmup,
+            num_particles=num_particles, shuffle=shuffle, progress=progress, callbacks=tuple(callbacks),
+            checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, indicators=indicators,
+            elbo=elbo, optim=optim, skip_slab_draws=isinstance(elbo, MeanFieldELBO), loader=loader, x=x, y=y,
+            num_data=num_data, steps_per_epoch=steps_per_epoch, config=config,
+        )
+
+    @property
+    def epoch_decay(self) -> float:
+        """Factor applied to the learning rate after every epoch (``lr_decay ** (1 / epochs)``)."""
+        return self.lr_decay ** (1.0 / self.epochs)
+
+    def kl_weight(self, epoch: int) -> Optional[float]:
+        """Weight of the KL term in ``epoch`` during a KL warm-up (``None``: the ELBO's own)."""
+        return min(1.0, (epoch + 1) / (self.kl_warmup + 1)) if self.kl_warmup else None
+
+    def batches(self, bnn: SparseBNN, epoch: int) -> Iterable[Tuple[torch.Tensor, torch.Tensor]]:
+        """The minibatches of ``epoch``, checked: a DataLoader's batch by batch, tensors were
+        checked once, up front."""
+        if self.loader is None:
+            return minibatches(self.x, self.y, self.batch_size, self.shuffle)
+        return (bnn.check_data(x_batch, y_batch) for x_batch, y_batch in self.loader)
+
+
+def _private_copy(elbo: ELBO) -> ELBO:
+    """A shallow copy of ``elbo`` for the run to re-weight, with its own failure record."""
+    elbo = copy.copy(elbo)
+    if isinstance(getattr(elbo, "non_finite_sites", None), dict):
+        elbo.non_finite_sites = {}
+    return elbo
+
+
+# --------------------------------------------------------------------------------------
+# One step and the epoch loop
+# --------------------------------------------------------------------------------------
+class NonFiniteStep(Exception):
+    """Raised by a step function *before* it applies an update whose loss (or whose
+    distributions' parameters) is not finite, so the parameters keep their values;
+    :func:`run_epochs` turns it into the error it raises, adding where it happened.
+
+    :param str what: what went wrong, e.g. ``"the loss became nan"``.
+    :param str detail: text to append after the position (e.g. the error of a distribution).
+    :param loss: the non-finite loss, if there was one.
+    """
+
+    def __init__(self, what: str, detail: str = "", loss: Optional[float] = None):
+        super().__init__(what)
+        self.what, self.detail, self.loss = what, detail, loss
+
+    def message(self, where: str) -> str:
+        return f"{self.what} {where}{self.detail}"
+
+
+def svi_step(model, guide, loss_and_grads, optim: pyro.optim.PyroOptim, *args, **kwargs) -> float:
+    """One step of stochastic variational inference, as :meth:`pyro.infer.SVI.step` takes it,
+    except that a non-finite loss raises :class:`NonFiniteStep` before the optimiser sees the
+    gradients: compute the loss and gradients (``loss_and_grads``, e.g. an ELBO's), collect
+    the parameters that were used, step the optimiser on them and zero their gradients.
+
+    :returns: the loss as a float.
+    """
+    with poutine.trace(param_only=True) as param_capture:
+        loss = loss_and_grads(model, guide, *args, **kwargs)
+    params = set(site["value"].unconstrained() for site in param_capture.trace.nodes.values())
+    loss = torch_item(loss)
+    if not math.isfinite(loss):
+        for p in params:
+            p.grad = None
+        raise NonFiniteStep(f"the loss became {loss}", loss=loss)
+    optim(params)
+    zero_grads(params)
+    return loss
+
+
+def _fit_step(bnn: SparseBNN, svi, x: torch.Tensor, y: torch.Tensor, skip_slab_draws: bool) -> float:
+    """One step of :func:`fit` with the model, guide, ELBO and optimiser of the
+    ``pyro.infer.SVI`` object ``svi``, on a minibatch that passed ``bnn.check_data`` (the
+    per-step path that ``benchmarks/step_time.py`` times); returns the loss."""
+    with bnn.reparameterization(skip_slab_draws, x.shape[0]), bnn._checked_data():
+        return svi_step(svi.model, svi.guide, svi.loss_and_grads, svi.optim, x, y)
+
+
+def run_epochs(
+    step: Callable[[torch.Tensor, torch.Tensor], float],
+    batches: Callable[[int], Iterable[Tuple[torch.Tensor, torch.Tensor]]],
+    history: FitHistory,
+    bnn: SparseBNN,
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    start_epoch: int = 0,
+    begin_epoch: Optional[Callable[[int], Optional[dict]]] = None,
+    end_epoch: Optional[Callable[[int], bool]] = None,
+    non_finite: Callable[[str], BaseException] = NonFiniteLossError,
+    progress: bool = True,
+    desc: str = "SVI",
+) -> None:
+    """The epoch loop of :func:`fit` and of
+    :func:`~pyro_sparse_bnn.analysis.moment_propagation.fit_moments`.
+
+    For each epoch from ``start_epoch`` to ``epochs - 1``: call ``begin_epoch(epoch)``, take
+    ``step(x_batch, y_batch)`` on every minibatch of ``batches(epoch)``, add the steps to
+    ``bnn.num_steps`` and ``history.num_steps``, append the mean loss and the seconds to
+    ``history``, then call ``end_epoch(epoch)``; stop early when it returns ``True``.
+
+    :param step: one optimisation step on a minibatch, returning its loss; it raises
+        :class:`NonFiniteStep` instead of applying a non-finite update.
+    :param begin_epoch: returns extra fields for the progress bar (or ``None``).
+    :param non_finite: builds the exception raised for a :class:`NonFiniteStep` from its
+        message, which names the epoch and step (default :class:`NonFiniteLossError`).
+    :param bool progress: show a tqdm bar (one tick per step) with the running ELBO.
+    """
+    bar = tqdm(total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, disable=not progress,
+               desc=desc, unit="step", mininterval=0.5)
+    try:
+        for epoch in range(start_epoch, epochs):
+            postfix = (begin_epoch(epoch) if begin_epoch is not None else None) or {}
+            start, total, steps = time.perf_counter(), 0.0, 0
+            for x_batch, y_batch in batches(epoch):
+                try:
+                    loss = step(x_batch, y_batch)
+                except NonFiniteStep as failure:
+                    where = f"at epoch {epoch}, step {steps} (step {history.num_steps + steps} overall)"
+                    raise non_finite(failure.message(where)) from failure.__cause__
+                total += loss
+                steps += 1
+                bar.update(1)
+            bnn.num_steps += steps
+            history.num_steps += steps
+            history.loss.append(total / max(steps, 1))
+            history.seconds.append(time.perf_counter() - start)
+            bar.set_postfix(epoch=epoch + 1, elbo=f"{-history.loss[-1]:.4g}", **postfix)
+            if end_epoch is not None and end_epoch(epoch):
+                break
+    finally:
+        bar.close()
+
+
+# --------------------------------------------------------------------------------------
+# One run of fit: the per-epoch settings, the step, and the failure handling
+# --------------------------------------------------------------------------------------
+class _FitRun:
+    """The state of one :func:`fit` call around :func:`run_epochs`: its hooks (the epoch's
+    temperature, KL weight and frozen logits; history, learning-rate decay, callbacks and
+    checkpoints after it), its step, and what happens when it fails."""
+
+    def __init__(self, plan: FitPlan, bnn: SparseBNN, history: FitHistory, start_epoch: int,
+                 checkpoints: Optional[Checkpoints]):
+        self.plan, self.bnn, self.history, self.checkpoints = plan, bnn, history, checkpoints
+        #: the epoch in progress (or the last one run)
+        self.epoch = start_epoch
+        self.tau = float("nan")
+
+    def begin_epoch(self, epoch: int) -> dict:
+        plan = self.plan
+        self.epoch, self.tau = epoch, float(plan.temperature(epoch))
+        self.bnn.set_temperature(self.tau)
+        kl_weight = plan.kl_weight(epoch)
+        if kl_weight is not None:  # plan.elbo is fit's own (default or copied): the caller's is untouched
+            plan.elbo.kl_weight = kl_weight
+        for p in plan.indicators:  # frozen parameters get no gradient, so the optimiser skips them
+            p.requires_grad_(epoch >= plan.indicator_warmup)
+        return {"tau": f"{self.tau:.3g}"}
+
+    def end_epoch(self, epoch: int) -> bool:
+        plan, history = self.plan, self.history
+        history.temperature.append(self.tau)
+        history.kl_weight.append(float(getattr(plan.elbo, "kl_weight", 1.0)))
+        if plan.epoch_decay != 1.0:
+            _scale_learning_rate(plan.optim, plan.epoch_decay)
+        stop = any(callback(epoch, history, self.bnn) for callback in plan.callbacks)
+        if self.checkpoints is not None:
+            self.checkpoints.snapshot(epoch + 1, history)
+        return stop
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One step on a checked minibatch; a distribution that rejects non-finite parameters
+        becomes a :class:`NonFiniteStep` (with the failing sites diagnosed)."""
+        bnn, plan = self.bnn, self.plan
+        try:
+            with bnn.reparameterization(plan.skip_slab_draws, x.shape[0]), bnn._checked_data():
+                return svi_step(bnn.model, bnn.guide, plan.elbo.loss_and_grads, plan.optim, x, y)
+        except ValueError as error:  # distribution validation saw NaN/inf parameters
+            if not _non_finite_parameters(bnn):
+                raise
+            if isinstance(plan.elbo, MeanFieldELBO):
+                with bnn.reparameterization(plan.skip_slab_draws, x.shape[0]):
+                    plan.elbo.non_finite_sites = plan.elbo.diagnose(bnn.model, bnn.guide, x, y)
+            raise NonFiniteStep("a distribution got non-finite parameters",
+                                f" ({str(error).splitlines()[0]})") from error
+
+    def non_finite(self, what: str) -> NonFiniteLossError:
+        return NonFiniteLossError(_non_finite_message(self.bnn, self.plan.elbo, what, self.checkpoints))
+
+    @contextmanager
+    def failure_handling(self):
+        """Around the loop: on any exception write the last finite end-of-epoch state (if
+        checkpointing) and re-raise -- a ``KeyboardInterrupt`` with a note on how to resume --;
+        in every case unfreeze the logits and free the gradients; on success write the final
+        state."""
+        checkpoints, checkpoint = self.checkpoints, self.plan.checkpoint
+        try:
+            yield
+        except KeyboardInterrupt as interrupt:
+            if checkpoints is not None:
+                checkpoints.flush()
+                interrupt.add_note(f"pyro_sparse_bnn.fit was interrupted in epoch {self.epoch}; "
+                                   f"{checkpoints.describe()}: continue with fit(..., resume={str(checkpoint)!r})")
+            else:
+                interrupt.add_note(f"pyro_sparse_bnn.fit was interrupted in epoch {self.epoch}; pass "
+                                   f"checkpoint=path to fit to be able to resume")
+            raise
+        except BaseException:
+            if checkpoints is not None:
+                checkpoints.flush()
+            raise
+        finally:
+            for p in self.plan.indicators:
+                p.requires_grad_(True)
+            for p in self.bnn.parameters():
+                p.grad = None
+        if checkpoints is not None:
+            checkpoints.flush()
+
 
 def fit(
     bnn: SparseBNN,
@@ -203,7 +542,7 @@ def fit(
     checkpoint_every: int = 1,
     resume: Optional[Union[str, os.PathLike]] = None,
 ) -> FitHistory:
-    """Fit the guide of ``bnn`` by stochastic variational inference (Pyro's ``SVI``).
+    """Fit the guide of ``bnn`` by stochastic variational inference (the steps of Pyro's ``SVI``).
 
     Each epoch visits every example once in minibatches; each minibatch ELBO is scaled to
     the full training set by the model's data plate. Every step runs under the local
@@ -212,7 +551,12 @@ def fit(
     default :class:`~pyro_sparse_bnn.core.elbo.MeanFieldELBO` the handler also skips those
     layers' slab draws, which nothing reads then.
 
-    :param bnn: the network to fit (its ``num_data`` is set to ``len(x)`` if unset).
+    :param bnn: the network to fit, in place: its guide parameters, its step counter
+        ``num_steps``, its temperature (:meth:`~pyro_sparse_bnn.core.network.SparseBNN.set_temperature`
+        is called every epoch, so after the fit the network holds the last epoch's temperature)
+        and, if it is ``None``, its ``num_data``, which ``fit`` sets to the number of training
+        examples (the scale of the minibatch log-likelihood; a network built with another
+        ``num_data`` raises :class:`~pyro_sparse_bnn.core.errors.InputError`).
     :param x: inputs ``(n, in_features)`` as tensor or array, or a
         ``torch.utils.data.DataLoader`` yielding ``(x_batch, y_batch)`` (then ``y=None``).
     :param y: targets ``(n,)`` (labels or regression targets) or ``(n, outputs)``.
@@ -238,7 +582,8 @@ def fit(
     :param seed: seed for ``pyro.set_rng_seed`` (torch, numpy and ``random``).
     :param temperature: relaxation temperature schedule: ``None`` keeps the network's, a
         number fixes it, ``(start, end)`` anneals geometrically, a callable maps the epoch
-        (0-based) to the temperature.
+        (0-based) to the temperature. The temperature is part of the network's state: each
+        epoch's value is set on ``bnn`` and stays there after the fit.
     :param int kl_warmup: number of epochs over which the weight of the KL term rises
         linearly from 0 to 1 (KL annealing; 0, the default, fits the ELBO throughout). The
         network first fits the data, then the prior prunes what it does not need; the
@@ -254,7 +599,9 @@ def fit(
     :param int num_particles: ELBO particles per step.
     :param optim: a ``pyro.optim`` optimiser (default
         :func:`~pyro_sparse_bnn.core.optim.JointAdam` with learning rate ``lr``).
-    :param elbo: a Pyro ELBO (default :class:`~pyro_sparse_bnn.core.elbo.MeanFieldELBO`).
+    :param elbo: a Pyro ELBO (default :class:`~pyro_sparse_bnn.core.elbo.MeanFieldELBO`). With
+        ``kl_warmup`` the fit computes with a shallow copy of it whose ``kl_weight`` it
+        anneals, so the object passed in keeps its ``kl_weight``.
     :param bool shuffle: reshuffle the examples every epoch.
     :param bool progress: show a tqdm progress bar with the running ELBO.
     :param callbacks: functions ``callback(epoch, history, bnn)`` called after each epoch;
@@ -283,161 +630,31 @@ def fit(
         applied, so the network keeps its last finite parameters, and the checkpoint file, if
         any, holds the last finite end-of-epoch state.
     """
-    if not isinstance(bnn, SparseBNN):
-        raise InputError(f"fit needs a SparseBNN, got {type(bnn).__name__}")
-    epochs = check_positive_int("epochs", epochs)
-    checkpoint_every = check_positive_int("checkpoint_every", checkpoint_every)
-    checkpoint = None if checkpoint is None else _check_checkpoint_path(checkpoint)
-    shuffle, progress = check_bool("shuffle", shuffle), check_bool("progress", progress)
-    if callable(callbacks):
-        callbacks = [callbacks]
-    if not all(callable(c) for c in callbacks):
-        raise HyperparameterError("callbacks must be a sequence of functions callback(epoch, history, bnn)")
-    batch_size = check_positive_int("batch_size", batch_size)
-    num_particles = check_positive_int("num_particles", num_particles)
-    lr = check_positive("lr", lr)
-    if logit_lr is not None:
-        logit_lr = check_positive("logit_lr", logit_lr)
-        if optim is not None:
-            raise HyperparameterError("logit_lr applies to the default optimiser; set it in your own optim")
-    lr_decay = check_positive("lr_decay", lr_decay)
-    if lr_decay != 1.0 and isinstance(optim, pyro.optim.lr_scheduler.PyroLRScheduler):
-        raise HyperparameterError("lr_decay cannot be combined with a Pyro learning-rate scheduler")
-    epoch_decay = lr_decay ** (1.0 / epochs)
-    schedule = _schedule(temperature, bnn, epochs)
-    for name, value in (("kl_warmup", kl_warmup), ("indicator_warmup", indicator_warmup)):
-        if isinstance(value, bool) or int(value) != value or value < 0:
-            raise HyperparameterError(f"{name} must be a non-negative integer, got {value!r}")
-    logits = _indicator_logits(bnn)
-    if indicator_warmup and not logits:
-        raise HyperparameterError(
-            f"indicator_warmup needs a prior with indicators; {type(bnn.priors[0]).__name__} has none"
-        )
-    if elbo is None:
-        elbo = MeanFieldELBO(num_particles=num_particles)
-    elif kl_warmup and not hasattr(elbo, "kl_weight"):
-        raise HyperparameterError(
-            f"kl_warmup needs an ELBO with a kl_weight (MeanFieldELBO), got {type(elbo).__name__}"
-        )
-
-    # with the analytic-KL ELBO nothing reads the slab draws under local reparameterisation
-    skip_slab_draws = isinstance(elbo, MeanFieldELBO)
-
-    loader = x if isinstance(x, torch.utils.data.DataLoader) else None
-    if loader is not None:
-        if y is not None:
-            raise InputError("pass either a DataLoader as x (and y=None) or tensors x and y")
-        num_data = len(loader.dataset)
-        steps_per_epoch = len(loader)
-    else:
-        if y is None:
-            raise InputError("y is None: fit needs targets")
-        x, y = bnn.check_data(*bnn.as_data(x, y))
-        num_data = x.shape[0]
-        steps_per_epoch = math.ceil(num_data / batch_size)
+    plan = FitPlan.build(
+        bnn, x, y, epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=lr_decay, logit_lr=logit_lr, seed=seed,
+        temperature=temperature, kl_warmup=kl_warmup, indicator_warmup=indicator_warmup,
+        num_particles=num_particles, optim=optim, elbo=elbo, shuffle=shuffle, progress=progress,
+        callbacks=callbacks, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
+    )
     if bnn.num_data is None:
-        bnn.num_data = num_data
-    elif bnn.num_data != num_data:
-        raise InputError(
-            f"the network was built with num_data={bnn.num_data} but the training data has "
-            f"{num_data} examples"
-        )
-
-    config = _fit_config(
-        epochs=epochs, batch_size=None if loader is not None else batch_size, lr=lr, lr_decay=lr_decay,
-        logit_lr=logit_lr, seed=seed, temperature=temperature, kl_warmup=kl_warmup,
-        indicator_warmup=indicator_warmup, num_particles=num_particles, shuffle=shuffle,
-        optim=type(optim).__name__, elbo=type(elbo).__name__, num_data=num_data,
-    )
-    svi = SVI(
-        bnn.model,
-        bnn.guide,
-        optim if optim is not None else JointAdam({"lr": lr}, _logit_multiplier(logits, lr, logit_lr)),
-        elbo,
-    )
-    _guard_non_finite(svi)
+        bnn.num_data = plan.num_data
     history, start_epoch = FitHistory(), 0
-    if resume is not None:
-        history, start_epoch = _resume(bnn, svi, resume, config)
-    elif seed is not None:
-        pyro.set_rng_seed(seed)
-    checkpoints = None if checkpoint is None else Checkpoints(checkpoint, checkpoint_every, bnn, svi.optim, config)
-    bar = tqdm(total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, disable=not progress,
-               desc="SVI", unit="step", mininterval=0.5)
-    epoch = start_epoch
-    try:
-        for epoch in range(start_epoch, epochs):
-            tau = float(schedule(epoch))
-            bnn.set_temperature(tau)
-            if kl_warmup:
-                elbo.kl_weight = min(1.0, (epoch + 1) / (kl_warmup + 1))
-            for p in logits:  # frozen parameters get no gradient, so the optimiser skips them
-                p.requires_grad_(epoch >= indicator_warmup)
-            start, total, steps = time.perf_counter(), 0.0, 0
-            batches = loader if loader is not None else minibatches(x, y, batch_size, shuffle)
-            for x_batch, y_batch in batches:
-                if loader is not None:  # tensors were checked once, up front
-                    x_batch, y_batch = bnn.check_data(x_batch, y_batch)
-                where = f"at epoch {epoch}, step {steps} (step {history.num_steps + steps} overall)"
-                try:
-                    loss = _fit_step(bnn, svi, x_batch, y_batch, skip_slab_draws)
-                except _NonFiniteStep as failure:
-                    raise NonFiniteLossError(
-                        _non_finite_message(bnn, elbo, f"the loss became {failure.loss} {where}", checkpoints)
-                    ) from None
-                except ValueError as error:  # distribution validation saw NaN/inf parameters
-                    if _non_finite_parameters(bnn):
-                        if isinstance(elbo, MeanFieldELBO):
-                            with bnn.reparameterization(skip_slab_draws, x_batch.shape[0]):
-                                elbo.non_finite_sites = elbo.diagnose(bnn.model, bnn.guide, x_batch, y_batch)
-                        raise NonFiniteLossError(
-                            _non_finite_message(bnn, elbo, f"a distribution got non-finite parameters {where} "
-                                                f"({str(error).splitlines()[0]})", checkpoints)
-                        ) from error
-                    raise
-                total += loss
-                steps += 1
-                bar.update(1)
-            bnn.num_steps += steps
-            history.num_steps += steps
-            history.loss.append(total / max(steps, 1))
-            history.temperature.append(tau)
-            history.kl_weight.append(float(getattr(elbo, "kl_weight", 1.0)))
-            history.seconds.append(time.perf_counter() - start)
-            bar.set_postfix(epoch=epoch + 1, elbo=f"{-history.loss[-1]:.4g}", tau=f"{tau:.3g}")
-            if epoch_decay != 1.0:
-                _scale_learning_rate(svi.optim, epoch_decay)
-            stop = any(callback(epoch, history, bnn) for callback in callbacks)
-            if checkpoints is not None:
-                checkpoints.snapshot(epoch + 1, history)
-            if stop:
-                break
-    except KeyboardInterrupt as interrupt:
-        if checkpoints is not None:
-            checkpoints.flush()
-            interrupt.add_note(f"pyro_sparse_bnn.fit was interrupted in epoch {epoch}; {checkpoints.describe()}: "
-                               f"continue with fit(..., resume={str(checkpoint)!r})")
-        else:
-            interrupt.add_note(f"pyro_sparse_bnn.fit was interrupted in epoch {epoch}; pass checkpoint=path to "
-                               f"fit to be able to resume")
-        raise
-    except BaseException:
-        if checkpoints is not None:
-            checkpoints.flush()
-        raise
-    finally:
-        bar.close()
-        for p in logits:
-            p.requires_grad_(True)
-        for p in bnn.parameters():
-            p.grad = None
-    if checkpoints is not None:
-        checkpoints.flush()
+    if plan.resume is not None:
+        history, start_epoch = _resume(bnn, plan.optim, plan.resume, plan.config)
+    elif plan.seed is not None:
+        pyro.set_rng_seed(plan.seed)
+    checkpoints = None if plan.checkpoint is None else Checkpoints(
+        plan.checkpoint, plan.checkpoint_every, bnn, plan.optim, plan.config)
+    run = _FitRun(plan, bnn, history, start_epoch, checkpoints)
+    with run.failure_handling():
+        run_epochs(run.step, lambda epoch: plan.batches(bnn, epoch), history, bnn, epochs=plan.epochs,
+                   steps_per_epoch=plan.steps_per_epoch, start_epoch=start_epoch, begin_epoch=run.begin_epoch,
+                   end_epoch=run.end_epoch, non_finite=run.non_finite, progress=plan.progress, desc="SVI")
     return history
 
 
-def _resume(bnn: SparseBNN, svi: SVI, path, config: dict):
-    """Restore the state of the checkpoint ``path`` into ``bnn`` and ``svi``; return the
+def _resume(bnn: SparseBNN, optim: pyro.optim.PyroOptim, path, config: dict):
+    """Restore the state of the checkpoint ``path`` into ``bnn`` and ``optim``; return the
     history so far and the epoch to continue with."""
     contents = read(path, map_location=bnn.temperature.device)
     state = contents.get("fit_state")
@@ -445,7 +662,7 @@ def _resume(bnn: SparseBNN, svi: SVI, path, config: dict):
         raise SaveFileError(f"resume: {str(path)!r} is a saved network, not a checkpoint written by fit(checkpoint=...)")
     _check_resume_config(state["config"], config, path)
     state_into(bnn, contents, repr(str(path)))
-    set_optimizer_state(svi.optim, dict(bnn.named_parameters()), state["optimizer"])
+    set_optimizer_state(optim, dict(bnn.named_parameters()), state["optimizer"])
     set_rng_state(state["rng"])
     return FitHistory(**contents["history"]), int(state["epoch"])
 

@@ -16,7 +16,7 @@ global param store, so several networks can live in one process.
 """
 
 from contextlib import contextmanager, nullcontext
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import pyro
 import torch
@@ -123,9 +123,7 @@ class SparseBNN(nn.Module):
     def _check_num_data(num_data):
         if num_data is None:
             return None
-        if isinstance(num_data, bool) or int(num_data) != num_data or num_data < 1:
-            raise HyperparameterError(f"num_data must be a positive integer, got {num_data!r}")
-        return int(num_data)
+        return check_positive_int("num_data", num_data)
 
     @staticmethod
     def _per_layer_priors(prior, num_layers):
@@ -170,6 +168,12 @@ class SparseBNN(nn.Module):
     def set_temperature(self, temperature: float) -> None:
         """Set the relaxation temperature of the indicators (in place, > 0)."""
         self.temperature.fill_(check_positive("temperature", temperature))
+
+    def indicator_parameters(self) -> List[nn.Parameter]:
+        """The indicator logits of every layer, in layer order
+        (:meth:`~pyro_sparse_bnn.core.priors.base.PriorLayer.indicator_parameters`); empty
+        when no layer's prior has indicators."""
+        return [p for layer in self.layers for p in layer.indicator_parameters()]
 
     def layer(self, name: str) -> PriorLayer:
         """The prior layer called ``name`` (e.g. ``"net.0"``)."""

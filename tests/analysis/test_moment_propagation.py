@@ -10,6 +10,7 @@ from torch import nn
 from pyro_sparse_bnn import (
     HyperparameterError,
     InputError,
+    NonFiniteLossError,
     SelfCompressingGaussian,
     SparseBNN,
     SpikeSlabNode,
@@ -203,3 +204,78 @@ def test_bad_input_gets_clear_errors():
     other = SparseBNN(nn.Sequential(nn.Linear(3, 1)), SpikeSlabNode(), likelihood="gaussian")
     with pytest.raises(HyperparameterError, match="SelfCompressingGaussian"):
         fit_moments(other, x.float(), y.float(), epochs=1)
+
+
+def regression_setup(num_data=200):
+    bnn = linear_regression_bnn(num_data=num_data)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(num_data, 3, generator=generator, dtype=torch.float64)
+    y = x[:, 0] - 2 * x[:, 1] + 0.7 * torch.randn(num_data, generator=generator, dtype=torch.float64)
+    return bnn, x, y
+
+
+def test_fit_moments_runs_adam_over_shuffled_minibatches():
+    """fit_moments (in fit's epoch loop) against the loop written out here: Adam on
+    moment_loss over torch.randperm minibatches, from the same seed -- and against the numbers
+    the loop of its own gave before it moved into core (recorded, a regression check)."""
+    import pyro
+
+    bnn, x, y = regression_setup()
+    history = fit_moments(bnn, x, y, epochs=5, batch_size=50, lr=2e-2, seed=0, progress=False)
+
+    by_hand, _, _ = regression_setup()
+    pyro.set_rng_seed(0)
+    optimizer = torch.optim.Adam(by_hand.parameters(), lr=2e-2)
+    losses = []
+    for _ in range(5):
+        order, total = torch.randperm(len(x)), 0.0
+        for start in range(0, len(x), 50):
+            idx = order[start:start + 50]
+            loss = moment_loss(by_hand, x[idx], y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+        losses.append(total / 4)
+    assert history.loss == pytest.approx(losses, rel=1e-12)
+    assert all(torch.allclose(p, q, rtol=1e-10, atol=1e-12)
+               for p, q in zip(bnn.parameters(), by_hand.parameters(), strict=True))
+    assert history.num_steps == int(bnn.num_steps) == 20 and len(history.seconds) == 5
+
+    recorded = [1438.9151857735596, 1263.1661916984767, 1103.4251879721814, 957.2894847324928, 803.7752858029196]
+    assert history.loss == pytest.approx(recorded, rel=1e-12)
+    assert float(bnn.layers[0].slab.loc.sum()) == pytest.approx(-0.7765113093300053, rel=1e-10)
+    assert float(bnn.layers[1].slab.rho.sum()) == pytest.approx(-6.863835518365474, rel=1e-10)
+
+
+def test_fit_moments_stops_before_a_non_finite_step():
+    bnn, x, y = regression_setup()
+    with torch.no_grad():
+        bnn.layers[1].slab.loc[0, 0] = float("nan")
+    before = [p.detach().clone() for p in bnn.parameters()]
+    with pytest.raises(NonFiniteLossError, match=r"the moment loss became nan at epoch 0, step 0 \(step 0 overall\)"):
+        fit_moments(bnn, x, y, epochs=2, batch_size=50, progress=False)
+    assert all(torch.equal(p.isnan(), q.isnan()) and torch.equal(p.nan_to_num(), q.nan_to_num())
+               for p, q in zip(bnn.parameters(), before, strict=True))
+    assert int(bnn.num_steps) == 0
+
+
+def test_moment_loss_reads_the_slab_scale_in_either_parameterisation():
+    """The same posterior standard deviations held as softplus(rho) or as a log-variance give
+    the same moment loss."""
+    from pyro_sparse_bnn.core.priors.base import GaussianSlab
+
+    bnn, x, y = regression_setup(num_data=40)
+    with torch.no_grad():
+        for layer in bnn.layers:
+            layer.slab.rho.uniform_(-3.0, 0.5)
+    expected = float(moment_loss(bnn, x, y))
+    sigmas = [layer.slab.scale for layer in bnn.layers]
+    for layer, sigma in zip(bnn.layers, sigmas, strict=True):
+        slab = GaussianSlab(layer.slab.loc.detach(), float(layer.slab.prior_scale), 0.0,
+                            parameterization="log_variance").double()
+        with torch.no_grad():
+            slab.log_var.copy_(2 * sigma.log())
+        layer.slab = slab
+    assert [torch.allclose(layer.slab.scale, s) for layer, s in zip(bnn.layers, sigmas, strict=True)] == [True, True]
+    assert float(moment_loss(bnn, x, y)) == pytest.approx(expected, rel=1e-10)

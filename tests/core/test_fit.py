@@ -152,3 +152,111 @@ def test_logit_lr_gives_the_indicator_logits_their_own_learning_rate(classificat
         assert step == pytest.approx(2e-2 if name.endswith("logits") else 1e-3, rel=1e-3), name
     with pytest.raises(HyperparameterError, match="logit_lr applies to the default optimiser"):
         fit(make(), x, y, epochs=1, logit_lr=1e-2, optim=JointAdam({"lr": 1e-3}), progress=False)
+
+
+def fit_keywords(**overrides):
+    """fit's keyword arguments at their defaults, with ``overrides``."""
+    import inspect
+
+    defaults = {name: p.default for name, p in inspect.signature(fit).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return {**defaults, **overrides}
+
+
+def test_the_plan_holds_the_checked_arguments_and_changes_nothing(classification_data):
+    import dataclasses
+
+    from pyro_sparse_bnn.core import MeanFieldELBO
+    from pyro_sparse_bnn.core.fit import FitPlan
+
+    x, y = classification_data
+    bnn = make()
+    elbo = MeanFieldELBO()
+    plan = FitPlan.build(bnn, x.numpy(), y, **fit_keywords(epochs=4, batch_size=25, kl_warmup=2, elbo=elbo,
+                                                           temperature=(1.0, 0.1)))
+    assert bnn.num_data is None and float(bnn.temperature) == 0.5  # building the plan changes nothing
+    assert plan.num_data == 60 and plan.steps_per_epoch == 3 and isinstance(plan.x, torch.Tensor)
+    assert plan.elbo is not elbo and type(plan.elbo) is MeanFieldELBO  # the warm-up re-weights a copy
+    assert [plan.kl_weight(e) for e in range(4)] == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0])
+    assert plan.temperature(0) == pytest.approx(1.0) and plan.temperature(3) == pytest.approx(0.1)
+    assert {id(p) for p in plan.indicators} == {id(p) for n, p in bnn.named_parameters() if n.endswith("logits")}
+    assert plan.config["batch_size"] == 25 and plan.config["optim"] == "NoneType"  # as checkpoints store it
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.epochs = 5
+    for bad in (dict(epochs=0), dict(batch_size=2.5), dict(kl_warmup=-1), dict(lr="fast")):
+        with pytest.raises(HyperparameterError):
+            FitPlan.build(bnn, x, y, **fit_keywords(**bad))
+    assert bnn.num_data is None
+
+
+def test_a_callers_elbo_keeps_its_kl_weight_during_a_warmup(classification_data):
+    from pyro_sparse_bnn.core import MeanFieldELBO
+
+    x, y = classification_data
+    elbo = MeanFieldELBO()
+    a = make()
+    history = fit(a, x, y, epochs=4, batch_size=20, kl_warmup=2, elbo=elbo, seed=5, progress=False)
+    assert elbo.kl_weight == 1.0 and elbo.non_finite_sites == {}
+    assert history.kl_weight == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0])
+    # the same fit as with fit's own ELBO, which it may re-weight in place
+    b = make()
+    reference = fit(b, x, y, epochs=4, batch_size=20, kl_warmup=2, seed=5, progress=False)
+    assert history.loss == reference.loss
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    # and the warm-up acted: the first epoch without it fits another objective
+    plain = fit(make(), x, y, epochs=1, batch_size=20, elbo=elbo, seed=5, progress=False)
+    assert plain.loss[0] != history.loss[0] and plain.kl_weight == [1.0]
+    half = MeanFieldELBO(kl_weight=0.5)  # without a warm-up the caller's weight is used as it is
+    assert fit(make(), x, y, epochs=1, elbo=half, progress=False).kl_weight == [0.5] and half.kl_weight == 0.5
+
+
+@pytest.mark.parametrize("validation, failure", [
+    (False, r"the loss became (nan|inf)"),  # the loss guard
+    (True, r"a distribution got non-finite parameters"),  # a distribution rejects its NaN arguments first
+])
+def test_a_non_finite_step_is_not_applied(classification_data, validation, failure):
+    """The step whose loss is not finite leaves every parameter and the optimiser's state as
+    they were after the last finite step."""
+    import pyro
+
+    x, y = classification_data
+    bnn = make()
+    optim = JointAdam({"lr": 1e-2})
+    before = {}
+
+    def poison(epoch, history, model):
+        with torch.no_grad():
+            model.layers[0].block.slab.rho[1, 2] = float("inf")  # an infinite slab KL
+        before.update({name: p.detach().clone() for name, p in model.named_parameters()})
+
+    with pytest.raises(NonFiniteLossError, match=failure + r" at epoch 1, step 0 \(step 3 overall\)"), \
+            pyro.validation_enabled(validation):
+        fit(bnn, x, y, epochs=3, batch_size=20, optim=optim, callbacks=[poison], progress=False)
+    for name, p in bnn.named_parameters():
+        assert torch.equal(p, before[name]), name
+        assert p.grad is None and p.requires_grad
+    assert {int(s["step"]) for s in optim.optimizer.state.values()} == {3}  # the 3 steps of epoch 0
+    assert int(bnn.num_steps) == 3
+
+
+def test_svi_step_takes_the_step_of_pyro_svi(classification_data):
+    """svi_step mirrors pyro.infer.SVI.step (loss, gradients, optimiser step, zeroed gradients)."""
+    import pyro
+    from pyro.infer import SVI
+
+    from pyro_sparse_bnn.core import MeanFieldELBO
+    from pyro_sparse_bnn.core.fit import svi_step
+
+    x, y = classification_data
+    results = []
+    for ours in (False, True):
+        bnn, optim, elbo = make(), pyro.optim.Adam({"lr": 1e-2}), MeanFieldELBO()
+        svi = SVI(bnn.model, bnn.guide, optim, elbo)
+        pyro.set_rng_seed(3)
+        losses = [svi_step(bnn.model, bnn.guide, elbo.loss_and_grads, optim, x, y) if ours else svi.step(x, y)
+                  for _ in range(3)]
+        results.append((losses, [p.detach().clone() for p in bnn.parameters()]))
+        assert all(p.grad is None or not p.grad.any() for p in bnn.parameters())
+    (losses, params), (our_losses, our_params) = results
+    assert our_losses == losses and all(torch.equal(p, q) for p, q in zip(params, our_params, strict=True))
+    assert not torch.equal(params[0], make().layers[0].block.gates.logits)  # the steps moved the network

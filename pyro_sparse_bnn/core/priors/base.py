@@ -29,7 +29,7 @@ indicators and the Gaussian slab with its (optionally inclusion-weighted) KL.
 import math
 import weakref
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import pyro
 import pyro.distributions as dist
@@ -61,7 +61,7 @@ __all__ = [
     "cached_prior",
     "check_positive",
     "check_probability",
-    "check_finite",
+    "check_finite_number",
     "fan_in_rho",
 ]
 
@@ -342,8 +342,12 @@ def check_probability(name: str, value) -> float:
     return value
 
 
-def check_finite(name: str, value) -> float:
-    """Return ``float(value)`` or raise :class:`HyperparameterError` unless it is finite."""
+def check_finite_number(name: str, value) -> float:
+    """Return ``float(value)`` or raise :class:`HyperparameterError` unless it is a finite number.
+
+    For scalar hyperparameters, argument order ``(name, value)`` like :func:`check_positive`;
+    data tensors are checked by :func:`~pyro_sparse_bnn.core.validation.check_finite`
+    (which raises :class:`~pyro_sparse_bnn.core.errors.InputError`)."""
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -351,6 +355,11 @@ def check_finite(name: str, value) -> float:
     if not math.isfinite(value):
         raise HyperparameterError(f"{name} must be finite, got {value}")
     return value
+
+
+#: former name of :func:`check_finite_number`, kept only until
+#: :mod:`pyro_sparse_bnn.analysis.finetune` imports the new name; not exported
+check_finite = check_finite_number
 
 
 def _logit(p: float) -> float:
@@ -653,7 +662,7 @@ class IndicatorPrior(Prior):
             None if prior_inclusion is None else check_probability("prior_inclusion", prior_inclusion)
         )
         self.init_inclusion = check_probability("init_inclusion", init_inclusion)
-        self.init_rho = None if init_rho is None else check_finite("init_rho", init_rho)
+        self.init_rho = None if init_rho is None else check_finite_number("init_rho", init_rho)
         self.hard = bool(hard)
         self.threshold = check_probability("threshold", threshold)
 
@@ -734,6 +743,14 @@ class PriorLayer(nn.Module):
         :param torch.Tensor temperature: scalar relaxation temperature of the indicators.
         """
         raise NotImplementedError
+
+    def indicator_parameters(self) -> List[nn.Parameter]:
+        """The logits of the layer's Bernoulli indicators: the ``logits`` of every
+        :class:`BernoulliGates` among its submodules, in module order; empty for priors
+        without indicators. :func:`~pyro_sparse_bnn.core.fit.fit` gives them their own
+        learning rate (``logit_lr``) and holds them during ``indicator_warmup``; a prior that
+        keeps indicator logits outside a ``BernoulliGates`` overrides this."""
+        return [module.logits for module in self.modules() if isinstance(module, BernoulliGates)]
 
     # -- readouts of the fitted guide ---------------------------------------------------
     def inclusion_groups(self) -> torch.Tensor:

@@ -42,7 +42,7 @@ from .base import (
     NetworkInfo,
     Prior,
     PriorLayer,
-    check_finite,
+    check_finite_number,
     check_positive,
 )
 
@@ -244,8 +244,8 @@ class BayesianCompressionPrior(Prior):
     def __init__(self, log_alpha_threshold: Union[float, Sequence[float]], init_rho: float,
                  max_variance: Union[None, float, Sequence[Optional[float]]] = (0.04,),
                  weight_parameterization: str = "log_variance", init_weight_log_var: float = -9.0):
-        self.log_alpha_threshold = _per_layer("log_alpha_threshold", log_alpha_threshold, check_finite)
-        self.init_rho = check_finite("init_rho", init_rho)
+        self.log_alpha_threshold = _per_layer("log_alpha_threshold", log_alpha_threshold, check_finite_number)
+        self.init_rho = check_finite_number("init_rho", init_rho)
         self.max_variance = _per_layer("max_variance", max_variance, check_positive, allow_none=True)
         if weight_parameterization not in SLAB_PARAMETERIZATIONS:
             raise HyperparameterError(
@@ -253,7 +253,7 @@ class BayesianCompressionPrior(Prior):
                 f"got {weight_parameterization!r}"
             )
         self.weight_parameterization = weight_parameterization
-        self.init_weight_log_var = check_finite("init_weight_log_var", init_weight_log_var)
+        self.init_weight_log_var = check_finite_number("init_weight_log_var", init_weight_log_var)
 
     @property
     def threshold(self) -> Optional[float]:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..distributions import LogUniformScale, dropout_log_alpha
-from .base import cached_prior, check_finite
+from .base import cached_prior, check_finite_number
 from .bayesian_compression import BayesianCompressionPrior, GroupScaleLayer
 
 __all__ = ["GroupNormalJeffreys", "NormalJeffreysLayer"]
@@ -89,4 +89,4 @@ class GroupNormalJeffreys(BayesianCompressionPrior):
                  max_variance: Union[None, float, Sequence[Optional[float]]] = (0.04,),
                  weight_parameterization: str = "log_variance", init_weight_log_var: float = -9.0):
         super().__init__(log_alpha_threshold, init_rho, max_variance, weight_parameterization, init_weight_log_var)
-        self.init_log_var = check_finite("init_log_var", init_log_var)
+        self.init_log_var = check_finite_number("init_log_var", init_log_var)

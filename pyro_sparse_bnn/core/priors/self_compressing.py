@@ -39,7 +39,7 @@ from .base import (
     NetworkInfo,
     Prior,
     PriorLayer,
-    check_finite,
+    check_finite_number,
     check_positive,
 )
 
@@ -91,7 +91,7 @@ class SelfCompressingGaussian(Prior):
 
     def __init__(self, prior_scale: float = 1.0, init_rho: float = -5.0, snr_threshold: float = 0.5):
         self.prior_scale = check_positive("prior_scale", prior_scale)
-        self.init_rho = check_finite("init_rho", init_rho)
+        self.init_rho = check_finite_number("init_rho", init_rho)
         self.snr_threshold = check_positive("snr_threshold", snr_threshold)
 
     @property

@@ -16,6 +16,7 @@ from typing import Optional, Union
 import torch
 
 from ..errors import HyperparameterError
+from ..validation import check_positive_int
 from .base import (
     IndicatorPrior,
     LayerDraw,
@@ -51,8 +52,7 @@ def theory_prior_inclusion(
     """
     for name, value in [("num_weights", num_weights), ("hidden_width", hidden_width),
                         ("num_data", num_data), ("num_inputs", num_inputs)]:
-        if value is None or value < 1:
-            raise HyperparameterError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int(name, value)
     if num_hidden_layers < 0:
         raise HyperparameterError(f"num_hidden_layers must be >= 0, got {num_hidden_layers}")
     delta = check_positive("delta", delta)
