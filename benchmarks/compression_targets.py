@@ -62,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, write  # noqa: E402
 
 import pyro_sparse_bnn as psb  # noqa: E402
+import pyro_sparse_bnn.apps  # noqa: E402
 from pyro_sparse_bnn.apps.datasets import fashion_mnist  # noqa: E402
 from pyro_sparse_bnn.core.elbo import MeanFieldELBO  # noqa: E402
 from pyro_sparse_bnn.core.errors import DegenerateNetworkWarning  # noqa: E402
@@ -337,7 +338,7 @@ def run_point(row: Row, point: dict, bnn, dense_short, data, seed: int, echo, te
                      "seconds": time.perf_counter() - start}
     start = time.perf_counter()
     pruned = psb.apps.magnitude_prune(dense_short, report)
-    assert psb.baselines.module_widths(pruned) == report.architecture_after
+    assert psb.apps.baselines.module_widths(pruned) == report.architecture_after
     pruned_tuned, history = psb.finetune(pruned, data.x_train, data.y_train, epochs=row.e_ft, **dense_options)
     result["magnitude"] = {"before": scores(pruned, data), "after": scores(pruned_tuned, data),
                            "weights": num_weights(pruned), "best_epoch": history.best_epoch,

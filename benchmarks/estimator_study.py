@@ -33,11 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PRIORS, write  # noqa: E402
 
 import pyro_sparse_bnn as psb  # noqa: E402
+import pyro_sparse_bnn.apps.datasets  # noqa: E402
 from pyro_sparse_bnn.core.fit import fit  # noqa: E402
 
 NETS = {
-    "mlp400": (lambda: psb.nets.mlp([784, 400, 400, 10], nn.SiLU), 1024),
-    "lenet300": (psb.nets.lenet_300_100, 128),
+    "mlp400": (lambda: psb.mlp([784, 400, 400, 10], nn.SiLU), 1024),
+    "lenet300": (psb.lenet_300_100, 128),
     "lenet5": (psb.lenet5_caffe, 128),
 }
 ESTIMATORS = {"lrt": True, "weights": False, "auto": "auto", "default": None}
@@ -161,7 +162,7 @@ def main(argv=None):
     parser.add_argument("--n-train", type=int, default=None, help="use only the first n training images")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    data = psb.datasets.fashion_mnist(n_train=args.n_train)
+    data = psb.apps.datasets.fashion_mnist(n_train=args.n_train)
     runs = [run(args.row, e, args.epochs, args.seed, data, args.lr, args.draws, args.batch_size)
             for e in args.estimators.split(",")]
     for r in runs:

@@ -42,7 +42,6 @@ from pathlib import Path
 import pyro
 import torch
 import torch.nn.functional as F
-from pyro.infer import SVI
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -51,7 +50,7 @@ from hand_written import HandWritten, fixed_noise  # noqa: E402
 
 import pyro_sparse_bnn as psb  # noqa: E402
 from pyro_sparse_bnn.core.architecture import parse_sequential  # noqa: E402
-from pyro_sparse_bnn.core.fit import _fit_step  # noqa: E402
+from pyro_sparse_bnn.core.fit import fit_step  # noqa: E402
 from pyro_sparse_bnn.core.optim import JointAdam  # noqa: E402
 from pyro_sparse_bnn.core.reparameterization import LocalReparameterization  # noqa: E402
 
@@ -65,8 +64,8 @@ PRIORS = {
     "sc": ("self-compressing", psb.SelfCompressingGaussian),
 }
 NETS = {
-    "mlp400": ("MLP 784-400-400-10 (SiLU)", lambda: psb.nets.mlp([784, 400, 400, 10], nn.SiLU), 1024, 1.8),
-    "lenet300": ("LeNet-300-100", psb.nets.lenet_300_100, 128, 3.5),
+    "mlp400": ("MLP 784-400-400-10 (SiLU)", lambda: psb.mlp([784, 400, 400, 10], nn.SiLU), 1024, 1.8),
+    "lenet300": ("LeNet-300-100", psb.lenet_300_100, 128, 3.5),
     "lenet5": ("LeNet-5-Caffe", psb.lenet5_caffe, 128, 2.5),
 }
 ROWS = ["mlp400-ssghs", "lenet300-bcgnj", "lenet300-ssig"] + [f"lenet5-{p}" for p in PRIORS]
@@ -82,7 +81,7 @@ def build_row(row, lrt, batch_size=None, seed=0, widths=None):
     net_key, prior_key = row.split("-")
     _, build, default_batch, _ = NETS[net_key]
     if widths is not None:
-        build = partial(psb.nets.mlp, widths)
+        build = partial(psb.mlp, widths)
     batch = batch_size or default_batch
     torch.manual_seed(seed)
     deterministic = build()
@@ -98,10 +97,10 @@ def build_row(row, lrt, batch_size=None, seed=0, widths=None):
 
     kwargs = {} if lrt is None else {"local_reparameterization": lrt}
     bnn = psb.SparseBNN(build(), PRIORS[prior_key][1](), num_data=NUM_DATA, **kwargs)
-    svi = SVI(bnn.model, bnn.guide, JointAdam({"lr": LR}), psb.core.MeanFieldELBO())
+    elbo, optim = psb.core.MeanFieldELBO(), JointAdam({"lr": LR})
 
     def library_step():  # what fit does per step
-        _fit_step(bnn, svi, x, y, skip_slab_draws=True)
+        fit_step(bnn, elbo, optim, x, y)
 
     used_lrt = bnn.local_reparameterization_layers(batch)
     hand = HandWritten(bnn, used_lrt)

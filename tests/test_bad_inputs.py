@@ -86,7 +86,7 @@ CASES = {
     "x and y of different lengths": (lambda t: fit(y=Y[:10]), InputError, "mismatched number of examples: x has 12, y has 10"),
     "empty data": (lambda t: fit(x=X[:0], y=Y[:0]), InputError, r"x is empty \(batch size 0\)"),
     "no targets": (lambda t: fit(y=None), InputError, "y is None: fit needs targets"),
-    "not a network": (lambda t: psb.fit(mlp([5, 4, 3]), X, Y), InputError, "fit needs a SparseBNN, got Sequential"),
+    "not a network": (lambda t: psb.fit(mlp([5, 4, 3]), X, Y), InputError, "fit needs a SparseBNN as bnn, got Sequential"),
     "regression targets of the wrong shape": (
         lambda t: psb.fit(SparseBNN(mlp([5, 4, 2]), SpikeSlab(prior_inclusion=0.2), likelihood="gaussian"),
                           X, torch.randn(12), progress=False),

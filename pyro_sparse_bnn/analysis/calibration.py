@@ -64,7 +64,7 @@ def _probs_and_labels(probs, y):
     if y.is_floating_point() or y.dim() != 1:
         raise InputError(f"y must be integer class labels of shape (n,), got {y.dtype} {tuple(y.shape)}")
     check_same_length([probs, y], ["probs", "y"])
-    check_finite(probs, "probs")
+    check_finite("probs", probs)
     if (probs < 0).any() or not torch.allclose(probs.sum(1), torch.ones_like(probs[:, 0]), atol=1e-4):
         raise InputError("probs must be class probabilities: non-negative rows summing to 1")
     if int(y.min()) < 0 or int(y.max()) >= probs.shape[1]:
@@ -111,7 +111,7 @@ def predictive_pit(prediction: Prediction, y, noise_scale) -> torch.Tensor:
     y = as_tensor(y, "y", torch.float64).detach().to(draws.device).double()
     if tuple(y.shape) != tuple(draws.shape[1:]):
         raise InputError(f"y has shape {tuple(y.shape)} but the predictions are for {tuple(draws.shape[1:])}")
-    check_finite(y, "y")
+    check_finite("y", y)
     scale = torch.as_tensor(noise_scale, dtype=torch.float64, device=draws.device)
     if not bool((scale > 0).all()):
         raise InputError(f"noise_scale must be positive, got {noise_scale!r}")

@@ -36,11 +36,12 @@ from tqdm.auto import tqdm
 from ..core.errors import HyperparameterError, InputError, NonFiniteLossError
 from ..core.likelihoods import Likelihood, make_likelihood
 from ..core.network import SparseBNN
-from ..core.priors.base import check_finite, check_positive
 from ..core.validation import (
     as_tensor,
     check_bool,
     check_features,
+    check_finite_number,
+    check_positive,
     check_positive_int,
     check_same_length,
     check_seed,
@@ -406,7 +407,7 @@ def finetune(
     seed = check_seed(seed)
     restore_best, keep_zeros = check_bool("restore_best", restore_best), check_bool("keep_zeros", keep_zeros)
     progress = check_bool("progress", progress)
-    distillation_weight = check_finite("distillation_weight", distillation_weight)
+    distillation_weight = check_finite_number("distillation_weight", distillation_weight)
     if not 0 <= distillation_weight <= 1:
         raise HyperparameterError(f"distillation_weight must lie in [0, 1], got {distillation_weight}")
     temperature = check_positive("temperature", temperature)

@@ -177,9 +177,9 @@ class Frontier:
 
 # -- data and arguments -----------------------------------------------------------------------
 def _validation_data(bnn: SparseBNN, x_val, y_val):
-    x_val = as_tensor(x_val, "x_val", bnn._dtype, bnn._device)
-    y_val = as_tensor(y_val, "y_val", bnn._dtype, bnn._device)
-    check_features(x_val, bnn.input_shape, bnn._dtype, bnn._device, name="x_val")
+    x_val = as_tensor(x_val, "x_val", bnn.dtype, bnn.device)
+    y_val = as_tensor(y_val, "y_val", bnn.dtype, bnn.device)
+    check_features(x_val, bnn.input_shape, bnn.dtype, bnn.device, name="x_val")
     y_val = bnn.likelihood.check_targets(y_val, bnn.num_outputs)
     check_same_length([x_val, y_val], ["x_val", "y_val"])
     return x_val, y_val

@@ -50,10 +50,9 @@ from ..core.distributions import normal_kl
 from ..core.errors import HyperparameterError, InputError
 from ..core.fit import FitHistory, NonFiniteStep, minibatches, run_epochs
 from ..core.likelihoods import GaussianLikelihood
-from ..core.network import SparseBNN
-from ..core.priors.base import check_positive
+from ..core.network import SparseBNN, check_bnn
 from ..core.priors.self_compressing import SelfCompressingLayer
-from ..core.validation import check_positive_int, check_threshold, layer_thresholds
+from ..core.validation import check_positive, check_positive_int, check_threshold, layer_thresholds
 
 __all__ = [
     "MomentPrediction",
@@ -207,8 +206,7 @@ def moment_predict(bnn: SparseBNN, x, x_var=None, masked: bool = True, threshold
 # Training with the moments
 # --------------------------------------------------------------------------------------
 def _trainable(bnn: SparseBNN) -> None:
-    if not isinstance(bnn, SparseBNN):
-        raise InputError(f"moment training needs a SparseBNN, got {type(bnn).__name__}")
+    check_bnn(bnn, "moment training")
     if not all(isinstance(layer, SelfCompressingLayer) for layer in bnn.layers):
         raise HyperparameterError("moment training needs the SelfCompressingGaussian prior on every layer")
     if not isinstance(bnn.likelihood, GaussianLikelihood):

@@ -33,13 +33,13 @@ from tqdm.auto import tqdm
 from .checkpoint import Checkpoints, set_optimizer_state, set_rng_state
 from .elbo import MeanFieldELBO
 from .errors import HyperparameterError, InputError, NonFiniteLossError, SaveFileError
-from .network import SparseBNN
+from .network import SparseBNN, check_bnn
 from .optim import JointAdam, JointOptim
-from .priors.base import check_positive
 from .savefile import read, state_into
-from .validation import check_bool, check_positive_int
+from .validation import check_bool, check_non_negative_int, check_positive, check_positive_int
 
-__all__ = ["fit", "FitHistory", "TemperatureSchedule", "geometric_temperature"]
+__all__ = ["fit", "FitHistory", "TemperatureSchedule", "geometric_temperature", "fit_step", "svi_step", "run_epochs",
+           "NonFiniteStep", "minibatches"]
 
 #: a constant temperature, a function ``epoch -> temperature`` or ``(start, end)`` for
 #: geometric annealing from ``start`` (first epoch) to ``end`` (last epoch)
@@ -123,12 +123,6 @@ def _logit_multiplier(logits: Sequence[torch.Tensor], lr: float, logit_lr: Optio
 
 def _non_finite_parameters(bnn: SparseBNN) -> List[str]:
     return [name for name, p in bnn.named_parameters() if not bool(torch.isfinite(p).all())]
-
-
-def _check_non_negative_int(name: str, value) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 0:
-        raise HyperparameterError(f"{name} must be a non-negative integer, got {value!r}")
-    return int(value)
 
 
 def _fit_config(**arguments) -> dict:
@@ -229,8 +223,7 @@ class FitPlan:
               kl_warmup, indicator_warmup, num_particles, optim, elbo, shuffle, progress, callbacks, checkpoint,
               checkpoint_every, resume) -> "FitPlan":
         """Check the arguments of :func:`fit` (same names and meaning) and derive the plan."""
-        if not isinstance(bnn, SparseBNN):
-            raise InputError(f"fit needs a SparseBNN, got {type(bnn).__name__}")
+        check_bnn(bnn, "fit")
         epochs = check_positive_int("epochs", epochs)
         checkpoint_every = check_positive_int("checkpoint_every", checkpoint_every)
         checkpoint = None if checkpoint is None else _check_checkpoint_path(checkpoint)
@@ -250,8 +243,8 @@ class FitPlan:
         if lr_decay != 1.0 and isinstance(optim, pyro.optim.lr_scheduler.PyroLRScheduler):
             raise HyperparameterError("lr_decay cannot be combined with a Pyro learning-rate scheduler")
         schedule = _schedule(temperature, bnn, epochs)
-        kl_warmup = _check_non_negative_int("kl_warmup", kl_warmup)
-        indicator_warmup = _check_non_negative_int("indicator_warmup", indicator_warmup)
+        kl_warmup = check_non_negative_int("kl_warmup", kl_warmup)
+        indicator_warmup = check_non_negative_int("indicator_warmup", indicator_warmup)
         indicators = tuple(bnn.indicator_parameters())
         if indicator_warmup and not indicators:
             raise HyperparameterError(
@@ -367,12 +360,19 @@ def svi_step(model, guide, loss_and_grads, optim: pyro.optim.PyroOptim, *args, *
     return loss
 
 
-def _fit_step(bnn: SparseBNN, svi, x: torch.Tensor, y: torch.Tensor, skip_slab_draws: bool) -> float:
-    """One step of :func:`fit` with the model, guide, ELBO and optimiser of the
-    ``pyro.infer.SVI`` object ``svi``, on a minibatch that passed ``bnn.check_data`` (the
-    per-step path that ``benchmarks/step_time.py`` times); returns the loss."""
-    with bnn.reparameterization(skip_slab_draws, x.shape[0]), bnn._checked_data():
-        return svi_step(svi.model, svi.guide, svi.loss_and_grads, svi.optim, x, y)
+def fit_step(bnn: SparseBNN, elbo: ELBO, optim: pyro.optim.PyroOptim, x: torch.Tensor, y: torch.Tensor,
+             skip_slab_draws: bool = True) -> float:
+    """One optimisation step of :func:`fit` on a minibatch ``x`` ``(batch, *input_shape)``,
+    ``y`` ``(batch,)`` or ``(batch, outputs)`` that passed ``bnn.check_data``: the step runs
+    under the network's local reparameterisation for this batch size (skipping the slab draws
+    that nothing reads when ``skip_slab_draws``, right for
+    :class:`~pyro_sparse_bnn.core.elbo.MeanFieldELBO`) and :func:`svi_step`.
+
+    :returns: the loss as a float.
+    :raises NonFiniteStep: if the loss is not finite (the step is not applied).
+    """
+    with bnn.reparameterization(skip_slab_draws, x.shape[0]), bnn.checked_data():
+        return svi_step(bnn.model, bnn.guide, elbo.loss_and_grads, optim, x, y)
 
 
 def run_epochs(
@@ -473,8 +473,7 @@ class _FitRun:
         becomes a :class:`NonFiniteStep` (with the failing sites diagnosed)."""
         bnn, plan = self.bnn, self.plan
         try:
-            with bnn.reparameterization(plan.skip_slab_draws, x.shape[0]), bnn._checked_data():
-                return svi_step(bnn.model, bnn.guide, plan.elbo.loss_and_grads, plan.optim, x, y)
+            return fit_step(bnn, plan.elbo, plan.optim, x, y, plan.skip_slab_draws)
         except ValueError as error:  # distribution validation saw NaN/inf parameters
             if not _non_finite_parameters(bnn):
                 raise

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import HyperparameterError, InputError
-from .priors.base import check_positive, emit_param
-from .validation import check_finite
+from .priors.base import emit_param
+from .validation import check_finite, check_positive
 
 __all__ = [
     "Likelihood",
@@ -147,7 +147,7 @@ class GaussianLikelihood(Likelihood):
             num_outputs > 1 and (y.dim() != 2 or y.shape[1] != num_outputs)
         ):
             raise InputError(f"regression targets y must have shape {expected}, got {tuple(y.shape)}")
-        check_finite(y, "y")
+        check_finite("y", y)
         return y
 
     def _scale(self):

@@ -26,9 +26,15 @@ from torch import nn
 from .architecture import Architecture, parse_sequential
 from .errors import HyperparameterError, InputError, NotFittedError
 from .likelihoods import Likelihood, Prediction, make_likelihood
-from .priors.base import Prior, PriorLayer, apply_layer, check_positive
+from .priors.base import Prior, PriorLayer, apply_layer
 from .reparameterization import LocalReparameterization
-from .validation import as_tensor, check_features, check_positive_int, check_same_length
+from .validation import (
+    as_tensor,
+    check_features,
+    check_positive,
+    check_positive_int,
+    check_same_length,
+)
 
 __all__ = ["SparseBNN", "AUTO_LOCAL_REPARAMETERIZATION", "check_bnn"]
 
@@ -116,7 +122,7 @@ class SparseBNN(nn.Module):
         # follow the user's network: its device and floating-point dtype
         reference = self.architecture.specs[0].module.weight
         self.to(device=reference.device, dtype=reference.dtype)
-        self._initial_fingerprint = self._fingerprint()
+        self.initial_fingerprint = self._fingerprint()
 
     # -- construction helpers ------------------------------------------------------------
     @staticmethod
@@ -158,11 +164,13 @@ class SparseBNN(nn.Module):
         return self.architecture.num_outputs
 
     @property
-    def _dtype(self):
+    def dtype(self) -> torch.dtype:
+        """Floating-point dtype of the network's parameters (inputs are converted to it)."""
         return self.temperature.dtype
 
     @property
-    def _device(self):
+    def device(self) -> torch.device:
+        """Device of the network's parameters."""
         return self.temperature.device
 
     def set_temperature(self, temperature: float) -> None:
@@ -191,14 +199,14 @@ class SparseBNN(nn.Module):
     def is_fitted(self) -> bool:
         """Whether the guide has been trained: by :func:`~pyro_sparse_bnn.core.fit.fit`, or by any
         other optimiser (its parameters have moved from their initial values)."""
-        return int(self.num_steps) > 0 or self._fingerprint() != self._initial_fingerprint
+        return int(self.num_steps) > 0 or self._fingerprint() != self.initial_fingerprint
 
     # -- data checks ---------------------------------------------------------------------
-    #: whether :meth:`model` may skip :meth:`check_data` (see :meth:`_checked_data`)
+    #: whether :meth:`model` may skip :meth:`check_data` (see :meth:`checked_data`)
     _data_checked = False
 
     @contextmanager
-    def _checked_data(self):
+    def checked_data(self):
         """Block in which :meth:`model` trusts its inputs, for callers that validated them
         already: ``fit`` checks the whole training set up front and ``predict`` its input, so
         that a step does not scan every minibatch for NaNs again."""
@@ -213,11 +221,11 @@ class SparseBNN(nn.Module):
 
         :raises InputError: on wrong shapes, dtypes, devices, NaN/inf or labels out of range.
         """
-        check_features(x, self.input_shape, self._dtype, self._device)
+        check_features(x, self.input_shape, self.dtype, self.device)
         if y is not None:
             y = self.likelihood.check_targets(y, self.num_outputs)
             if y.is_floating_point():
-                y = y.to(self._dtype)
+                y = y.to(self.dtype)
             check_same_length([x, y], ["x", "y"])
             if y.device != x.device:
                 raise InputError(f"y is on {y.device} but x is on {x.device}")
@@ -225,9 +233,9 @@ class SparseBNN(nn.Module):
 
     def as_data(self, x, y=None):
         """Convert numpy arrays / sequences to tensors of the network's dtype and device."""
-        x = as_tensor(x, "x", self._dtype, self._device)
+        x = as_tensor(x, "x", self.dtype, self.device)
         if y is not None:
-            y = as_tensor(y, "y", self._dtype, self._device)
+            y = as_tensor(y, "y", self.dtype, self.device)
         return x, y
 
     # -- Pyro model and guide ------------------------------------------------------------
@@ -341,7 +349,7 @@ class SparseBNN(nn.Module):
         x, _ = self.as_data(x)
         self.check_data(x)
         chunks = [x] if batch_size is None else torch.split(x, int(batch_size))
-        with torch.random.fork_rng(devices=[]) if seed is not None else nullcontext(), self._checked_data():
+        with torch.random.fork_rng(devices=[]) if seed is not None else nullcontext(), self.checked_data():
             if seed is not None:
                 torch.manual_seed(int(seed))
             draws = torch.cat(

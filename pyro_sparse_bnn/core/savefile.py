@@ -171,7 +171,7 @@ def contents(bnn: SparseBNN, history: Optional[dict] = None, fit_state: Optional
         "library_version": __version__,
         **describe(bnn),
         "num_data": bnn.num_data,
-        "initial_fingerprint": tuple(bnn._initial_fingerprint),
+        "initial_fingerprint": tuple(bnn.initial_fingerprint),
         "state": _cpu_state(bnn),
         "history": history,
         "fit_state": fit_state,
@@ -282,4 +282,4 @@ def state_into(bnn: SparseBNN, contents: dict, source: str) -> None:
             f"unexpected entries {result.unexpected_keys}"
         )
     bnn.num_data = contents["num_data"]
-    bnn._initial_fingerprint = tuple(contents["initial_fingerprint"])
+    bnn.initial_fingerprint = tuple(contents["initial_fingerprint"])

@@ -5,6 +5,7 @@ argument and what was expected, instead of letting a shape or NaN problem surfac
 inside torch or as a silent NaN loss.
 """
 
+import math
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -14,7 +15,7 @@ from .errors import HyperparameterError, InputError
 
 __all__ = [
     "as_tensor", "check_features", "check_finite", "check_same_length",
-    "check_positive_int", "check_non_negative_int", "check_bool", "check_threshold", "layer_thresholds", "check_seed",
+    "check_positive_int", "check_non_negative_int", "check_bool", "check_threshold", "layer_thresholds", "check_seed", "check_positive", "check_probability", "check_finite_number",
 ]
 
 
@@ -39,7 +40,7 @@ def as_tensor(value, name: str, dtype: Optional[torch.dtype] = None, device=None
     return torch.as_tensor(array, device=device)
 
 
-def check_finite(value: torch.Tensor, name: str) -> None:
+def check_finite(name: str, value: torch.Tensor) -> None:
     """Raise :class:`InputError` if ``value`` contains NaN or +/-inf (naming the first row)."""
     if value.is_floating_point():
         finite = torch.isfinite(value)
@@ -79,7 +80,7 @@ def check_features(x: torch.Tensor, input_shape: Union[int, Tuple[int, ...]], dt
         )
     if x.shape[0] == 0:
         raise InputError(f"{name} is empty (batch size 0)")
-    check_finite(x, name)
+    check_finite(name, x)
 
 
 def check_same_length(tensors: Sequence[torch.Tensor], names: Sequence[str]) -> None:
@@ -157,3 +158,41 @@ def layer_thresholds(threshold, num_layers: int) -> tuple:
     """The checked ``threshold`` (see :func:`check_threshold`) as one entry per layer
     (``None``: that layer's own keep rule)."""
     return threshold if isinstance(threshold, tuple) else (threshold,) * num_layers
+
+
+def check_positive(name: str, value) -> float:
+    """Return ``float(value)`` or raise :class:`HyperparameterError` unless it is > 0 and finite."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise HyperparameterError(f"{name} must be a positive number, got {value!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise HyperparameterError(f"{name} must be positive and finite, got {value}")
+    return value
+
+
+def check_probability(name: str, value) -> float:
+    """Return ``float(value)`` or raise :class:`HyperparameterError` unless 0 < value < 1."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise HyperparameterError(
+            f"{name} must be a probability in (0, 1), got {value!r}"
+        ) from None
+    if not 0 < value < 1:
+        raise HyperparameterError(f"{name} must lie strictly between 0 and 1, got {value}")
+    return value
+
+
+def check_finite_number(name: str, value) -> float:
+    """Return ``float(value)`` or raise :class:`HyperparameterError` unless it is a finite number.
+
+    For scalar hyperparameters; data tensors are checked by :func:`check_finite` (which raises
+    :class:`~pyro_sparse_bnn.core.errors.InputError`)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise HyperparameterError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(value):
+        raise HyperparameterError(f"{name} must be finite, got {value}")
+    return value

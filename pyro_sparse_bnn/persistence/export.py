@@ -105,7 +105,7 @@ def _check_example(module: nn.Module, example_input) -> None:
         raise InputError(
             f"example_input must have shape (batch, *input_shape) with batch >= 1, got {tuple(example_input.shape)}"
         )
-    check_finite(example_input, "example_input")
+    check_finite("example_input", example_input)
     try:
         with torch.no_grad():
             module(example_input)

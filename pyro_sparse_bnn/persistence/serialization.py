@@ -27,7 +27,7 @@ from torch import nn
 from ..core.errors import InputError, SaveFileError
 from ..core.fit import FitHistory
 from ..core.likelihoods import Likelihood
-from ..core.network import SparseBNN
+from ..core.network import SparseBNN, check_bnn
 from ..core.priors.base import Prior
 from ..core.savefile import MODULE_CLASSES, contents, qualified_name, read, state_into, write
 
@@ -76,8 +76,7 @@ def save(bnn: SparseBNN, path: PathLike, history=None) -> Path:
     :raises InputError: for a non-``SparseBNN``, a bad path or history, or a network module
         that a file cannot describe.
     """
-    if not isinstance(bnn, SparseBNN):
-        raise InputError(f"save needs a SparseBNN as bnn, got {type(bnn).__name__}")
+    check_bnn(bnn, "save")
     return write(contents(bnn, _history_dict(history)), path)
 
 
@@ -112,8 +111,7 @@ def load_state(bnn: SparseBNN, path: PathLike) -> SparseBNN:
     :returns: ``bnn``.
     :raises SaveFileError: naming the first difference (module, prior, dtype, ...).
     """
-    if not isinstance(bnn, SparseBNN):
-        raise InputError(f"load_state needs a SparseBNN as bnn, got {type(bnn).__name__}")
+    check_bnn(bnn, "load_state")
     state_into(bnn, read(path), f"{str(path)!r}")
     return bnn
 

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from pyro_sparse_bnn.apps.cli import main
-from pyro_sparse_bnn.apps.zoo.entries import PRIORS
 from pyro_sparse_bnn.apps.zoo import (
     SMOKE,
     ZooConfigError,
@@ -27,6 +26,7 @@ from pyro_sparse_bnn.apps.zoo import (
     run_fingerprint,
     update_readme_table,
 )
+from pyro_sparse_bnn.apps.zoo.entries import PRIORS
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 ENTRIES = find_entries(MODELS)

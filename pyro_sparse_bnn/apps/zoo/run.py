@@ -17,6 +17,7 @@ from ...core import priors as prior_module
 from ...core.errors import SparseBNNError
 from ...core.fit import fit
 from ...core.network import SparseBNN
+from ...core.validation import check_positive_int
 from .. import datasets
 from ..baselines import train_deterministic
 from ..environment import environment
@@ -228,8 +229,8 @@ def run_entry(
         raise ZooConfigError("--publish stores measured results; a --smoke run measures nothing")
     config = entry.config
     train = config["train"]
-    if epochs is not None and (isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1):
-        raise ZooConfigError(f"--epochs must be a positive integer, got {epochs!r}")
+    if epochs is not None:
+        epochs = check_positive_int("--epochs", epochs, ZooConfigError)
     schedule = {
         "epochs": SMOKE["epochs"] if smoke else int(epochs or train["epochs"]),
         "batch_size": min(train["batch_size"], SMOKE["batch_size"]) if smoke else train["batch_size"],

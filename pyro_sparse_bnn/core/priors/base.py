@@ -41,6 +41,7 @@ from torch import nn
 from ..distributions import ConcreteBernoulli, GatedNormal, SlabNormal
 from ..errors import HyperparameterError
 from ..fused import augmented_linear
+from ..validation import check_finite_number, check_positive, check_probability
 
 __all__ = [
     "LAYER_SLAB",
@@ -59,9 +60,6 @@ __all__ = [
     "IndicatorPrior",
     "emit_param",
     "cached_prior",
-    "check_positive",
-    "check_probability",
-    "check_finite_number",
     "fan_in_rho",
 ]
 
@@ -316,50 +314,6 @@ def cached_prior(module: nn.Module, name: str, key: torch.Tensor, build):
     if entry is None or entry[0] != stamp:
         entry = cache[name] = (stamp, build())
     return entry[1]
-
-
-def check_positive(name: str, value) -> float:
-    """Return ``float(value)`` or raise :class:`HyperparameterError` unless it is > 0 and finite."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise HyperparameterError(f"{name} must be a positive number, got {value!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise HyperparameterError(f"{name} must be positive and finite, got {value}")
-    return value
-
-
-def check_probability(name: str, value) -> float:
-    """Return ``float(value)`` or raise :class:`HyperparameterError` unless 0 < value < 1."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise HyperparameterError(
-            f"{name} must be a probability in (0, 1), got {value!r}"
-        ) from None
-    if not 0 < value < 1:
-        raise HyperparameterError(f"{name} must lie strictly between 0 and 1, got {value}")
-    return value
-
-
-def check_finite_number(name: str, value) -> float:
-    """Return ``float(value)`` or raise :class:`HyperparameterError` unless it is a finite number.
-
-    For scalar hyperparameters, argument order ``(name, value)`` like :func:`check_positive`;
-    data tensors are checked by :func:`~pyro_sparse_bnn.core.validation.check_finite`
-    (which raises :class:`~pyro_sparse_bnn.core.errors.InputError`)."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise HyperparameterError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(value):
-        raise HyperparameterError(f"{name} must be finite, got {value}")
-    return value
-
-
-#: former name of :func:`check_finite_number`, kept only until
-#: :mod:`pyro_sparse_bnn.analysis.finetune` imports the new name; not exported
-check_finite = check_finite_number
 
 
 def _logit(p: float) -> float:

@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .base import check_positive
+from ..validation import check_positive
 from .bayesian_compression import BayesianCompressionPrior, GroupScaleLayer
 from .half_cauchy import HorseshoeScales
 

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .base import check_positive
+from ..validation import check_positive
 from .half_cauchy import HorseshoeScales
 from .spike_slab_node import NodePrior, NodeSpikeSlabLayer
 

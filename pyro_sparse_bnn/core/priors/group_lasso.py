@@ -20,7 +20,8 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from .base import LogNormalScale, cached_prior, check_positive
+from ..validation import check_positive
+from .base import LogNormalScale, cached_prior
 from .spike_slab_node import NodePrior, NodeSpikeSlabLayer
 
 __all__ = ["SpikeSlabGroupLasso", "GroupLassoLayer"]

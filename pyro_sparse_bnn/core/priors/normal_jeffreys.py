@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from ..distributions import LogUniformScale, dropout_log_alpha
-from .base import cached_prior, check_finite_number
+from ..validation import check_finite_number
+from .base import cached_prior
 from .bayesian_compression import BayesianCompressionPrior, GroupScaleLayer
 
 __all__ = ["GroupNormalJeffreys", "NormalJeffreysLayer"]
