@@ -16,6 +16,7 @@ import argparse
 import statistics
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -35,7 +36,7 @@ def run(seed: int, epochs: int, batch_size: int, lr: float, lr_decay: float, kl_
     torch.manual_seed(seed)
     widths = [200, *hidden]
     layers = []
-    for a, b in zip(widths, widths[1:]):
+    for a, b in pairwise(widths):
         layers += [nn.Linear(a, b), nn.ReLU()]
     net = nn.Sequential(*layers, nn.Linear(widths[-1], 1))
     bnn = SparseBNN(net, SpikeSlab(), likelihood=GaussianLikelihood(noise_scale=1.0), num_data=3000)

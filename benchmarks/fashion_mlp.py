@@ -20,6 +20,7 @@ import argparse
 import copy
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -44,7 +45,7 @@ PRIORS = {
 
 def mlp(widths, activation=nn.SiLU):
     layers = []
-    for a, b in zip(widths, widths[1:]):
+    for a, b in pairwise(widths):
         layers += [nn.Linear(a, b), activation()]
     return nn.Sequential(*layers[:-1])
 

@@ -39,6 +39,7 @@ variable               dims and meaning
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Sequence, Union
 
@@ -449,4 +450,6 @@ def compare_priors(fits: Mapping[str, Union[Fits, az.InferenceData]], x=None, y=
     sizes = {name: idata.log_likelihood["y"].shape[-1] for name, idata in idatas.items()}
     if len(set(sizes.values())) > 1:
         raise InputError(f"the models' log-likelihoods cover different numbers of examples: {sizes}")
-    return az.compare(idatas, ic=ic)
+    with warnings.catch_warnings():  # ArviZ's own use of a pandas keyword that pandas deprecates
+        warnings.filterwarnings("ignore", message="The inplace keyword in DataFrame.sort_values")
+        return az.compare(idatas, ic=ic)

@@ -34,10 +34,10 @@ def test_same_seed_gives_identical_fits(classification_data):
     a, b = make(), make()
     fit(a, x, y, epochs=5, batch_size=16, seed=11, progress=False)
     fit(b, x, y, epochs=5, batch_size=16, seed=11, progress=False)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
     c = make()
     fit(c, x, y, epochs=5, batch_size=16, seed=12, progress=False)
-    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters(), strict=True))
 
 
 def test_temperature_schedules(classification_data):
@@ -65,11 +65,11 @@ def test_indicator_warmup_holds_the_logits_then_releases_them(classification_dat
     loc = bnn.layers[0].block.slab.loc.detach().clone()
     fit(bnn, x, y, epochs=3, batch_size=20, indicator_warmup=3, progress=False)
     logits = [p for name, p in bnn.named_parameters() if name.endswith("logits")]
-    assert all(torch.equal(p, q) for p, q in zip(logits, initial))
+    assert all(torch.equal(p, q) for p, q in zip(logits, initial, strict=True))
     assert not torch.equal(bnn.layers[0].block.slab.loc, loc)
     assert all(p.requires_grad for p in bnn.parameters())
     fit(bnn, x, y, epochs=2, batch_size=20, indicator_warmup=1, progress=False)
-    assert not all(torch.equal(p, q) for p, q in zip(logits, initial))
+    assert not all(torch.equal(p, q) for p, q in zip(logits, initial, strict=True))
 
 
 def test_indicator_warmup_needs_indicators(classification_data):

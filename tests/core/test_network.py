@@ -38,8 +38,8 @@ def test_pyro_svi_fits_the_module_parameters_without_the_global_param_store(clas
     svi = SVI(first.model, first.guide, pyro.optim.Adam({"lr": 0.01}), TraceMeanField_ELBO())
     for _ in range(3):
         svi.step(x, y)
-    assert all(not torch.equal(a, b) for a, b in zip(before, first.parameters()))
-    assert all(torch.equal(a, b) for a, b in zip(untouched, second.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(before, first.parameters(), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(untouched, second.parameters(), strict=True))
     assert len(pyro.get_param_store()) == 0
 
 

@@ -25,7 +25,7 @@ def test_joint_adam_takes_the_same_steps_as_pyro_adam(small_bnn, classification_
         svi_a.step(x, y)
         pyro.set_rng_seed(step)
         svi_b.step(x, y)
-    for p, q in zip(a.parameters(), b.parameters()):
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6)
 
 

@@ -9,6 +9,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from pyro_sparse_bnn import SparseBNN
+from tests.conftest import mlp
+
 
 def lognormal_params(module):
     return module.loc.detach().double(), F.softplus(module.rho.detach()).double()
@@ -110,3 +113,14 @@ def standard_normal_slab_kl(layer):
     """KL(N(mu, s^2) || N(0, 1)) summed over the layer's non-centred slab (Bayesian Compression)."""
     mu, s = layer.slab.loc.detach().double(), slab_sigma(layer.slab)
     return float((-torch.log(s) + (s**2 + mu**2) / 2 - 0.5).sum())
+
+
+def assert_initial_mean_is_the_users(prior, atol: float):
+    """A network built with ``prior`` starts with posterior-mean weights and biases equal to
+    the user's initial ones (to ``atol``); returns the network and the user's net."""
+    torch.manual_seed(0)
+    net = mlp([3, 4, 2])
+    bnn = SparseBNN(net, prior, num_data=10)
+    weight, bias = bnn.layers[0].posterior_mean()
+    assert torch.allclose(weight, net[0].weight, atol=atol) and torch.allclose(bias, net[0].bias, atol=atol)
+    return bnn, net
