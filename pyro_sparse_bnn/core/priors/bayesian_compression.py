@@ -34,6 +34,7 @@ import pyro
 import torch
 
 from ..errors import HyperparameterError
+from ..validation import check_finite_number, check_positive
 from .base import (
     SLAB_PARAMETERIZATIONS,
     GaussianSlab,
@@ -42,8 +43,6 @@ from .base import (
     NetworkInfo,
     Prior,
     PriorLayer,
-    check_finite_number,
-    check_positive,
 )
 
 __all__ = ["BayesianCompressionPrior", "GroupScaleLayer"]

@@ -32,6 +32,7 @@ from typing import Optional
 import pyro
 import torch
 
+from ..validation import check_finite_number, check_positive
 from .base import (
     GaussianSlab,
     LayerDraw,
@@ -39,8 +40,6 @@ from .base import (
     NetworkInfo,
     Prior,
     PriorLayer,
-    check_finite_number,
-    check_positive,
 )
 
 __all__ = ["SelfCompressingGaussian", "SelfCompressingLayer", "row_relevance", "RELEVANCE_SCORES"]

@@ -16,7 +16,7 @@ from typing import Optional, Union
 import torch
 
 from ..errors import HyperparameterError
-from ..validation import check_positive_int
+from ..validation import check_positive, check_positive_int
 from .base import (
     IndicatorPrior,
     LayerDraw,
@@ -24,7 +24,6 @@ from .base import (
     NetworkInfo,
     PriorLayer,
     SpikeSlabBlock,
-    check_positive,
 )
 
 __all__ = ["SpikeSlab", "SpikeSlabLayer", "theory_prior_inclusion"]
