@@ -57,6 +57,11 @@ CASES = {
     "dropout layer": (lambda t: SparseBNN(nn.Sequential(nn.Linear(5, 4), nn.Dropout(), nn.Linear(4, 3)),
                                           SpikeSlab(prior_inclusion=0.2)),
                       UnsupportedLayerError, r"unsupported layer net.1 = Dropout.*remove it"),
+    "categorical network ending in ReLU": (
+        lambda t: SparseBNN(nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3), nn.ReLU()), SpikeSlab()),
+        InputError, "ends in ReLU, but the categorical likelihood reads the outputs of the last layer as logits"),
+    "categorical network ending in Sigmoid": (
+        lambda t: SparseBNN(nn.Sequential(nn.Linear(5, 3), nn.Sigmoid()), SpikeSlab()), InputError, "ends in Sigmoid"),
     "batch norm layer": (lambda t: SparseBNN(nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Linear(4, 3)),
                                              SpikeSlab(prior_inclusion=0.2)),
                          UnsupportedLayerError, "batch normalisation is not supported"),
@@ -112,6 +117,9 @@ CASES = {
     "predict on the wrong width": (lambda t: fitted().predict(X[:, :3]), InputError,
                                    r"x has shape \(12, 3\) but the network expects \(batch, 5\)"),
     "compress an unfitted network": (lambda t: psb.compress(net()), NotFittedError, "compress: the network has not been fitted"),
+    "predict with an unfitted network": (lambda t: net().predict(X), NotFittedError, "predict: the network has not been fitted"),
+    "summarise an unfitted network": (lambda t: psb.inclusion_summary(net()), NotFittedError,
+                                      "inclusion_summary: the network has not been fitted"),
     "compress a plain module": (lambda t: psb.compress(mlp([5, 4, 3])), InputError, "compress needs a SparseBNN as bnn"),
     "PIP threshold above 1": (lambda t: psb.compress(fitted(), threshold=1.5), HyperparameterError,
                               r"threshold must lie in \[0, 1\].*SpikeSlab, got 1.5"),

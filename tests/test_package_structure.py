@@ -129,6 +129,7 @@ def test_import_is_quiet_and_leaves_the_heavy_libraries_unloaded():
 def test_the_heavy_libraries_load_when_first_used():
     script = ("import sys, pyro_sparse_bnn as psb\n"
               "bnn = psb.SparseBNN(psb.mlp([3, 2, 2]), psb.SpikeSlab())\n"
+              "bnn.num_steps += 1  # as if fitted\n"
               "print('pandas' in sys.modules, type(psb.inclusion_summary(bnn)).__name__)")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=PACKAGE.parent,
                             timeout=120)

@@ -37,6 +37,13 @@ For a network that starts with a linear layer, ``module[1:]`` (after any leading
 parameter-free modules) takes the reduced input ``x[:, report.kept_features]``. A network
 whose output depends on no input at all compresses to a :class:`ConstantOutput`.
 
+Saving. Importing this module allow-lists the classes a compressed module is made of
+(:data:`MODULE_CLASSES`) for ``torch.load``'s default ``weights_only=True``, so
+``torch.save(module, path)`` and ``torch.load(path)`` round-trip it in any process that has
+imported ``pyro_sparse_bnn``. Without the package, export it
+(:func:`~pyro_sparse_bnn.persistence.export.export`, a ``.pt2`` or ``.onnx`` file) or save its
+``state_dict``.
+
 Choosing the threshold. ``compress(bnn, threshold=t)`` applies one PIP threshold to every
 layer; ``threshold=None`` applies each prior's own keep rule (which may differ between
 layers). :func:`pyro_sparse_bnn.analysis.frontier.frontier` evaluates the compressed network at many
@@ -64,6 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.architecture import ELEMENTWISE_MODULES, POOLING_MODULES
 from ..core.errors import DegenerateNetworkWarning, InputError
 from ..core.network import SparseBNN, check_bnn
 from ..core.priors.bayesian_compression import GroupScaleLayer
@@ -117,6 +125,15 @@ class ConstantOutput(nn.Module):
 
     def extra_repr(self):
         return f"shape={tuple(self.value.shape)}"
+
+
+#: every class a compressed (or fine-tuned) module is built from: the torch.nn modules the
+#: wrapper accepts plus the two above
+MODULE_CLASSES = (nn.Sequential, nn.Linear, nn.Conv2d, nn.Flatten, nn.Unflatten, *ELEMENTWISE_MODULES,
+                  *POOLING_MODULES, SelectInputs, ConstantOutput)
+# ``torch.save(module)`` then ``torch.load(path)`` (weights_only=True, torch's default) rebuilds
+# only allow-listed classes: these hold tensors and plain settings and run no code on loading
+torch.serialization.add_safe_globals(list(MODULE_CLASSES))
 
 
 @dataclass

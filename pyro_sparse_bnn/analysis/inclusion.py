@@ -274,8 +274,12 @@ def inclusion_summary(
         (index), ``name``, ``pip``, ``pip_lower``, ``pip_upper``, ``threshold``,
         ``above_threshold``, ``kept`` and ``kept_fraction``.
     :raises InputError: for fits of different models or a wrong number of feature names.
+    :raises NotFittedError: if a network has not been fitted (its PIPs would be the initial
+        inclusion probabilities, about 0.99 everywhere).
     """
     fits = check_same_network(bnn, "bnn")
+    for fit in fits:
+        check_bnn(fit, "inclusion_summary", fitted=True)
     threshold = check_threshold(threshold, fits[0].priors)
     if not 0 < interval <= 1:
         raise InputError(f"interval must lie in (0, 1], got {interval!r}")

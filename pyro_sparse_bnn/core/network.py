@@ -25,7 +25,7 @@ from torch import nn
 
 from .architecture import Architecture, parse_sequential
 from .errors import HyperparameterError, InputError, NotFittedError
-from .likelihoods import Likelihood, Prediction, make_likelihood
+from .likelihoods import CategoricalLikelihood, Likelihood, Prediction, make_likelihood
 from .priors.base import Prior, PriorLayer, apply_layer
 from .reparameterization import LocalReparameterization
 from .validation import (
@@ -116,6 +116,7 @@ class SparseBNN(nn.Module):
         self.local_reparameterization = local_reparameterization
         self.likelihood = make_likelihood(likelihood)
         self.likelihood.check_outputs(self.architecture.num_outputs)
+        self._check_output_module(net)
         self.register_buffer("temperature", torch.tensor(check_positive("temperature", temperature)))
         #: number of optimisation steps taken by :func:`~pyro_sparse_bnn.core.fit.fit`
         self.register_buffer("num_steps", torch.tensor(0, dtype=torch.long))
@@ -125,6 +126,20 @@ class SparseBNN(nn.Module):
         self.initial_fingerprint = self._fingerprint()
 
     # -- construction helpers ------------------------------------------------------------
+    def _check_output_module(self, net: nn.Sequential) -> None:
+        """A categorical network must end in its last linear/conv layer: the likelihood reads
+        the outputs as logits, and an activation after them bounds or bends them (a final ReLU
+        makes every negative logit 0, so the network can never make a class less likely than
+        the others by more than the largest logit)."""
+        last = self.architecture.stages[-1].module
+        if isinstance(self.likelihood, CategoricalLikelihood) and not isinstance(last, (nn.Linear, nn.Conv2d, nn.Identity,
+                                                                                         nn.Flatten, nn.Unflatten)):
+            raise InputError(
+                f"the network ends in {type(last).__name__}, but the categorical likelihood reads the outputs of "
+                f"the last layer as logits (it applies the softmax itself), and a final {type(last).__name__} "
+                f"bounds or distorts them; remove it so the network ends in its output layer"
+            )
+
     @staticmethod
     def _check_num_data(num_data):
         if num_data is None:
@@ -342,7 +357,10 @@ class SparseBNN(nn.Module):
             without touching the global random state (``None``: draw from the global state).
         :returns: :class:`~pyro_sparse_bnn.core.likelihoods.Prediction` (class probabilities, or
             mean and standard deviation for regression).
+        :raises NotFittedError: if the network has not been fitted (its guide would only
+            reproduce the initial weights).
         """
+        check_bnn(self, "predict", fitted=True)
         num_samples = check_positive_int("num_samples", num_samples, InputError)
         if seed is not None and (isinstance(seed, bool) or int(seed) != seed):
             raise InputError(f"seed must be an integer or None, got {seed!r}")

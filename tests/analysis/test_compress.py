@@ -1,6 +1,8 @@
 """compress: exact, physically smaller, with a correct report."""
 
 import json
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -24,7 +26,7 @@ from pyro_sparse_bnn.analysis import (
     masked_posterior_mean,
 )
 from pyro_sparse_bnn.analysis.compress import analyse_structure, reused_readouts
-from tests.conftest import mlp, randomize_guide
+from tests.conftest import conv_net, mlp, randomize_guide
 
 ON, OFF = 20.0, -20.0  # logits of a kept / a dropped edge
 
@@ -409,3 +411,29 @@ def test_a_conv_net_that_reads_no_input_compresses_to_its_constant_output():
     x = torch.randn(5, 36)
     with torch.no_grad():
         assert torch.allclose(module(x), masked_posterior_mean(bnn)(x), atol=1e-6)
+
+
+def test_compressed_module_round_trips_through_plain_torch_save_and_load(tmp_path):
+    """``torch.load``'s default ``weights_only=True`` rebuilds a compressed module (Unflatten,
+    SelectInputs, Conv2d, pooling, Flatten, Linear), here and in a fresh interpreter that
+    imports only the package; the outputs equal the original's."""
+    torch.manual_seed(0)
+    bnn, x = SparseBNN(conv_net("max-pool"), GroupNormalJeffreys()), torch.randn(7, 72)
+    randomize_guide(bnn, seed=1)
+    module, _ = compress(bnn)
+    path = tmp_path / "module.pt"
+    torch.save(module, path)
+    torch.save(x, tmp_path / "x.pt")
+    loaded = torch.load(path)
+    assert [type(m) for m in loaded.modules()] == [type(m) for m in module.modules()]
+    assert torch.equal(loaded(x), module(x))
+    script = ("import sys, torch, pyro_sparse_bnn\n"
+              f"m = torch.load({str(path)!r}); x = torch.load({str(tmp_path / 'x.pt')!r})\n"
+              f"torch.save(m(x), {str(tmp_path / 'out.pt')!r})")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert torch.equal(torch.load(tmp_path / "out.pt"), module(x))
+    # the check discriminates: without the package's allow-list torch refuses the same file
+    bare = subprocess.run([sys.executable, "-c", f"import torch; torch.load({str(path)!r})"], capture_output=True,
+                          text=True, timeout=120)
+    assert bare.returncode != 0 and "Unsupported global" in bare.stderr

@@ -11,7 +11,7 @@ from torch import nn
 import pyro_sparse_bnn as psb
 from pyro_sparse_bnn import InputError, SparseBNN, SpikeSlab
 from pyro_sparse_bnn.core import GaussianLikelihood, MeanFieldELBO
-from tests.conftest import conv_net, mlp
+from tests.conftest import conv_net, mlp, randomize_guide
 
 
 def test_model_returns_logits_and_observes_labels(small_bnn, classification_data):
@@ -66,6 +66,7 @@ def test_forward_is_the_network_when_the_guide_is_certain(classification_data):
 
 def test_predict_summarises_draws(small_bnn, classification_data):
     x, _ = classification_data
+    randomize_guide(small_bnn)
     prediction = small_bnn.predict(x, num_samples=20, batch_size=25)
     assert prediction.probs.shape == (60, 3) and prediction.draws.shape == (20, 60, 3)
     assert torch.allclose(prediction.probs.sum(-1), torch.ones(60))
@@ -75,6 +76,7 @@ def test_predict_summarises_draws(small_bnn, classification_data):
 def test_predict_with_a_seed_is_reproducible_and_leaves_the_global_state_alone(small_bnn, classification_data):
     x, _ = classification_data
     state = torch.get_rng_state()
+    randomize_guide(small_bnn)
     first = small_bnn.predict(x, num_samples=5, seed=3)
     assert torch.equal(torch.get_rng_state(), state)
     assert torch.equal(small_bnn.predict(x, num_samples=5, seed=3).draws, first.draws)
@@ -90,6 +92,7 @@ def test_regression_accepts_vector_or_column_targets(y_shape):
     x, y = torch.randn(30, 2), torch.randn(*y_shape)
     trace = poutine.trace(bnn.model).get_trace(x, y)
     assert trace.nodes["obs"]["value"].shape == (30,)
+    randomize_guide(bnn)
     prediction = bnn.predict(x, num_samples=10)
     assert prediction.mean.shape == (30,)
     assert torch.all(prediction.std >= bnn.likelihood.noise_scale - 1e-6)
@@ -143,6 +146,7 @@ def test_wrapper_follows_the_dtype_of_the_network():
     assert bnn.temperature.dtype == torch.float64
     x = torch.randn(8, 3, dtype=torch.float64)
     assert bnn(x).dtype == torch.float64
+    randomize_guide(bnn)
     assert bnn.predict(x, num_samples=3).probs.dtype == torch.float64
 
 
@@ -166,3 +170,12 @@ def test_auto_samples_preactivations_in_every_linear_layer_and_in_small_conv_lay
     assert bnn.local_reparameterization_layers(None) == tuple(spec.name for spec in bnn.architecture.specs)
     forced = SparseBNN(conv_net("padding"), psb.SpikeSlabNode(), local_reparameterization=False)
     assert forced.local_reparameterization_layers(batch_size) == ()
+
+
+def test_a_regression_network_may_end_in_an_activation():
+    """Only the categorical likelihood reads the outputs as logits; a Gaussian network ending
+    in Softplus (positive targets) is built, and its outputs are positive."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1), torch.nn.Softplus())
+    bnn = SparseBNN(net, SpikeSlab(), likelihood="gaussian")
+    assert bool((bnn(torch.randn(5, 3)) > 0).all())

@@ -13,7 +13,7 @@ from pyro_sparse_bnn import (
     UnsupportedLayerError,
     fit,
 )
-from tests.conftest import mlp
+from tests.conftest import mlp, randomize_guide
 
 
 @pytest.fixture
@@ -153,6 +153,7 @@ def test_bad_likelihoods():
 
 
 def test_predict_validates(bnn):
+    randomize_guide(bnn)
     with pytest.raises(InputError, match="num_samples"):
         bnn.predict(X, num_samples=0)
     with pytest.raises(InputError, match="expects"):
