@@ -31,11 +31,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..core.errors import HyperparameterError, InputError, NonFiniteLossError
 from ..core.likelihoods import Likelihood, make_likelihood
 from ..core.network import SparseBNN
+from ..core.progress import progress_bar, show_progress
 from ..core.validation import (
     as_tensor,
     check_bool,
@@ -329,7 +329,7 @@ def finetune(
     teacher: Optional[nn.Module] = None,
     distillation_weight: float = 0.5,
     temperature: float = 2.0,
-    progress: bool = True,
+    progress: Optional[bool] = None,
 ) -> Finetuned:
     """Retrain the weights of a compressed module with its structure fixed.
 
@@ -380,7 +380,8 @@ def finetune(
         softened predictions as well as the labels. The teacher is not trained.
     :param float distillation_weight: ``w`` in ``[0, 1]`` (0.5); 0 is plain fine-tuning.
     :param float temperature: ``T > 0`` (2.0); higher values soften both distributions.
-    :param bool progress: show a tqdm progress bar with the running loss and validation metric.
+    :param progress: show a tqdm progress bar with the running loss and validation metric
+        (``None``, the default: only in a terminal or a notebook).
     :returns: :class:`Finetuned` ``(module, history)``: a new module (same structure, works
         with :func:`~pyro_sparse_bnn.persistence.export.export` and ``state_dict``) and its
         :class:`TrainingHistory`.
@@ -406,7 +407,7 @@ def finetune(
     weight_decay = _check_weight_decay(weight_decay)
     seed = check_seed(seed)
     restore_best, keep_zeros = check_bool("restore_best", restore_best), check_bool("keep_zeros", keep_zeros)
-    progress = check_bool("progress", progress)
+    progress = show_progress(progress)
     distillation_weight = check_finite_number("distillation_weight", distillation_weight)
     if not 0 <= distillation_weight <= 1:
         raise HyperparameterError(f"distillation_weight must lie in [0, 1], got {distillation_weight}")
@@ -451,8 +452,7 @@ def finetune(
         best = (history.initial_val_metric, history.initial_val_loss)
         best_state = copy.deepcopy(module.state_dict()) if restore_best else None
     sign = 1 if classification else -1   # larger accuracy, smaller RMSE is better
-    bar = tqdm(total=epochs * math.ceil(len(x) / batch_size), disable=not progress, desc="training", unit="step",
-               mininterval=0.5)
+    bar = progress_bar(progress, total=epochs * math.ceil(len(x) / batch_size), desc="training", unit="step")
     # a seed also fixes any randomness inside the module (dropout) without touching the global generator
     devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     try:

@@ -247,7 +247,7 @@ def moment_loss(bnn: SparseBNN, x: torch.Tensor, y: torch.Tensor, num_data: Opti
 
 
 def fit_moments(bnn: SparseBNN, x, y, *, epochs: int = 100, batch_size: int = 128, lr: float = 5e-3,
-                seed: Optional[int] = None, progress: bool = True) -> FitHistory:
+                seed: Optional[int] = None, progress: Optional[bool] = None) -> FitHistory:
     """Fit a self-compressing regression BNN by minimising :func:`moment_loss` with Adam
     (deterministic: no sampling at all), epoch by epoch over shuffled minibatches, in the
     epoch loop of :func:`~pyro_sparse_bnn.core.fit.fit`
@@ -256,6 +256,8 @@ def fit_moments(bnn: SparseBNN, x, y, *, epochs: int = 100, batch_size: int = 12
     ``bnn`` is fitted in place; its ``num_steps`` counts the steps and, if it is ``None``,
     its ``num_data`` is set to ``len(x)``.
 
+    :param progress: a bar over the steps (``None``, the default: only in a terminal or a
+        notebook).
     :returns: :class:`~pyro_sparse_bnn.core.fit.FitHistory` (mean minibatch loss and seconds
         per epoch).
     :raises NonFiniteLossError: if the loss becomes NaN or infinite (naming the epoch and

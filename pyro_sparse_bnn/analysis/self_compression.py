@@ -27,7 +27,6 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..core.architecture import parse_sequential
 from ..core.errors import HyperparameterError, InputError
@@ -35,6 +34,7 @@ from ..core.fit import fit
 from ..core.network import SparseBNN, check_bnn
 from ..core.priors.base import LayerSpec
 from ..core.priors.self_compressing import RELEVANCE_SCORES, SelfCompressingLayer, row_relevance
+from ..core.progress import progress_bar
 from ..core.validation import check_positive_int
 from .calibration import accuracy
 from .compress import KeptSlice, SelectInputs, assemble, kept_slices, layer_module
@@ -321,7 +321,7 @@ def self_compress(
     num_samples: int = 30,
     eval_batch_size: Optional[int] = None,
     fit_kwargs: Optional[dict] = None,
-    progress: bool = True,
+    progress: Optional[bool] = None,
     callback=None,
 ) -> SelfCompression:
     """Prune a fitted self-compressing BNN iteratively: score, delete, refit, repeat.
@@ -348,6 +348,8 @@ def self_compress(
     :param tolerance: allowed increase of the validation loss, or ``None`` (never stop on it).
     :param int num_samples: posterior draws of the validation predictive.
     :param callback: ``callback(round, bnn)`` after every round (e.g. to record test accuracy).
+    :param progress: a bar over the rounds (``None``, the default: only in a terminal or a
+        notebook).
     :returns: :class:`SelfCompression` ``(bnn, history)``; ``history[0]`` is the starting
         network, one :class:`CompressionRound` per round after it.
     :raises NotFittedError: if ``bnn`` has not been fitted.
@@ -385,7 +387,7 @@ def self_compress(
     history = [evaluate(bnn, 0, time.perf_counter())]
     if callback is not None:
         callback(0, bnn)
-    bar = tqdm(total=rounds, disable=not progress, desc="self-compression", unit="round")
+    bar = progress_bar(progress, total=rounds, desc="self-compression", unit="round")
     try:
         for round_index in range(1, rounds + 1):
             if target_units is not None and sum(history[-1].kept_units) <= target_units:

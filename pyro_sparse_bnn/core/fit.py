@@ -28,13 +28,13 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO
 from pyro.infer.util import torch_item, zero_grads
-from tqdm.auto import tqdm
 
 from .checkpoint import Checkpoints, set_optimizer_state, set_rng_state
 from .elbo import MeanFieldELBO
 from .errors import HyperparameterError, InputError, NonFiniteLossError, SaveFileError
 from .network import SparseBNN, check_bnn
 from .optim import JointAdam, JointOptim
+from .progress import progress_bar, show_progress
 from .savefile import read, state_into
 from .validation import check_bool, check_non_negative_int, check_positive, check_positive_int
 
@@ -227,7 +227,7 @@ class FitPlan:
         epochs = check_positive_int("epochs", epochs)
         checkpoint_every = check_positive_int("checkpoint_every", checkpoint_every)
         checkpoint = None if checkpoint is None else _check_checkpoint_path(checkpoint)
-        shuffle, progress = check_bool("shuffle", shuffle), check_bool("progress", progress)
+        shuffle, progress = check_bool("shuffle", shuffle), show_progress(progress)
         if callable(callbacks):
             callbacks = [callbacks]
         if not all(callable(c) for c in callbacks):
@@ -387,7 +387,7 @@ def run_epochs(
     begin_epoch: Optional[Callable[[int], Optional[dict]]] = None,
     end_epoch: Optional[Callable[[int], bool]] = None,
     non_finite: Callable[[str], BaseException] = NonFiniteLossError,
-    progress: bool = True,
+    progress: Optional[bool] = None,
     desc: str = "SVI",
 ) -> None:
     """The epoch loop of :func:`fit` and of
@@ -403,10 +403,11 @@ def run_epochs(
     :param begin_epoch: returns extra fields for the progress bar (or ``None``).
     :param non_finite: builds the exception raised for a :class:`NonFiniteStep` from its
         message, which names the epoch and step (default :class:`NonFiniteLossError`).
-    :param bool progress: show a tqdm bar (one tick per step) with the running ELBO.
+    :param progress: show a tqdm bar (one tick per step) with the running ELBO (``None``: only
+        in a terminal or a notebook, see :func:`~pyro_sparse_bnn.core.progress.show_progress`).
     """
-    bar = tqdm(total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, disable=not progress,
-               desc=desc, unit="step", mininterval=0.5)
+    bar = progress_bar(progress, total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, desc=desc,
+                       unit="step")
     try:
         for epoch in range(start_epoch, epochs):
             postfix = (begin_epoch(epoch) if begin_epoch is not None else None) or {}
@@ -535,7 +536,7 @@ def fit(
     optim: Optional[pyro.optim.PyroOptim] = None,
     elbo: Optional[ELBO] = None,
     shuffle: bool = True,
-    progress: bool = True,
+    progress: Optional[bool] = None,
     callbacks: Sequence[Callable] = (),
     checkpoint: Optional[Union[str, os.PathLike]] = None,
     checkpoint_every: int = 1,
@@ -602,7 +603,8 @@ def fit(
         ``kl_warmup`` the fit computes with a shallow copy of it whose ``kl_weight`` it
         anneals, so the object passed in keeps its ``kl_weight``.
     :param bool shuffle: reshuffle the examples every epoch.
-    :param bool progress: show a tqdm progress bar with the running ELBO.
+    :param progress: show a tqdm progress bar with the running ELBO (``None``, the default:
+        only in a terminal or a notebook, not when output goes to a log file).
     :param callbacks: functions ``callback(epoch, history, bnn)`` called after each epoch;
         one returning ``True`` stops the fit early.
     :param checkpoint: file to keep the fit's state in (a save file, see
