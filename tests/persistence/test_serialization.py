@@ -180,7 +180,7 @@ def test_load_rejects_foreign_corrupt_and_newer_files(tmp_path):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
     with pytest.raises(SaveFileError, match="not a pyro_sparse_bnn save file"):
         psb.load(tmp_path / "foreign.pt")
-    torch.save(torch.nn.Linear(2, 2), tmp_path / "pickled.pt")
+    torch.save(torch.nn.Dropout(), tmp_path / "pickled.pt")  # a class no one allow-listed
     with pytest.raises(SaveFileError, match="pickled Python objects"):
         psb.load(tmp_path / "pickled.pt")
     contents = torch.load(psb.save(make(), tmp_path / "bnn.pt"), weights_only=True)
