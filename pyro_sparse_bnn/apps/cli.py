@@ -5,6 +5,7 @@ import sys
 from typing import Optional, Sequence
 
 from ..core.errors import SparseBNNError
+from ..core.progress import show_progress
 from .demo import DemoConfig, run_demo
 from .zoo import (
     PRIOR_ABBREVIATIONS,
@@ -21,6 +22,12 @@ from .zoo import (
 __all__ = ["main"]
 
 
+def _progress(args) -> Optional[bool]:
+    """``--no-progress`` forces the bars off; otherwise ``None``: drawn only in a terminal or a
+    notebook, never into a log file or a pipe."""
+    return False if args.no_progress else None
+
+
 def _demo(args) -> int:
     config = DemoConfig(
         epochs=args.epochs,
@@ -28,7 +35,8 @@ def _demo(args) -> int:
         tolerance=args.tolerance,
         seed=args.seed,
         prior_inclusion=None if args.prior_inclusion == "theory" else float(args.prior_inclusion),
-        progress=not args.no_progress,
+        # DemoConfig.progress is a bool: resolve "only where someone watches" here
+        progress=show_progress(_progress(args)),
         output=args.output,
     )
     run_demo(config)
@@ -38,7 +46,7 @@ def _demo(args) -> int:
 def _run(args) -> int:
     run_entry(
         args.entry, args.output, epochs=args.epochs, smoke=args.smoke, data_dir=args.data_dir,
-        progress=not args.no_progress, publish=args.publish, baseline_cache=args.baseline_cache,
+        progress=_progress(args), publish=args.publish, baseline_cache=args.baseline_cache,
         command=shell_command(args.argv),
     )
     return 0

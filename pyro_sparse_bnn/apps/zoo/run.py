@@ -17,6 +17,7 @@ from ...core import priors as prior_module
 from ...core.errors import SparseBNNError
 from ...core.fit import fit
 from ...core.network import SparseBNN
+from ...core.progress import show_progress
 from ...core.validation import check_positive_int
 from .. import datasets
 from ..baselines import train_deterministic
@@ -199,7 +200,7 @@ def run_entry(
     epochs: Optional[int] = None,
     smoke: bool = False,
     data_dir=None,
-    progress: bool = True,
+    progress: Optional[bool] = None,
     publish: bool = False,
     baseline_cache=None,
     command: Optional[str] = None,
@@ -214,7 +215,10 @@ def run_entry(
     :param bool smoke: a few steps on a small slice of every split (:data:`SMOKE`), to check
         that the entry runs; nothing measured is meaningful.
     :param data_dir: directory of the IDX files for ``fashion_mnist`` entries.
-    :param bool progress: tqdm progress bars with the ELBO.
+    :param progress: tqdm progress bars with the ELBO; ``None`` (the default) draws them only
+        where someone watches, a terminal or a notebook
+        (:func:`~pyro_sparse_bnn.core.progress.show_progress`), ``True`` / ``False`` always or
+        never.
     :param bool publish: also write ``<models>/results/<name>.json`` and rewrite the card
         ``<models>/<name>.md`` (not allowed with ``smoke``).
     :param baseline_cache: directory in which baseline results are stored by
@@ -225,6 +229,7 @@ def run_entry(
     :returns: the metrics dict that is written to ``metrics.json``.
     """
     entry = entry if isinstance(entry, ZooEntry) else load_entry(entry)
+    progress = show_progress(progress)  # decided once: the fits and the baselines agree
     if publish and smoke:
         raise ZooConfigError("--publish stores measured results; a --smoke run measures nothing")
     config = entry.config
