@@ -12,6 +12,7 @@ from .zoo import (
     describe,
     find_entries,
     load_entry,
+    plural,
     render_cards,
     resolve_entry,
     run_entry,
@@ -52,14 +53,31 @@ def _run(args) -> int:
     return 0
 
 
-def _list(args) -> int:
-    for path in find_entries(args.models):
+LIST_HEADER = ("entry", "prior", "data", "architecture", "budget", "measured (test)")
+
+
+def list_rows(models="models") -> list:
+    """The rows of ``list``: the header, then one row per entry (its prior, data, architecture,
+    training budget and the measured test figure of the BNN)."""
+    rows = [LIST_HEADER]
+    for path in find_entries(models):
         entry = load_entry(path)
         config, metrics = entry.config, entry.stored_metrics()
         status = "not yet measured" if metrics is None else (
             f"{metrics['metric']} {metrics['bnn'][metrics['metric']]:.4f}")
-        print(f"{entry.name:32s} {PRIOR_ABBREVIATIONS[entry.prior_name]:8s} {config['data']['name']:16s} "
-              f"{config['model']['architecture']:14s} {status}")
+        rows.append((entry.name, PRIOR_ABBREVIATIONS[entry.prior_name], config["data"]["name"],
+                     config["model"]["architecture"], plural(config["train"]["epochs"], "epoch"), status))
+    return rows
+
+
+def _list(args) -> int:
+    rows = list_rows(args.models)
+    if len(rows) == 1:
+        print(f"no entries (*.toml) in {args.models}", file=sys.stderr)
+        return 1
+    widths = [max(len(row[i]) for row in rows) for i in range(len(LIST_HEADER) - 1)]
+    for row in rows:
+        print("  ".join(f"{cell:{width}s}" for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
     return 0
 
 

@@ -22,7 +22,7 @@ from ...core.validation import check_positive_int
 from .. import datasets
 from ..baselines import train_deterministic
 from ..environment import environment
-from .cards import render_card
+from .cards import plural, render_card
 from .entries import (
     SMOKE,
     ZooConfigError,
@@ -266,14 +266,14 @@ def run_entry(
     widths = "-".join(map(str, bnn.architecture.widths))
     echo(f"{entry.name}: {config['data']['name']} ({len(data.x_train)} training, "
          f"{0 if data.x_val is None else len(data.x_val)} validation, {len(data.x_test)} test examples), "
-         f"{config['model']['architecture']} {widths}, {prior}, {schedule['epochs']} epochs of batch "
+         f"{config['model']['architecture']} {widths}, {prior}, {plural(schedule['epochs'], 'epoch')} of batch "
          f"{schedule['batch_size']}" + (" [smoke]" if smoke else ""))
 
     fit_start = time.perf_counter()
     history = fit(bnn, data.x_train, data.y_train,
                   **_fit_options(train, schedule["epochs"], schedule["batch_size"], progress, True))
     fit_seconds = time.perf_counter() - fit_start
-    echo(f"fitted {history.num_steps} steps in {fit_seconds:.1f} s; final ELBO {history.elbo[-1]:.4g}")
+    echo(f"fitted {plural(history.num_steps, 'step')} in {fit_seconds:.1f} s; final ELBO {history.elbo[-1]:.4g}")
 
     bnn_score, prediction = _predict_score(bnn, data.x_test, data.y_test, data, schedule["predict_samples"])
     results = {"bnn": {metric: bnn_score, "predict_samples": schedule["predict_samples"]}}
