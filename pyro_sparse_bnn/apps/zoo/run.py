@@ -107,12 +107,24 @@ def _fit_options(train: dict, epochs: int, batch_size: int, progress: bool, prio
 RUN_SECTIONS = ("data", "model", "prior", "likelihood", "train", "compress", "baselines")
 
 
+#: keys renamed since results were first stored, ``{section: {new name: old name}}``: hashed
+#: under their old names, so a renamed key that means the same thing keeps the fingerprint
+#: (and the stored results of ``models/results/`` stay valid)
+HASHED_AS = {"model": {"hidden_widths": "widths"}}
+
+
+def _hashed_section(config: dict, name: str) -> dict:
+    renames = HASHED_AS.get(name, {})
+    return {renames.get(key, key): value for key, value in config[name].items()}
+
+
 def run_fingerprint(entry: ZooEntry) -> str:
     """SHA-256 of the checked sections that decide what a run measures, stored with the
     metrics so that a card's numbers can be checked to come from the entry's current config
     (the card's prose -- ``[entry]``, ``[budget]``, ``[published]`` -- may change without a
-    rerun)."""
-    sections = {name: entry.config[name] for name in RUN_SECTIONS}
+    rerun). Keys are hashed under the names of :data:`HASHED_AS`: ``hidden_widths = [32, 16]``
+    hashes as the ``widths = [32, 16]`` it was called before, which meant the same network."""
+    sections = {name: _hashed_section(entry.config, name) for name in RUN_SECTIONS}
     return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
 
 
@@ -122,7 +134,8 @@ def _baseline_key(entry: ZooEntry, schedule: dict, smoke: bool) -> str:
     :func:`run_entry`)."""
     train = {k: v for k, v in entry.config["train"].items()
              if k not in ("logit_lr", "indicator_warmup", "temperature")}
-    key = {"data": entry.config["data"], "model": entry.config["model"], "likelihood": entry.config["likelihood"],
+    key = {"data": entry.config["data"], "model": _hashed_section(entry.config, "model"),
+           "likelihood": entry.config["likelihood"],
            "train": {**train, **schedule}, "baselines": entry.config["baselines"], "smoke": smoke}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
