@@ -5,12 +5,14 @@ import sys
 from typing import Optional, Sequence
 
 from ..core.errors import SparseBNNError
+from ..core.progress import show_progress
 from .demo import DemoConfig, run_demo
 from .zoo import (
     PRIOR_ABBREVIATIONS,
     describe,
     find_entries,
     load_entry,
+    plural,
     render_cards,
     resolve_entry,
     run_entry,
@@ -21,6 +23,12 @@ from .zoo import (
 __all__ = ["main"]
 
 
+def _progress(args) -> Optional[bool]:
+    """``--no-progress`` forces the bars off; otherwise ``None``: drawn only in a terminal or a
+    notebook, never into a log file or a pipe."""
+    return False if args.no_progress else None
+
+
 def _demo(args) -> int:
     config = DemoConfig(
         epochs=args.epochs,
@@ -28,7 +36,8 @@ def _demo(args) -> int:
         tolerance=args.tolerance,
         seed=args.seed,
         prior_inclusion=None if args.prior_inclusion == "theory" else float(args.prior_inclusion),
-        progress=not args.no_progress,
+        # DemoConfig.progress is a bool: resolve "only where someone watches" here
+        progress=show_progress(_progress(args)),
         output=args.output,
     )
     run_demo(config)
@@ -37,21 +46,38 @@ def _demo(args) -> int:
 
 def _run(args) -> int:
     run_entry(
-        args.entry, args.output, epochs=args.epochs, smoke=args.smoke, data_dir=args.data_dir,
-        progress=not args.no_progress, publish=args.publish, baseline_cache=args.baseline_cache,
+        resolve_entry(args.entry, args.models), args.output, epochs=args.epochs, smoke=args.smoke, data_dir=args.data_dir,
+        progress=_progress(args), publish=args.publish, baseline_cache=args.baseline_cache,
         command=shell_command(args.argv),
     )
     return 0
 
 
-def _list(args) -> int:
-    for path in find_entries(args.models):
+LIST_HEADER = ("entry", "prior", "data", "architecture", "budget", "measured (test)")
+
+
+def list_rows(models="models") -> list:
+    """The rows of ``list``: the header, then one row per entry (its prior, data, architecture,
+    training budget and the measured test figure of the BNN)."""
+    rows = [LIST_HEADER]
+    for path in find_entries(models):
         entry = load_entry(path)
         config, metrics = entry.config, entry.stored_metrics()
         status = "not yet measured" if metrics is None else (
             f"{metrics['metric']} {metrics['bnn'][metrics['metric']]:.4f}")
-        print(f"{entry.name:32s} {PRIOR_ABBREVIATIONS[entry.prior_name]:8s} {config['data']['name']:16s} "
-              f"{config['model']['architecture']:14s} {status}")
+        rows.append((entry.name, PRIOR_ABBREVIATIONS[entry.prior_name], config["data"]["name"],
+                     config["model"]["architecture"], plural(config["train"]["epochs"], "epoch"), status))
+    return rows
+
+
+def _list(args) -> int:
+    rows = list_rows(args.models)
+    if len(rows) == 1:
+        print(f"no entries (*.toml) in {args.models}", file=sys.stderr)
+        return 1
+    widths = [max(len(row[i]) for row in rows) for i in range(len(LIST_HEADER) - 1)]
+    for row in rows:
+        print("  ".join(f"{cell:{width}s}" for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
     return 0
 
 
@@ -68,13 +94,64 @@ def _zoo_table(args) -> int:
     return 0
 
 
+PROG = "python -m pyro_sparse_bnn"
+
+#: the examples each ``--help`` ends with, as ``(arguments, comment)``; every entry they name
+#: exists in ``models/`` (tests/apps/test_cli.py runs them)
+EXAMPLES = {
+    None: [
+        ("list", "the model-zoo entries and what they measured"),
+        ("show wine_self_compressing", "an entry's config and measured figures"),
+        ("run models/wine_self_compressing.toml --smoke", "check that an entry runs (a few steps)"),
+        ("demo --epochs 200 --finetune-epochs 50", "the pipeline on digits, shorter than the default"),
+    ],
+    "demo": [
+        ("demo", "the default budget: about two minutes on 2 CPU cores"),
+        ("demo --epochs 200 --finetune-epochs 50 --output demo_output", "shorter; figures and modules saved"),
+        ("demo --prior-inclusion theory", "Bai et al.'s theory-driven lambda"),
+    ],
+    "run": [
+        ("run models/wine_self_compressing.toml --smoke", "a few steps on a small slice: does it run?"),
+        ("run wine_self_compressing --smoke --output runs/wine", "an entry name works too"),
+        ("run models/wine_self_compressing.toml --epochs 50 --output runs/wine", "a shorter budget"),
+        ("run models/breast_cancer_bc_gnj.toml --publish", "also update the stored metrics and the card"),
+    ],
+    "list": [
+        ("list", "entries of ./models"),
+        ("list --models models", "entries of another directory"),
+    ],
+    "show": [
+        ("show wine_self_compressing", "by entry name"),
+        ("show models/fashion_lenet5_ssghs.toml", "by path"),
+    ],
+    "zoo-table": [
+        ("zoo-table", "rewrite the table of models/README.md"),
+        ("zoo-table --cards", "and every card"),
+    ],
+}
+
+
+def _epilog(command: Optional[str]) -> str:
+    lines = ["examples:"]
+    for arguments, comment in EXAMPLES[command]:
+        lines += [f"  # {comment}", f"  {PROG} {arguments}"]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pyro_sparse_bnn",
+        prog=PROG,
         description="Sparsity-inducing priors for Bayesian neural networks, built on Pyro.",
+        epilog=_epilog(None) + f"\n\nEach command has its own --help, e.g. {PROG} run --help",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser(
+
+    def add_command(name, **kwargs):
+        return commands.add_parser(name, epilog=_epilog(name), formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   **kwargs)
+
+    demo = add_command(
         "demo", help="fit a spike-and-slab BNN on scikit-learn's digits, inspect PIPs, compress at the threshold "
                      "chosen on validation data, fine-tune, compare with the dense and magnitude-pruned networks"
     )
@@ -93,15 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--output", default=None,
                       help="directory for the figures, the fitted network and the compressed and fine-tuned modules")
-    demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    demo.add_argument("--no-progress", action="store_true",
+                      help="hide the progress bar (default: drawn only in a terminal or a notebook)")
     demo.set_defaults(handler=_demo)
 
-    run = commands.add_parser(
+    run = add_command(
         "run", help="run a model-zoo entry: fit, evaluate, compress, baselines, plots, card",
-        description="Run models/<entry>.toml and write metrics.json, plots, the compressed module "
+        description="Run models/<entry>.toml and write metrics.json, plots, the compressed module\n"
                     "and the model card into --output.",
     )
-    run.add_argument("entry", help="path of the entry's TOML file, e.g. models/digits_spike_slab.toml")
+    run.add_argument("entry", help="entry name (e.g. wine_self_compressing) or path of its TOML file "
+                                   "(e.g. models/wine_self_compressing.toml)")
     run.add_argument("--epochs", type=int, default=None, help="override [train] epochs (baselines too)")
     run.add_argument("--smoke", action="store_true", help="a few steps on a small slice, to check it runs")
     run.add_argument("--output", default=None, help="output directory (default zoo_output/<entry>)")
@@ -112,19 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--baseline-cache", default=None,
                      help="directory where baselines are stored and reused by entries with the same "
                           "data, architecture and budget")
-    run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    run.add_argument("--models", default="models", help="directory of the entries (for an entry name)")
+    run.add_argument("--no-progress", action="store_true",
+                     help="hide the progress bars (default: drawn only in a terminal or a notebook)")
     run.set_defaults(handler=_run)
 
-    listing = commands.add_parser("list", help="list the model-zoo entries and their measured figure")
+    listing = add_command("list", help="list the model-zoo entries and their measured figure")
     listing.add_argument("--models", default="models", help="directory of the entries")
     listing.set_defaults(handler=_list)
 
-    show = commands.add_parser("show", help="print an entry's config and measured figures")
-    show.add_argument("entry", help="entry name (e.g. digits_spike_slab) or path of its TOML file")
+    show = add_command("show", help="print an entry's config and measured figures")
+    show.add_argument("entry", help="entry name (e.g. wine_self_compressing) or path of its TOML file")
     show.add_argument("--models", default="models", help="directory of the entries")
     show.set_defaults(handler=_show)
 
-    table = commands.add_parser("zoo-table", help="regenerate the table of models/README.md from the "
+    table = add_command("zoo-table", help="regenerate the table of models/README.md from the "
                                 "stored metrics (--cards: the cards too)")
     table.add_argument("--models", default="models", help="directory of the entries")
     table.add_argument("--cards", action="store_true", help="also rewrite every card from its stored metrics")

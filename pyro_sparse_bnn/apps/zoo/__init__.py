@@ -28,9 +28,15 @@ naming it):
 ``[data]`` ``name`` (a loader of :data:`~pyro_sparse_bnn.apps.datasets.LOADERS`) and that loader's
     keyword arguments (``seed``, ``val_size`` / ``n_val``, ``num_features``, ...)
 
-``[model]`` ``architecture`` (``"mlp"``, ``"lenet_300_100"``, ``"lenet5_caffe"``), ``widths``
-    (``mlp`` only: hidden widths; input and output widths come from the data),
-    ``activation`` (``"relu"``, ``"silu"``, ``"tanh"``)
+``[model]`` ``architecture`` (``"mlp"``, ``"lenet_300_100"``, ``"lenet5_caffe"``),
+    ``hidden_widths`` (``mlp`` only), ``activation`` (``"relu"``, ``"silu"``, ``"tanh"``).
+    ``hidden_widths = [32, 16]`` lists the hidden layers only: the input width is the data's
+    number of features and the output width its number of classes (1 for regression), so an
+    entry never repeats what the data decide and cannot contradict them. ``psb.mlp(widths)``
+    takes the full list instead, here ``psb.mlp([num_features, 32, 16, num_outputs])``; hence
+    the name. The key was once called ``widths``, which now raises :class:`ZooConfigError`
+    saying so; :func:`run_fingerprint` hashes ``hidden_widths`` under that old name, so
+    results stored before the rename still match their entries.
 
 ``[prior]`` ``name`` (a prior class exported by the package) and its keyword arguments
 
@@ -54,6 +60,7 @@ from .cards import (
     TABLE_END,
     TABLE_START,
     describe,
+    plural,
     render_card,
     render_cards,
     render_table,
@@ -89,6 +96,7 @@ __all__ = [
     "update_readme_table",
     "describe",
     "shell_command",
+    "plural",
     "PRIOR_ABBREVIATIONS",
     "SMOKE",
     "TABLE_START",

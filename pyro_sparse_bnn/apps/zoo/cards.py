@@ -8,6 +8,11 @@ from .entries import PRIOR_ABBREVIATIONS, PUBLISHED_FIGURES, ZooEntry, find_entr
 
 
 # -- rendering ---------------------------------------------------------------------------------------
+def plural(count: int, noun: str) -> str:
+    """``"1 epoch"``, ``"2 epochs"``: a count and its noun, in the singular for one."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def _fmt(value, kind: str) -> str:
     if value is None:
         return "n/a"
@@ -67,10 +72,10 @@ def render_card(entry: ZooEntry, metrics: Optional[dict] = None) -> str:
             lines += ["**Smoke run: a few steps on a small slice; the numbers mean nothing.**", ""]
         lines += [
             f"Measured on this machine ({metrics['environment']['machine']}, "
-            f"{metrics['environment']['threads']} torch thread(s), torch {metrics['environment']['torch']}) with "
-            f"`{metrics['command']}`: {schedule['epochs']} epochs of batch {schedule['batch_size']} "
-            f"({schedule['num_steps']} SVI steps) on {metrics['data']['n_train']} training examples, "
-            f"evaluated on {metrics['data']['n_test']} test examples.", "",
+            f"{plural(metrics['environment']['threads'], 'torch thread')}, torch {metrics['environment']['torch']}) with "
+            f"`{metrics['command']}`: {plural(schedule['epochs'], 'epoch')} of batch {schedule['batch_size']} "
+            f"({plural(schedule['num_steps'], 'SVI step')}) on {plural(metrics['data']['n_train'], 'training example')}, "
+            f"evaluated on {plural(metrics['data']['n_test'], 'test example')}.", "",
             "| model | " + label + " | kept architecture | weights kept | architecture compression "
             "| bit compression | training time |",
             "| --- | --- | --- | --- | --- | --- | --- |",
@@ -102,7 +107,7 @@ def render_card(entry: ZooEntry, metrics: Optional[dict] = None) -> str:
         if "validation_" + metric in metrics["bnn"]:
             lines += [f"Validation {'accuracy' if metric == 'accuracy' else 'RMSE'} of the BNN: "
                       f"{_fmt(metrics['bnn']['validation_' + metric], kind)} "
-                      f"({metrics['data']['n_val']} examples).", ""]
+                      f"({plural(metrics['data']['n_val'], 'example')}).", ""]
         selection = compressed.get("feature_selection")
         if selection:
             names = ", ".join(f"x{i + 1}" for i in selection["selected"]) or "none"
@@ -123,7 +128,7 @@ def render_card(entry: ZooEntry, metrics: Optional[dict] = None) -> str:
                   f"{', '.join(metrics.get('plots', [])) or 'none'}.", ""]
     lines += ["## Budget", ""]
     schedule_text = config["budget"].get("full_schedule")
-    lines += [f"This entry runs {config['train']['epochs']} epochs of batch {config['train']['batch_size']}: a "
+    lines += [f"This entry runs {plural(config['train']['epochs'], 'epoch')} of batch {config['train']['batch_size']}: a "
               "budget for the 2-core CPU machine the zoo was measured on, not the published schedule."
               + (f" The full schedule: {schedule_text.strip()}" if schedule_text else ""),
               "Pass `--epochs N` to train longer; the baselines get the same budget.", ""]
@@ -170,7 +175,7 @@ def render_table(directory="models") -> str:
             f"| {name} | {prior} | {entry.config['data']['name']} | {label} {_fmt(metrics['bnn'][metric], kind)} "
             f"(compressed {_fmt(compressed[metric], kind)}) | {compressed['architecture_after']} | "
             f"{_fmt(compressed['weights_kept'], 'fraction')} | {_fmt(compressed['bit_compression'], 'rate')} | "
-            f"{_fmt(metrics['timing']['fit_seconds'], 'seconds')} ({metrics['schedule']['epochs']} epochs) | "
+            f"{_fmt(metrics['timing']['fit_seconds'], 'seconds')} ({plural(metrics['schedule']['epochs'], 'epoch')}) | "
             f"{_fmt(dense, kind)} / {_fmt(gaussian, kind)} |")
     return "\n".join(lines)
 
@@ -211,7 +216,7 @@ def describe(entry: ZooEntry) -> str:
         lines.append(f"measured: BNN test {metric} {metrics['bnn'][metric]:.4f}, compressed "
                      f"{metrics['compressed'][metric]:.4f}, kept {metrics['compressed']['architecture_after']} "
                      f"({100 * metrics['compressed']['weights_kept']:.1f} % of the weights), "
-                     f"{metrics['schedule']['epochs']} epochs in {metrics['timing']['fit_seconds']:.0f} s")
+                     f"{plural(metrics['schedule']['epochs'], 'epoch')} in {metrics['timing']['fit_seconds']:.0f} s")
     lines.append(f"card: {entry.card_path}")
     return "\n".join(lines)
 

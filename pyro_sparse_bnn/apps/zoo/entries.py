@@ -43,7 +43,7 @@ PUBLISHED_FIGURES = ("accuracy", "error", "weights_kept", "architecture", "archi
 SECTIONS = {
     "entry": {"title", "description", "notes"},
     "data": None,          # name + the loader's own arguments
-    "model": {"architecture", "widths", "activation"},
+    "model": {"architecture", "hidden_widths", "activation"},
     "prior": None,         # name + the prior's own arguments
     "likelihood": {"name", "noise_scale", "learn_noise"},
     "train": set(TRAIN_DEFAULTS),
@@ -121,6 +121,10 @@ def parse_entry(config: dict, source: str = "<config>") -> Dict[str, Dict[str, A
         if section not in config:
             _fail(source, f"[{section}]", "missing section")
     checked = {section: dict(config.get(section, {})) for section in SECTIONS}
+    if "widths" in checked["model"]:  # the key's name before hidden_widths: say what it became
+        _fail(source, "model.widths", f"renamed hidden_widths: write hidden_widths = {checked['model']['widths']!r}. "
+              "It lists the hidden layers only (the input and output widths come from the data), while "
+              "psb.mlp(widths) takes the full list [inputs, *hidden, outputs]")
     for section, allowed in SECTIONS.items():
         if allowed is None:
             continue
@@ -147,12 +151,13 @@ def parse_entry(config: dict, source: str = "<config>") -> Dict[str, Dict[str, A
     if model["activation"] not in ACTIVATIONS:
         _fail(source, "model.activation", f"must be one of {', '.join(ACTIVATIONS)}, got {model['activation']!r}")
     if architecture == "mlp":
-        widths = model.get("widths")
+        widths = model.get("hidden_widths")
         if not isinstance(widths, list) or not widths or not all(
                 isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
-            _fail(source, "model.widths", f"must be a non-empty list of positive hidden widths, got {widths!r}")
-    elif "widths" in model:
-        _fail(source, "model.widths", f"only for architecture 'mlp' ({architecture} has fixed widths)")
+            _fail(source, "model.hidden_widths", f"must be a non-empty list of positive widths of the hidden "
+                  f"layers (the input and output widths come from the data), got {widths!r}")
+    elif "hidden_widths" in model:
+        _fail(source, "model.hidden_widths", f"only for architecture 'mlp' ({architecture} has fixed widths)")
 
     prior = checked["prior"]
     if prior.get("name") not in PRIORS:
@@ -256,7 +261,7 @@ def build_prior(section: dict):
 def build_net(model: dict, num_inputs: int, num_outputs: int) -> nn.Sequential:
     activation = ACTIVATIONS[model["activation"]]
     if model["architecture"] == "mlp":
-        return nets.mlp([num_inputs, *model["widths"], num_outputs], activation)
+        return nets.mlp([num_inputs, *model["hidden_widths"], num_outputs], activation)
     if model["architecture"] == "lenet_300_100":
         return nets.lenet_300_100(num_inputs, num_outputs, activation)
     if num_inputs != 784:

@@ -17,11 +17,12 @@ from ...core import priors as prior_module
 from ...core.errors import SparseBNNError
 from ...core.fit import fit
 from ...core.network import SparseBNN
+from ...core.progress import show_progress
 from ...core.validation import check_positive_int
 from .. import datasets
 from ..baselines import train_deterministic
 from ..environment import environment
-from .cards import render_card
+from .cards import plural, render_card
 from .entries import (
     SMOKE,
     ZooConfigError,
@@ -106,12 +107,24 @@ def _fit_options(train: dict, epochs: int, batch_size: int, progress: bool, prio
 RUN_SECTIONS = ("data", "model", "prior", "likelihood", "train", "compress", "baselines")
 
 
+#: keys renamed since results were first stored, ``{section: {new name: old name}}``: hashed
+#: under their old names, so a renamed key that means the same thing keeps the fingerprint
+#: (and the stored results of ``models/results/`` stay valid)
+HASHED_AS = {"model": {"hidden_widths": "widths"}}
+
+
+def _hashed_section(config: dict, name: str) -> dict:
+    renames = HASHED_AS.get(name, {})
+    return {renames.get(key, key): value for key, value in config[name].items()}
+
+
 def run_fingerprint(entry: ZooEntry) -> str:
     """SHA-256 of the checked sections that decide what a run measures, stored with the
     metrics so that a card's numbers can be checked to come from the entry's current config
     (the card's prose -- ``[entry]``, ``[budget]``, ``[published]`` -- may change without a
-    rerun)."""
-    sections = {name: entry.config[name] for name in RUN_SECTIONS}
+    rerun). Keys are hashed under the names of :data:`HASHED_AS`: ``hidden_widths = [32, 16]``
+    hashes as the ``widths = [32, 16]`` it was called before, which meant the same network."""
+    sections = {name: _hashed_section(entry.config, name) for name in RUN_SECTIONS}
     return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
 
 
@@ -121,7 +134,8 @@ def _baseline_key(entry: ZooEntry, schedule: dict, smoke: bool) -> str:
     :func:`run_entry`)."""
     train = {k: v for k, v in entry.config["train"].items()
              if k not in ("logit_lr", "indicator_warmup", "temperature")}
-    key = {"data": entry.config["data"], "model": entry.config["model"], "likelihood": entry.config["likelihood"],
+    key = {"data": entry.config["data"], "model": _hashed_section(entry.config, "model"),
+           "likelihood": entry.config["likelihood"],
            "train": {**train, **schedule}, "baselines": entry.config["baselines"], "smoke": smoke}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -199,7 +213,7 @@ def run_entry(
     epochs: Optional[int] = None,
     smoke: bool = False,
     data_dir=None,
-    progress: bool = True,
+    progress: Optional[bool] = None,
     publish: bool = False,
     baseline_cache=None,
     command: Optional[str] = None,
@@ -214,7 +228,10 @@ def run_entry(
     :param bool smoke: a few steps on a small slice of every split (:data:`SMOKE`), to check
         that the entry runs; nothing measured is meaningful.
     :param data_dir: directory of the IDX files for ``fashion_mnist`` entries.
-    :param bool progress: tqdm progress bars with the ELBO.
+    :param progress: tqdm progress bars with the ELBO; ``None`` (the default) draws them only
+        where someone watches, a terminal or a notebook
+        (:func:`~pyro_sparse_bnn.core.progress.show_progress`), ``True`` / ``False`` always or
+        never.
     :param bool publish: also write ``<models>/results/<name>.json`` and rewrite the card
         ``<models>/<name>.md`` (not allowed with ``smoke``).
     :param baseline_cache: directory in which baseline results are stored by
@@ -225,6 +242,7 @@ def run_entry(
     :returns: the metrics dict that is written to ``metrics.json``.
     """
     entry = entry if isinstance(entry, ZooEntry) else load_entry(entry)
+    progress = show_progress(progress)  # decided once: the fits and the baselines agree
     if publish and smoke:
         raise ZooConfigError("--publish stores measured results; a --smoke run measures nothing")
     config = entry.config
@@ -261,14 +279,14 @@ def run_entry(
     widths = "-".join(map(str, bnn.architecture.widths))
     echo(f"{entry.name}: {config['data']['name']} ({len(data.x_train)} training, "
          f"{0 if data.x_val is None else len(data.x_val)} validation, {len(data.x_test)} test examples), "
-         f"{config['model']['architecture']} {widths}, {prior}, {schedule['epochs']} epochs of batch "
+         f"{config['model']['architecture']} {widths}, {prior}, {plural(schedule['epochs'], 'epoch')} of batch "
          f"{schedule['batch_size']}" + (" [smoke]" if smoke else ""))
 
     fit_start = time.perf_counter()
     history = fit(bnn, data.x_train, data.y_train,
                   **_fit_options(train, schedule["epochs"], schedule["batch_size"], progress, True))
     fit_seconds = time.perf_counter() - fit_start
-    echo(f"fitted {history.num_steps} steps in {fit_seconds:.1f} s; final ELBO {history.elbo[-1]:.4g}")
+    echo(f"fitted {plural(history.num_steps, 'step')} in {fit_seconds:.1f} s; final ELBO {history.elbo[-1]:.4g}")
 
     bnn_score, prediction = _predict_score(bnn, data.x_test, data.y_test, data, schedule["predict_samples"])
     results = {"bnn": {metric: bnn_score, "predict_samples": schedule["predict_samples"]}}

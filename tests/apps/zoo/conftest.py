@@ -51,7 +51,7 @@ val_size = 0.2
 
 [model]
 architecture = "mlp"
-widths = [8]
+hidden_widths = [8]
 
 [prior]
 name = "SpikeSlabNode"

@@ -10,7 +10,7 @@ from pyro_sparse_bnn.apps.zoo import (
     load_entry,
     parse_entry,
 )
-from pyro_sparse_bnn.apps.zoo.entries import PRIORS
+from pyro_sparse_bnn.apps.zoo.entries import PRIORS, build_net
 from tests.apps.zoo.conftest import ENTRIES, TOY, toy_config, write_entry
 
 
@@ -43,9 +43,10 @@ def test_toy_config_is_valid():
     (lambda c: c["data"].update(name="mnist"), "data.name: unknown data set 'mnist'"),
     (lambda c: c["data"].update(num_features=3), "data.num_features: not an argument of datasets.wine"),
     (lambda c: c["model"].update(architecture="resnet"), "model.architecture: must be one of"),
-    (lambda c: c["model"].update(widths=[8, -1]), "model.widths"),
+    (lambda c: c["model"].update(hidden_widths=[8, -1]), "model.hidden_widths: must be a non-empty list"),
+    (lambda c: c["model"].update(hidden_widths=[]), "model.hidden_widths: must be a non-empty list"),
     (lambda c: c["model"].update(activation="gelu"), "model.activation"),
-    (lambda c: c["model"].update(architecture="lenet_300_100"), "model.widths: only for architecture 'mlp'"),
+    (lambda c: c["model"].update(architecture="lenet_300_100"), "model.hidden_widths: only for architecture 'mlp'"),
     (lambda c: c["prior"].update(name="Horseshoe"), "prior.name: must be one of"),
     (lambda c: c["prior"].update(sigma=1.0), "prior.sigma: not an argument of SpikeSlabNode"),
     (lambda c: c["prior"].update(prior_scale=-1.0), r"\[prior\]: .*prior_scale"),
@@ -71,3 +72,21 @@ def test_bad_files_give_clear_errors(tmp_path, capsys):
     bad = write_entry(tmp_path, TOY.replace("epochs = 3", "epochs = -3"), "bad")
     assert main(["run", str(bad), "--smoke"]) == 2
     assert "train.epochs" in capsys.readouterr().err
+
+
+def test_hidden_widths_are_the_hidden_layers_and_the_old_widths_key_says_so(tmp_path):
+    """``[model] hidden_widths`` lists the hidden layers, the data give the rest: the network is
+    ``psb.mlp([num_features, *hidden_widths, num_outputs])``. The key's old name ``widths``
+    (which ``psb.mlp`` uses for the full list) is refused with the rename in the message."""
+    import pyro_sparse_bnn as psb
+
+    model = parse_entry(toy_config(), "toy.toml")["model"]
+    assert model["hidden_widths"] == [8]
+    net = build_net(model, num_inputs=13, num_outputs=3)
+    assert [tuple(p.shape) for p in net.parameters()] == [
+        tuple(p.shape) for p in psb.mlp([13, *model["hidden_widths"], 3]).parameters()]
+    old = TOY.replace("hidden_widths = [8]", "widths = [8]")
+    with pytest.raises(ZooConfigError, match=r"model.widths: renamed hidden_widths: write hidden_widths = \[8\]"):
+        load_entry(write_entry(tmp_path, old, "old"))
+    with pytest.raises(ZooConfigError, match="hidden layers only"):
+        load_entry(write_entry(tmp_path, old, "old"))

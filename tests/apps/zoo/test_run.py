@@ -1,6 +1,7 @@
 """Running zoo entries: every entry runs end to end in smoke mode, arguments are checked, publishing
 writes metrics, card and table, and the measured figures are in the right units."""
 
+import hashlib
 import json
 import math
 
@@ -122,3 +123,30 @@ def test_run_fingerprint_follows_what_a_run_measures(tmp_path):
     prior = load_entry(write_entry(tmp_path, TOY.replace("SpikeSlabNode", "SpikeSlab"), "d"))
     assert run_fingerprint(base) == run_fingerprint(prose)
     assert len({run_fingerprint(base), run_fingerprint(budget), run_fingerprint(prior)}) == 3
+
+
+def test_renaming_widths_to_hidden_widths_keeps_the_fingerprint(tmp_path):
+    """The stored results of models/results/ record the fingerprint of the config they were
+    measured with, when the key was called ``widths``: ``hidden_widths`` means the same network
+    and hashes the same; another width does not."""
+    from pyro_sparse_bnn.apps.zoo.run import RUN_SECTIONS
+
+    entry = load_entry(write_entry(tmp_path, TOY, "a"))
+    # the fingerprint as computed before the rename, on the section as it was then called
+    before = {name: dict(entry.config[name]) for name in RUN_SECTIONS}
+    before["model"]["widths"] = before["model"].pop("hidden_widths")
+    assert run_fingerprint(entry) == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
+    wider = load_entry(write_entry(tmp_path, TOY.replace("hidden_widths = [8]", "hidden_widths = [9]"), "b"))
+    assert run_fingerprint(wider) != run_fingerprint(entry)
+
+
+@pytest.mark.parametrize("path", [p for p in ENTRIES if load_entry(p).config["model"]["architecture"] == "mlp"],
+                         ids=lambda p: p.stem)
+def test_stored_results_of_mlp_entries_match_after_the_rename(path):
+    entry = load_entry(path)
+    metrics = entry.stored_metrics()
+    if metrics is None:
+        pytest.skip("not yet measured")
+    assert metrics["run_config_sha256"] == run_fingerprint(entry)
+    # and the network the entry builds is the one that was measured
+    assert metrics["architecture"].split("-")[1:-1] == [str(w) for w in entry.config["model"]["hidden_widths"]]
