@@ -17,6 +17,7 @@ from ..core.errors import InputError
 from ..core.fit import FitHistory
 from ..core.network import SparseBNN, check_bnn
 from .calibration import CalibrationBins, expected_calibration_error
+from .diagnostics import layer_variables
 from .frontier import Frontier
 from .inclusion import edge_inclusion_probs
 
@@ -34,13 +35,25 @@ __all__ = [
 ]
 
 
-def _check_idata(idata, variable: str) -> None:
+def _check_idata(idata, variable: Optional[str] = None, kind: Optional[str] = None) -> None:
+    """Raise :class:`InputError` unless ``idata`` is an InferenceData with a posterior that has
+    ``variable`` or at least one per-layer variable of ``kind``."""
     import arviz as az
 
     if not isinstance(idata, az.InferenceData) or "posterior" not in idata.groups():
         raise InputError("expected the arviz.InferenceData of to_inference_data(...)")
-    if variable not in idata.posterior:
+    if variable is not None and variable not in idata.posterior:
         raise InputError(f"the posterior has no {variable!r} variable")
+    if kind is not None and not layer_variables(idata, kind):
+        raise InputError(f"the posterior has no {kind!r} variables ({kind}_<layer>): its prior has none")
+
+
+def _integer_ticks(*axes) -> None:
+    """Ticks only at whole numbers on unit / group / epoch axes (no 0.5 between two units)."""
+    from matplotlib.ticker import MaxNLocator
+
+    for axis in axes:
+        axis.set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_inclusion_forest(idata: az.InferenceData, layers: Optional[Sequence[str]] = None,
@@ -52,38 +65,53 @@ def plot_inclusion_forest(idata: az.InferenceData, layers: Optional[Sequence[str
     fits as draws of one quantity: the marker is the median PIP across fits and the line
     its ``hdi_prob`` interval across fits (restarts that disagree show as long lines; with
     one fit it is a point). R-hat and ESS of the inclusion draws are in
-    ``arviz.summary(idata)``.
+    :func:`~pyro_sparse_bnn.analysis.diagnostics.summarize`.
 
-    :param layers: hidden layers to show (default: all in the ``layer`` coord).
-    :returns: the figure: one axes for the features and one per layer.
+    :param layers: hidden layers to show, by path (``"net.0"``; default: all layers with a
+        ``node_inclusion_<layer>`` variable).
+    :returns: the figure: one axes for the features and one per layer, each a row per unit
+        (units counted from 0).
     """
     import arviz as az
     import matplotlib.pyplot as plt
 
     _check_idata(idata, "feature_inclusion")
     post = idata.posterior
-    layers = list(post.layer.values) if ("layer" in post.coords and layers is None) else list(layers or [])
-    widths = [post.sizes["feature"]] + [
-        int(np.isfinite(post.node_inclusion.sel(layer=name).isel(chain=0, draw=0)).sum()) for name in layers]
-    fig, axes = plt.subplots(len(widths), 1, squeeze=False, figsize=figsize or (6, 1 + 0.3 * sum(widths)),
-                             gridspec_kw={"height_ratios": [max(w, 1) for w in widths]})
-    panels = [("input features", post.feature_inclusion)] + [
-        (f"nodes of {name}", post.node_inclusion.sel(layer=name, node=slice(0, width - 1)).drop_vars("layer"))
-        for name, width in zip(layers, widths[1:], strict=True)]
-    for ax, (title, draws) in zip(axes[:, 0], panels, strict=True):
+    variables = layer_variables(idata, "node_inclusion")
+    layers = list(variables) if layers is None else list(layers)
+    unknown = [name for name in layers if name not in variables]
+    if unknown:
+        raise InputError(f"no node inclusion draws of layers {unknown}; the posterior has {list(variables)}")
+    panels = [("input features", "feature", post.feature_inclusion)] + [
+        (f"nodes of {name}", "node", post[variables[name]]) for name in layers]
+    widths = [draws.shape[-1] for _, _, draws in panels]
+    fig, axes = plt.subplots(len(panels), 1, squeeze=False, layout="constrained",
+                             figsize=figsize or (6, 1.4 + 0.3 * sum(widths) + 0.9 * len(panels)),
+                             gridspec_kw={"height_ratios": [max(w, 1) + 3 for w in widths]})
+    for ax, (title, unit, draws) in zip(axes[:, 0], panels, strict=True):
         # fits as the draws of one chain: (chain=1, draw=fit, unit)
         pips = draws.mean("draw").rename(chain="draw").expand_dims(chain=1).rename("PIP")
         az.plot_forest(pips.to_dataset(), combined=True, hdi_prob=hdi_prob, quartiles=False, ax=ax)
         ax.set_title(title)
         ax.set_xlim(-0.05, 1.05)
-    fig.tight_layout()
+        ax.set_xlabel("PIP" if pips.sizes["draw"] == 1 else
+                      f"PIP (median and {100 * hdi_prob:g}% interval across fits)")
+        ax.set_ylabel(unit)
+    fig.suptitle("Posterior inclusion probabilities")
     return fig
+
+
+def _merged_taps(p: torch.Tensor) -> torch.Tensor:
+    """Edge PIPs of a conv layer ``(out, in, kh, kw)`` merged over the kernel taps: the
+    probability that at least one tap from input channel ``i`` to output channel ``j`` is on."""
+    return -torch.expm1(torch.log1p(-p.clamp(max=1.0)).sum(dim=(2, 3)))
 
 
 def plot_inclusion_heatmap(bnn: SparseBNN, cmap: str = "viridis") -> Figure:
     """One heatmap per parametric layer of its edge PIPs ``(out_units, in_units)`` (a conv
     layer's kernel taps are merged: the probability that at least one tap from input channel
-    ``i`` to output channel ``j`` is active), with a shared colour bar on [0, 1].
+    ``i`` to output channel ``j`` is active), with a shared colour bar on [0, 1]. Units are
+    counted from 0 and the axes have ticks only at whole units.
 
     :returns: the figure: one axes per layer plus the colour bar's.
     """
@@ -91,23 +119,27 @@ def plot_inclusion_heatmap(bnn: SparseBNN, cmap: str = "viridis") -> Figure:
 
     check_bnn(bnn, "plot_inclusion_heatmap")
     pips = edge_inclusion_probs(bnn)
-    fig, axes = plt.subplots(1, len(pips), figsize=(3.2 * len(pips) + 1, 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(pips), figsize=(3.4 * len(pips) + 1.2, 3.8), squeeze=False,
+                             layout="constrained")
     image = None
     for ax, (name, p) in zip(axes[0], pips.items(), strict=True):
         p = p.detach().double().cpu()
         if p.dim() == 4:
-            p = -torch.expm1(torch.log1p(-p.clamp(max=1.0)).sum(dim=(2, 3)))
+            p = _merged_taps(p)
         image = ax.imshow(p.numpy(), vmin=0, vmax=1, cmap=cmap, aspect="auto", interpolation="nearest")
         ax.set_title(name)
-        ax.set_xlabel("input unit")
-        ax.set_ylabel("output unit")
+        ax.set_xlabel("input channel" if p.shape != pips[name].shape else "input unit")
+        ax.set_ylabel("output channel" if p.shape != pips[name].shape else "output unit")
+        _integer_ticks(ax.xaxis, ax.yaxis)
     fig.colorbar(image, ax=list(axes[0]), label="edge PIP")
+    fig.suptitle("Edge inclusion probabilities")
     return fig
 
 
 def plot_elbo(history: FitHistory, log_scale: Optional[bool] = None) -> Figure:
     """ELBO per epoch from a :class:`~pyro_sparse_bnn.core.fit.FitHistory`, with the KL warm-up
-    epochs shaded (the objective is annealed there).
+    epochs shaded (the objective is annealed there). The x axis counts completed epochs
+    (1 = after the first epoch), as ``fit``'s progress bar does.
 
     :param log_scale: plot ``-ELBO`` on a log axis (default: when it is positive and spans
         more than two decades).
@@ -121,46 +153,50 @@ def plot_elbo(history: FitHistory, log_scale: Optional[bool] = None) -> Figure:
     epochs = np.arange(1, len(loss) + 1)
     if log_scale is None:
         log_scale = bool(np.all(loss > 0) and loss.max() / loss.min() > 100)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
     if log_scale:
         ax.plot(epochs, loss)
         ax.set_yscale("log")
         ax.set_ylabel("-ELBO (loss)")
+        ax.set_title("Training loss (-ELBO) per epoch")
     else:
         ax.plot(epochs, -loss)
         ax.set_ylabel("ELBO")
+        ax.set_title("ELBO per epoch")
     warmup = np.flatnonzero(np.asarray(history.kl_weight) < 1)
     if warmup.size:
         ax.axvspan(0.5, warmup.max() + 1.5, color="grey", alpha=0.2, label="KL warm-up")
         ax.legend()
     ax.set_xlabel("epoch")
-    fig.tight_layout()
+    _integer_ticks(ax.xaxis)
     return fig
 
 
 def plot_group_scales(idata: az.InferenceData, log10: bool = True) -> Figure:
     """Distribution of the group scales per layer: one box per group over all draws and
     chains, on a log10 axis by default (a pruned group's scale sits decades below a kept one).
+    Groups are counted from 0, as in the posterior's ``group_<layer>`` coords.
 
-    :returns: the figure: one axes per layer in the posterior's ``scale_layer`` coord.
+    :returns: the figure: one axes per ``group_scale_<layer>`` variable of the posterior.
     """
     import matplotlib.pyplot as plt
 
-    _check_idata(idata, "group_scale")
-    scales = idata.posterior.group_scale
-    names = list(scales.scale_layer.values)
-    fig, axes = plt.subplots(len(names), 1, squeeze=False, figsize=(7, 2.6 * len(names)))
-    for ax, name in zip(axes[:, 0], names, strict=True):
-        values = scales.sel(scale_layer=name).values.reshape(-1, scales.sizes["group"])
-        values = values[:, np.isfinite(values).all(axis=0)]
-        values = np.abs(values)
+    _check_idata(idata, kind="group_scale")
+    variables = layer_variables(idata, "group_scale")
+    fig, axes = plt.subplots(len(variables), 1, squeeze=False, figsize=(7, 2.8 * len(variables)),
+                             layout="constrained")
+    for ax, (name, variable) in zip(axes[:, 0], variables.items(), strict=True):
+        scales = idata.posterior[variable]
+        values = np.abs(scales.values.reshape(-1, scales.shape[-1]))
         if log10:
             values = np.log10(np.maximum(values, np.finfo(float).tiny))
-        ax.boxplot(values, showfliers=False)
+        groups = scales[scales.dims[-1]].values
+        ax.boxplot(values, positions=groups, widths=0.6, showfliers=False, manage_ticks=False)
+        ax.set_xlim(groups.min() - 0.5, groups.max() + 0.5)
+        _integer_ticks(ax.xaxis)
         ax.set_title(f"group scales of {name}")
         ax.set_xlabel("group")
         ax.set_ylabel("log10 |scale|" if log10 else "|scale|")
-    fig.tight_layout()
     return fig
 
 

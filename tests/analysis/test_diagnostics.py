@@ -1,6 +1,7 @@
-"""ArviZ diagnostics: InferenceData of guide draws, k-hat of the guide, PSIS-LOO and compare."""
+"""ArviZ diagnostics: InferenceData of guide draws, summaries, k-hat of the guide, PSIS-LOO and compare."""
 
 import math
+import warnings
 
 import arviz as az
 import numpy as np
@@ -23,9 +24,11 @@ from pyro_sparse_bnn.analysis import (
     compare_priors,
     feature_inclusion_probs,
     node_inclusion_probs,
+    psis_loo,
     to_inference_data,
     variational_khat,
 )
+from pyro_sparse_bnn.analysis.diagnostics import VariationalKhat, layer_variables, summarize
 from tests.conftest import mlp, randomize_guide
 
 
@@ -50,14 +53,52 @@ def test_restarts_become_chains_with_named_dims(data):
     assert post.sizes["chain"] == 3 and post.sizes["draw"] == 20
     assert post.feature_inclusion.dims == ("chain", "draw", "feature")
     assert post.feature.values.tolist() == names
-    assert post.node_inclusion.dims == ("chain", "draw", "layer", "node")
-    assert post.layer.values.tolist() == ["net.0", "net.2"]
-    # net.2 has 3 nodes: the 4th node column is padding
-    assert np.isnan(post.node_inclusion.sel(layer="net.2", node=4 - 1)).all()
-    assert not np.isnan(post.node_inclusion.sel(layer="net.0")).any()
+    # one variable per hidden layer, each with its own dim: nothing is padded
+    assert post.node_inclusion_net_0.dims == ("chain", "draw", "node_net_0")
+    assert post.node_inclusion_net_2.dims == ("chain", "draw", "node_net_2")
+    assert post.node_net_0.values.tolist() == [0, 1, 2, 3, 4] and post.node_net_2.values.tolist() == [0, 1, 2]
+    assert layer_variables(idata, "node_inclusion") == {"net.0": "node_inclusion_net_0", "net.2": "node_inclusion_net_2"}
+    assert "node_inclusion" not in post and "layer" not in post.coords
+    for name, var in post.data_vars.items():
+        assert np.isfinite(var.values).all(), name
+        assert set(np.unique(var.values)) <= {0.0, 1.0}, name
     assert idata.log_likelihood.y.dims == ("chain", "draw", "example")
     assert idata.log_likelihood.y.shape == (3, 20, 30)
     assert np.array_equal(idata.observed_data.y.values, data[1].numpy())
+
+
+def test_summary_has_a_row_per_unit_without_nan_or_warnings(data):
+    """The newcomer's report: ``az.summary`` printed NaN rows for the padding and ArviZ warned
+    "Array contains NaN-value". Now the rows are exactly the units, their means are the numpy
+    means of the draws, and neither ``az.summary`` nor ``summarize`` warns about NaN."""
+    fits = [random_fit(0, widths=(4, 6, 2, 2)), random_fit(1, widths=(4, 6, 2, 2))]
+    idata = to_inference_data(fits, num_samples=30, seed=0, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = az.summary(idata, kind="stats", round_to="none")
+    assert not [w for w in caught if "NaN" in str(w.message)], [str(w.message) for w in caught]
+    assert len(table) == 4 + 6 + 2  # features, nodes of net.0, nodes of net.2: no padding rows
+    assert np.isfinite(table["mean"]).all()
+    post = idata.posterior
+    np.testing.assert_allclose(table.loc["node_inclusion_net_2[1]", "mean"],
+                               post.node_inclusion_net_2.values[..., 1].mean())
+    np.testing.assert_allclose(table.loc[[f"node_inclusion_net_0[{i}]" for i in range(6)], "mean"],
+                               post.node_inclusion_net_0.values.reshape(-1, 6).mean(0))
+
+
+def test_layer_names_become_valid_identifiers():
+    from pyro_sparse_bnn.analysis.diagnostics import layer_key
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential()
+    net.add_module("hidden-1", torch.nn.Linear(3, 4))
+    net.add_module("act", torch.nn.ReLU())
+    net.add_module("out", torch.nn.Linear(4, 2))
+    bnn = randomize_guide(SparseBNN(net, SpikeSlab(prior_inclusion=0.1), num_data=5))
+    idata = to_inference_data(bnn, num_samples=4, progress=False)
+    assert layer_key("features.0.conv") == "features_0_conv"
+    assert idata.posterior.node_inclusion_net_hidden_1.attrs["layer"] == "net.hidden-1"
+    assert idata.posterior.node_inclusion_net_hidden_1.dims == ("chain", "draw", "node_net_hidden_1")
 
 
 def test_round_trip_to_netcdf_keeps_dims_and_coords(tmp_path, data):
@@ -76,7 +117,10 @@ def test_round_trip_to_netcdf_keeps_dims_and_coords(tmp_path, data):
             np.testing.assert_array_equal(loaded[name].values, var.values)
         for name, coord in original.coords.items():
             assert loaded[name].values.tolist() == coord.values.tolist()
-    assert back.posterior.group_scale.dims == ("chain", "draw", "scale_layer", "group")
+    assert back.posterior.group_scale_net_0.dims == ("chain", "draw", "group_net_0")
+    assert back.posterior.group_scale_net_2.sizes["group_net_2"] == 3  # SS-GHS: a scale per output unit
+    assert layer_variables(back, "group_scale") == layer_variables(idata, "group_scale") == {
+        "net.0": "group_scale_net_0", "net.2": "group_scale_net_2", "net.4": "group_scale_net_4"}
     assert back.posterior["net.0.weight"].dims == ("chain", "draw", "net.0.out", "net.0.in")
     assert back.posterior.attrs["priors"].startswith("SpikeSlabGroupHorseshoe")
 
@@ -102,7 +146,7 @@ def test_summary_pips_equal_the_guide_and_the_draws_average_to_them():
     mean = post.feature_inclusion.mean("draw").values
     se = np.sqrt(guide.numpy() * (1 - guide.numpy()) / num)
     assert np.all(np.abs(mean - guide.numpy()) <= 5 * se + 1e-9)
-    nodes = post.node_inclusion.sel(layer="net.2").mean("draw").values[:, :3]
+    nodes = post.node_inclusion_net_2.mean("draw").values
     node_pips = torch.stack([node_inclusion_probs(f)["net.2"] for f in fits]).numpy()
     assert np.all(np.abs(nodes - node_pips) <= 5 * np.sqrt(node_pips * (1 - node_pips) / num) + 1e-9)
 
@@ -112,10 +156,82 @@ def test_rhat_flags_restarts_that_disagree():
     disagree = [random_fit(0), random_fit(0)]
     with torch.no_grad():  # second restart: every input edge switched off
         disagree[1].layers[0].block.gates.logits.fill_(-30.0)
-    rhat = lambda fits: az.rhat(to_inference_data(fits, num_samples=100, seed=0, progress=False))  # noqa: E731
-    stable = rhat(agree).feature_inclusion.values
-    unstable = rhat(disagree).feature_inclusion.values
-    assert np.nanmax(stable) < 1.1 and np.all(unstable > 1.5)
+
+    def rhat(fits):
+        table = summarize(to_inference_data(fits, num_samples=100, seed=0, progress=False),
+                          var_names=["feature_inclusion"])
+        return table.r_hat.to_numpy()
+
+    stable, unstable = rhat(agree), rhat(disagree)
+    assert np.max(stable) < 1.1 and np.all(unstable > 1.5)
+
+
+def pinned_fits():
+    """Two restarts whose first-layer gates are all open: every feature is in every draw of
+    both (PIP 1, constant), and node 0 of net.2 (used iff one of its outgoing edges in net.4 is
+    on) is dropped in every draw of restart 0 but kept in every draw of restart 1 (each restart
+    certain, the two disagree)."""
+    fits = [random_fit(0), random_fit(1)]
+    with torch.no_grad():
+        for i, bnn in enumerate(fits):
+            bnn.layers[0].block.gates.logits.fill_(30.0)
+            bnn.layers[2].block.gates.logits[:, 0].fill_(30.0 if i else -30.0)
+    return fits
+
+
+def test_summarize_reports_pinned_pips_as_converged_without_warnings():
+    idata = to_inference_data(pinned_fits(), num_samples=50, seed=0, progress=False)
+    draws = idata.posterior.feature_inclusion.values
+    assert (draws == 1).all()  # the setting: constant in every draw of every chain
+    # the old behaviour: ArviZ's R-hat is 0/0 = NaN, with numpy's RuntimeWarning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        raw = az.summary(idata, var_names=["feature_inclusion"])
+    assert raw.r_hat.isna().all() and any(issubclass(w.category, RuntimeWarning) for w in caught)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = summarize(idata)
+    assert not caught, [str(w.message) for w in caught]
+    features = table.loc[[f"feature_inclusion[x{i}]" for i in range(4)]]
+    assert (features.r_hat == 1.0).all()
+    assert (features.mcse_mean == 0.0).all() and (features.mcse_sd == 0.0).all()
+    assert (features.ess_bulk == 2 * 50).all() and (features.ess_tail == 2 * 50).all()
+    assert (features["mean"] == 1.0).all() and (features.sd == 0.0).all()
+    # node 0 of net.2: restart 0 always drops it, restart 1 always keeps it -> R-hat inf
+    node = idata.posterior.node_inclusion_net_2.values[..., 0]
+    assert (node[0] == 0).all() and (node[1] == 1).all()
+    assert table.loc["node_inclusion_net_2[0]", "r_hat"] == math.inf
+    # everything that varies keeps ArviZ's own values, and the means are the draws' means
+    varying = [name for name in table.index if name.startswith("node_inclusion_net_0")]
+    np.testing.assert_allclose(table.loc[varying, "mean"],
+                               idata.posterior.node_inclusion_net_0.values.reshape(-1, 5).mean(0), atol=5e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # ArviZ's 0/0 for the constant nodes
+        rhat = az.rhat(idata, var_names=["node_inclusion_net_0"]).node_inclusion_net_0.values
+    nodes = idata.posterior.node_inclusion_net_0.values
+    constant = nodes.min(axis=(0, 1)) == nodes.max(axis=(0, 1))
+    assert constant.any() and not constant.all()  # both kinds are checked
+    np.testing.assert_allclose(table.loc[varying, "r_hat"][~constant], np.round(rhat[~constant], 2))
+    assert (table.loc[varying, "r_hat"][constant] == 1.0).all()
+
+
+def test_summarize_on_hand_made_draws():
+    rng = np.random.default_rng(0)
+    idata = az.from_dict(posterior={"pinned": np.zeros((3, 40)), "split": np.repeat([[0.0], [1.0], [0.0]], 40, axis=1),
+                                    "coin": (rng.random((3, 40)) < 0.5).astype(float)})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = summarize(idata, round_to="none")
+    assert not caught
+    assert table.loc["pinned", "r_hat"] == 1.0 and table.loc["split", "r_hat"] == math.inf
+    assert table.loc["coin", "r_hat"] == pytest.approx(float(az.rhat(idata, var_names=["coin"]).coin))
+    assert table.loc["coin", "mean"] == pytest.approx(idata.posterior.coin.values.mean())
+    assert "_constant" not in table.columns
+    with pytest.raises(InputError, match="fmt"):
+        summarize(idata, fmt="long")
+    with pytest.raises(InputError, match="InferenceData"):
+        summarize({"pinned": np.zeros((3, 40))})
 
 
 def test_log_likelihood_at_a_point_mass_guide(data):
@@ -145,6 +261,43 @@ def test_bad_input_is_named(data):
         to_inference_data(random_fit(0), data[0], progress=False)
     with pytest.raises(InputError, match="num_samples"):
         to_inference_data(random_fit(0), num_samples=0, progress=False)
+
+
+def unfitted():
+    return SparseBNN(mlp([4, 3, 2]), SpikeSlab(prior_inclusion=0.1), num_data=30)
+
+
+def test_every_entry_point_that_reads_the_guide_refuses_an_unfitted_network(data):
+    x, y = data
+    with pytest.raises(NotFittedError, match="^to_inference_data: the network has not been fitted"):
+        to_inference_data(unfitted(), progress=False)
+    with pytest.raises(NotFittedError, match=r"^to_inference_data \(bnn\[1\]\): the network has not been fitted"):
+        to_inference_data([random_fit(0, widths=(4, 3, 2)), unfitted()], progress=False)
+    with pytest.raises(NotFittedError, match="^bnn_variational_khat: the network has not been fitted"):
+        bnn_variational_khat(unfitted(), x, y, num_samples=10, progress=False)
+    with pytest.raises(NotFittedError, match="^psis_loo: the network has not been fitted"):
+        psis_loo(unfitted(), x, y, num_samples=10, progress=False)
+    with pytest.raises(NotFittedError, match="^psis_loo: the network has not been fitted"):
+        psis_loo(unfitted())  # before complaining about the missing data
+    # compare_priors names the model, and checks them all before drawing from any
+    fitted = random_fit(0, widths=(4, 3, 2))
+    with pytest.raises(NotFittedError, match=r"^compare_priors \(fits\['b'\]\): the network has not been fitted"):
+        compare_priors({"a": fitted, "b": unfitted()}, x, y, num_samples=10, progress=False)
+    with pytest.raises(NotFittedError, match=r"^compare_priors \(fits\['b'\]\[1\]\)"):
+        compare_priors({"a": fitted, "b": [fitted, unfitted()]}, x, y, num_samples=10, progress=False)
+
+
+def test_progress_bars_only_where_someone_watches(data, capfd):
+    """``progress=None`` (the default) draws no bar when stderr is not a terminal (as under
+    pytest), ``progress=True`` always does."""
+    bnn = random_fit(0)
+    to_inference_data(bnn, num_samples=3)
+    variational_khat(conjugate_model, normal_guide(0.0, 1.0), torch.zeros(3), num_samples=10)
+    assert "draw" not in capfd.readouterr().err
+    to_inference_data(bnn, num_samples=3, progress=True)
+    assert "guide draws" in capfd.readouterr().err
+    variational_khat(conjugate_model, normal_guide(0.0, 1.0), torch.zeros(3), num_samples=10, progress=True)
+    assert "k-hat draws" in capfd.readouterr().err
 
 
 # -- k-hat of the variational approximation -----------------------------------------------
@@ -217,6 +370,51 @@ def test_khat_of_a_sparse_bnn_uses_weight_draws_not_local_reparameterization(dat
     with pytest.raises(NotFittedError):
         bnn_variational_khat(SparseBNN(mlp([4, 3, 2]), SpikeSlab(prior_inclusion=0.1), num_data=30),
                              x, y, num_samples=30, progress=False)
+
+
+def khat_result(khat, num_samples=200, ess=None, bnn=True):
+    """A VariationalKhat with the given k-hat and (roughly) the given ESS of its weights."""
+    weights = np.full(num_samples, 1.0)
+    if ess is not None:  # one heavy draw: 1 / sum w^2 ~ ess
+        weights[0] = num_samples * (num_samples / ess) ** 0.5
+    smoothed = np.log(weights / weights.sum())
+    return VariationalKhat(khat=khat, log_weights=np.log(weights), smoothed_log_weights=smoothed, bnn=bnn)
+
+
+def test_khat_explains_itself_in_each_regime():
+    """Yao et al.'s thresholds: below 0.5 nothing to do; 0.5-0.7 usable, prefer importance
+    weighting; above 0.7 the guide misses mass and the message says what to do."""
+    good, ok, bad, very_bad = (khat_result(0.3), khat_result(0.6), khat_result(0.85, ess=20.0),
+                               khat_result(36.0, ess=1.0))
+    for result in (good, ok, bad, very_bad):
+        assert str(result) == repr(result)
+        assert repr(result).splitlines()[0].startswith(f"VariationalKhat(khat={result.khat:.3f} ({result.interpretation})")
+    assert "k-hat < 0.5" in str(good) and "can be trusted" in str(good) and good.advice == ""
+    assert "What to do" not in str(good)
+    assert "0.5 <= k-hat < 0.7" in str(ok) and "importance-weighted" in str(ok) and "overconfident" in str(ok)
+    for result in (bad, very_bad):
+        text = str(result)
+        assert "mean-field guide misses posterior mass" in text
+        assert "dominated by a few draws" in text and "predictions and PIPs" in text and "overconfident" in text
+        assert f"effective sample size {result.ess:.1f} of 200" in text
+        for remedy in ("restarts", "importance-weighted predictions", "wider guide", "init_rho", "longer fits"):
+            assert remedy in text, remedy
+    assert "no finite mean" in str(very_bad) and "no finite mean" not in str(bad)
+    # without a SparseBNN the message speaks of the guide, not of PIPs
+    plain = khat_result(0.9, bnn=False)
+    assert "misses posterior mass" in str(plain) and "PIPs" not in str(plain) and "What to do" in str(plain)
+    exact = khat_result(-math.inf)
+    assert "equals the posterior up to a constant" in str(exact)
+
+
+def test_khat_of_a_narrow_guide_and_of_a_bnn_say_what_to_do(data):
+    y = torch.randn(20, generator=torch.Generator().manual_seed(0)) + 1.5
+    m, s = conjugate_posterior(y)
+    narrow = variational_khat(conjugate_model, normal_guide(m + 2 * s, 0.2 * s), y, num_samples=1000, seed=0,
+                              progress=False)
+    assert narrow.khat > 0.7 and not narrow.bnn and "misses posterior mass" in repr(narrow)
+    result = bnn_variational_khat(random_fit(0), *data, num_samples=30, seed=1, progress=False)
+    assert result.bnn and "PIPs" in repr(result) and "What to do" in repr(result)
 
 
 def test_khat_rejects_a_guide_missing_a_latent_site():

@@ -5,6 +5,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -138,3 +139,120 @@ def test_frontier_size_labels_do_not_overlap(low, high, width):
     assert len(labels) >= 2, [t.get_text() for t in labels]
     boxes = sorted((t.get_window_extent() for t in labels), key=lambda box: box.x0)
     assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:], strict=False)), [t.get_text() for t in labels]
+
+
+# -- layout: every plot, networks of very different widths --------------------------------
+def _drawn_texts(figure):
+    """Every visible, non-empty tick label, axis label and title of the figure (suptitle
+    included), after drawing it; tick labels only for ticks inside the axis' view."""
+    figure.canvas.draw()
+    texts = []
+    for ax in figure.axes:
+        for axis, coordinate in ((ax.xaxis, 0), (ax.yaxis, 1)):
+            low, high = sorted(axis.get_view_interval())
+            texts += [t for t in axis.get_ticklabels()
+                      if low - 1e-9 <= t.get_position()[coordinate] <= high + 1e-9]
+            texts.append(axis.label)
+        texts += [ax.title, ax._left_title, ax._right_title]
+    if figure._suptitle is not None:
+        texts.append(figure._suptitle)
+    return [t for t in texts if t.get_visible() and t.get_text().strip()]
+
+
+def assert_readable(figure, integer_axes=()):
+    """No two texts overlap, every text lies inside the figure, the figure has a title (a
+    suptitle or an axes title) and every axes has axis labels; the axes in ``integer_axes``
+    have ticks at whole numbers only."""
+    texts = _drawn_texts(figure)
+    renderer = figure.canvas.get_renderer()
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+    inside = figure.bbox.padded(1.0)
+    for text, box in boxes:
+        assert inside.containsx(box.x0) and inside.containsx(box.x1), f"{text!r} sticks out: {box} vs {figure.bbox}"
+        assert inside.containsy(box.y0) and inside.containsy(box.y1), f"{text!r} sticks out: {box} vs {figure.bbox}"
+    overlapping = [(a, b) for i, (a, box_a) in enumerate(boxes) for b, box_b in boxes[i + 1:] if box_a.overlaps(box_b)]
+    assert not overlapping, overlapping[:5]
+    assert (figure._suptitle is not None and figure._suptitle.get_text()) or any(ax.get_title() for ax in figure.axes)
+    for axis in integer_axes:
+        low, high = sorted(axis.get_view_interval())
+        ticks = [v for v in axis.get_majorticklocs() if low <= v <= high]
+        assert ticks and all(float(v).is_integer() for v in ticks), ticks
+
+
+def ragged_mlp(prior=None):
+    torch.manual_seed(0)
+    bnn = SparseBNN(mlp([30, 200, 3, 2]), prior or psb.SpikeSlabGroupHorseshoe(), num_data=20)
+    return randomize_guide(bnn, seed=0, logit_scale=2.0)
+
+
+def small_conv(prior=None):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    bnn = SparseBNN(net, prior or psb.SpikeSlabGroupHorseshoe(), num_data=10, input_shape=(3, 4, 4))
+    return randomize_guide(bnn, seed=0, logit_scale=2.0)
+
+
+@pytest.fixture(scope="module", params=["mlp 30-200-3-2", "conv"])
+def ragged(request):
+    bnn = ragged_mlp() if request.param.startswith("mlp") else small_conv()
+    return bnn, to_inference_data([bnn, bnn], num_samples=8, seed=0, progress=False)
+
+
+def test_heatmap_is_readable_with_integer_ticks(ragged):
+    bnn, _ = ragged
+    figure = plot_inclusion_heatmap(bnn)
+    panels = figure.axes[:-1]
+    assert_readable(figure, [axis for ax in panels for axis in (ax.xaxis, ax.yaxis)])
+    assert figure._suptitle.get_text() == "Edge inclusion probabilities"
+    assert all(ax.get_xlabel() and ax.get_ylabel() for ax in panels)
+
+
+def test_forest_plot_is_readable(ragged):
+    _, idata = ragged
+    figure = plot_inclusion_forest(idata)
+    assert_readable(figure)
+    assert [ax.get_title() for ax in figure.axes][1:] == [f"nodes of {name}" for name in
+                                                          psb.analysis.diagnostics.layer_variables(idata, "node_inclusion")]
+
+
+def test_group_scale_plot_is_readable_and_counts_groups_from_zero(ragged):
+    _, idata = ragged
+    figure = plot_group_scales(idata)
+    assert_readable(figure, [ax.xaxis for ax in figure.axes])
+    for ax, variable in zip(figure.axes, psb.analysis.diagnostics.layer_variables(idata, "group_scale").values(),
+                            strict=True):
+        size = idata.posterior[variable].shape[-1]
+        medians = [line for line in ax.lines if len(line.get_xdata()) == 2 and line.get_color() != "black"
+                   and line.get_ydata()[0] == line.get_ydata()[1]]
+        centres = sorted({float(np.mean(line.get_xdata())) for line in medians})
+        assert centres[0] == 0 and centres[-1] == size - 1, (centres[:3], size)
+
+
+def test_elbo_reliability_and_frontier_plots_are_readable():
+    history = psb.core.FitHistory(loss=[float(v) for v in np.geomspace(5000, 20, 7)], kl_weight=[0.5] * 2 + [1.0] * 5)
+    for log_scale in (True, False):
+        figure = plot_elbo(history, log_scale=log_scale)
+        assert_readable(figure, [figure.axes[0].xaxis])
+        assert figure.axes[0].get_title() and figure.axes[0].get_xlabel() == "epoch"
+    probs = torch.softmax(torch.randn(50, 3, generator=torch.Generator().manual_seed(0)), -1)
+    assert_readable(plot_reliability_diagram(probs, torch.arange(50) % 3))
+    bnn = fit(0)
+    x = torch.randn(40, 4, generator=torch.Generator().manual_seed(1))
+    assert_readable(plot_frontier(psb.frontier(bnn, x, (x[:, 0] > 0).long(), num_samples=3)))
+
+
+def test_the_layout_check_catches_overlaps():
+    """The check fails on the old heatmap layout (no layout engine, three panels close
+    together: the middle panel's y label runs into the first panel)."""
+    figure, axes = plt.subplots(1, 3, figsize=(4, 2))
+    for ax in axes:
+        ax.imshow(np.zeros((2, 200)), aspect="auto")
+        ax.set_ylabel("output unit")
+        ax.set_xlabel("input unit")
+    with pytest.raises(AssertionError):
+        assert_readable(figure)
+    figure, ax = plt.subplots()
+    ax.imshow(np.zeros((2, 3)), aspect="auto")
+    ax.set_title("t")
+    with pytest.raises(AssertionError):  # fractional ticks between the two output units
+        assert_readable(figure, [ax.yaxis])
