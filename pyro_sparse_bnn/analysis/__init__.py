@@ -25,7 +25,9 @@ from .diagnostics import (
     VariationalKhat,
     bnn_variational_khat,
     compare_priors,
+    layer_variables,
     psis_loo,
+    summarize,
     to_inference_data,
     variational_khat,
 )
@@ -79,6 +81,8 @@ __all__ = [
     "compare_priors",
     "psis_loo",
     "to_inference_data",
+    "summarize",
+    "layer_variables",
     "variational_khat",
     "Finetuned",
     "TrainingHistory",

@@ -12,7 +12,7 @@ import torch
 from ...analysis import plots
 from ...analysis.calibration import accuracy
 from ...analysis.compress import compress
-from ...analysis.diagnostics import to_inference_data
+from ...analysis.diagnostics import layer_variables, to_inference_data
 from ...core import priors as prior_module
 from ...core.errors import SparseBNNError
 from ...core.fit import fit
@@ -199,7 +199,8 @@ def _save_plots(bnn, history, prediction, data, out: Path, echo) -> List[str]:
         idata = to_inference_data(bnn, num_samples=50, feature_names=None, progress=False)
         if hidden_units + bnn.num_inputs <= 300:  # one row per unit: unreadable beyond that
             save("inclusion_forest.png", lambda: plots.plot_inclusion_forest(idata))
-        if "group_scale" in idata.posterior and idata.posterior.group_scale[0, 0].size <= 1000:
+        scales = layer_variables(idata, "group_scale")
+        if scales and sum(idata.posterior[v].shape[-1] for v in scales.values()) <= 1000:
             # one box per group: beyond a few hundred boxes matplotlib takes minutes
             save("group_scales.png", lambda: plots.plot_group_scales(idata))
     return written
