@@ -14,6 +14,7 @@ training / validation / test split:
    pruning to the same widths and fine-tuned the same way (``magnitude_prune``).
 """
 
+import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,7 +37,7 @@ from ..persistence.serialization import save
 from .baselines import magnitude_prune, train_from_scratch
 from .datasets import digits
 
-__all__ = ["DemoConfig", "run_demo", "digits_network"]
+__all__ = ["DemoConfig", "run_demo", "digits_network", "headline_figures"]
 
 
 @dataclass
@@ -68,6 +69,12 @@ class DemoConfig:
     seed: int = 0
     progress: bool = True
     output: Optional[str] = None
+
+    def settings(self) -> dict:
+        """The fields that decide the demo's figures (all but ``progress`` and ``output``),
+        as plain JSON values (``hidden`` as a list)."""
+        return {name: list(value) if isinstance(value, tuple) else value
+                for name, value in vars(self).items() if name not in ("progress", "output")}
 
 
 def digits_network(hidden=(64, 32), num_inputs=64, num_classes=10) -> nn.Sequential:
@@ -105,9 +112,11 @@ def run_demo(config: Optional[DemoConfig] = None, echo=print) -> dict:
     :param echo: called with every line of the output (default ``print``).
 
     With ``config.output`` it also writes ``demo.png`` (ELBO, pixel and node PIPs),
-    ``frontier.png``, the fitted network ``bnn.pt`` (``load`` reads it), and the compressed
+    ``frontier.png``, the fitted network ``bnn.pt`` (``load`` reads it), the compressed
     and fine-tuned modules ``compressed_module.pt`` / ``finetuned_module.pt`` (``torch.load``
-    with ``weights_only=False``) into that directory.
+    with ``weights_only=False``) and ``figures.json`` (the test-set table it prints, with the
+    settings and library versions that produced it; see ``headline_figures``) into that
+    directory.
     """
     config = DemoConfig() if config is None else config
     start = time.perf_counter()
@@ -237,10 +246,44 @@ def run_demo(config: Optional[DemoConfig] = None, echo=print) -> dict:
         save(bnn, out / "bnn.pt", history)
         torch.save(module, out / "compressed_module.pt")
         torch.save(tuned, out / "finetuned_module.pt")
-        echo(f"\nwrote demo.png, frontier.png, bnn.pt, compressed_module.pt and finetuned_module.pt in {out}")
+        figures = headline_figures(config, results, num_test=len(data.x_test))
+        (out / "figures.json").write_text(json.dumps(figures, indent=2) + "\n")
+        echo(f"\nwrote demo.png, frontier.png, bnn.pt, compressed_module.pt, finetuned_module.pt and "
+             f"figures.json in {out}")
     results["total_seconds"] = time.perf_counter() - start
     echo(f"total time {results['total_seconds']:.1f} s")
     return results
+
+
+def headline_figures(config: DemoConfig, results: dict, num_test: int) -> dict:
+    """The figures of the demo's test-set table as plain JSON values.
+
+    Accuracies are rounded to the three decimals the demo prints, and ``points_below_dense``
+    to the one decimal it prints; ``settings`` are the ``DemoConfig`` fields that decide the
+    figures (:meth:`DemoConfig.settings`), and ``versions`` the torch and Pyro versions that
+    ran.
+    """
+    import pyro
+
+    report = results["report"]
+    return {
+        "settings": config.settings(),
+        "versions": {"torch": torch.__version__, "pyro": pyro.__version__},
+        "test_images": num_test,
+        "architecture_before": report["architecture_before"],
+        "architecture_after": report["architecture_after"],
+        "threshold": round(float(results["threshold"]), 6),
+        "dense_accuracy": round(results["dense_accuracy"], 3),
+        "bnn_accuracy": round(results["bnn_accuracy"], 3),
+        "compressed_accuracy": round(results["compressed_accuracy"], 3),
+        "finetuned_accuracy": round(results["finetuned_accuracy"], 3),
+        "magnitude_accuracy_before": round(results["magnitude_accuracy_before"], 3),
+        "magnitude_accuracy": round(results["magnitude_accuracy"], 3),
+        "dense_params": int(results["dense_params"]),
+        "compressed_nonzero_params": int(results["compressed_nonzero_params"]),
+        "magnitude_nonzero_params": int(results["magnitude_nonzero_params"]),
+        "points_below_dense": round(results["finetuned_points_below_dense"], 1),
+    }
 
 
 def _save_frontier(path, front, tolerance):
