@@ -5,7 +5,6 @@ import sys
 from typing import Optional, Sequence
 
 from ..core.errors import SparseBNNError
-from ..core.progress import show_progress
 from .demo import DemoConfig, run_demo
 from .zoo import (
     PRIOR_ABBREVIATIONS,
@@ -36,8 +35,7 @@ def _demo(args) -> int:
         tolerance=args.tolerance,
         seed=args.seed,
         prior_inclusion=None if args.prior_inclusion == "theory" else float(args.prior_inclusion),
-        # DemoConfig.progress is a bool: resolve "only where someone watches" here
-        progress=show_progress(_progress(args)),
+        progress=_progress(args),
         output=args.output,
     )
     run_demo(config)

@@ -67,7 +67,7 @@ class DemoConfig:
     tolerance: float = 0.005
     val_size: float = 0.2
     seed: int = 0
-    progress: bool = True
+    progress: Optional[bool] = None
     output: Optional[str] = None
 
     def settings(self) -> dict:
