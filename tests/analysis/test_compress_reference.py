@@ -77,8 +77,10 @@ def set_guide(bnn: SparseBNN, prior: str, seed: int):
         for name, p in bnn.named_parameters():
             if name.endswith("gates.logits"):
                 values = randn(p.shape, -1.0 if prior == "SpikeSlab" else 0.5, 4.0)
-                if prior == "SpikeSlab":  # whole rows off too: units without any incoming edge
-                    values[torch.rand(p.shape[0], generator=g) < 0.35] = -20.0
+                if prior == "SpikeSlab":  # units without any incoming edge, their bias on:
+                    off = torch.rand(p.shape[0], generator=g) < 0.35  # constants to fold
+                    values[off, :-1] = -20.0
+                    values[off, -1] = 20.0
                 flat = values.view(-1)
                 flat[torch.randperm(flat.numel(), generator=g)[:2]] = 0.0  # exactly on the threshold
                 p.copy_(values)
@@ -229,6 +231,9 @@ class Reference:
         for i in range(len(self.layers) - 1):
             variable.append([any(conn[i][j][c] and variable[i][c] for c in range(units[i]))
                              for j in range(units[i + 1])])
+        self.constants_used = sum(  # constant units (non-zero bias) that feed a kept weight
+            not variable[i][c] and bool(self.layers[i - 1].bias[c] != 0) and any(conn[i][k][c] for k in range(units[i + 1]))
+            for i in range(1, len(self.layers)) for c in range(units[i]))
         kept = [None] * len(units)
         kept[-1] = [True] * units[-1]
         for i in reversed(range(len(self.layers))):  # kept[i]: input units of layer i
@@ -279,6 +284,8 @@ def test_compress_matches_the_reference_built_from_the_raw_guide(prior, net_name
     assert kept[0], "no input feature kept"
     for level in range(1, len(kept)):
         assert 0 < len(kept[level]) < units[level], (level, kept[level], units[level])
+    if prior == "SpikeSlab":  # units whose weights are all off but bias on: constants to fold
+        assert reference.constants_used > 0
     compressed, masked, expected, report = outputs(bnn, reference, input_shape, seed)
     assert close(masked, expected), float((masked.double() - expected).abs().max())
     assert close(compressed, expected), float((compressed.double() - expected).abs().max())
