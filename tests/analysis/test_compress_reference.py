@@ -90,6 +90,8 @@ def set_guide(bnn: SparseBNN, prior: str, seed: int):
                 p.copy_(randn(p.shape, -4.0, 2.0))
             elif name.endswith(("tau_a.rho", "tau_b.rho")) and prior == "GroupHorseshoe":
                 p.copy_(randn(p.shape, -0.2, 1.0))  # log alpha spread around the threshold -1
+            elif name.endswith(("tau0_a.rho", "tau0_b.rho")) and prior == "GroupHorseshoe":
+                p.copy_(randn(p.shape, 0.5, 0.3))  # a wide global scale: alpha must not read it
             elif name.endswith("slab.rho") and prior == "SelfCompressingGaussian":
                 p.copy_(randn(p.shape, 0.0, 0.3))  # sigma ~ 0.7
             elif name.endswith("slab.loc") and prior == "SelfCompressingGaussian":
