@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from scipy import integrate
 
 from pyro_sparse_bnn import (
     GroupNormalJeffreys,
@@ -54,12 +55,40 @@ def test_feature_pips_use_the_first_layer(bnn):
 
 
 def test_node_pips_stay_accurate_for_near_certain_edges():
+    """Two outgoing edges of gamma = sigmoid(-30) ~ 9.4e-14 each: PIP = 1 - (1 - gamma)^2 ~
+    2 gamma, which 1 - prod(1 - gamma) in float32 would round to 0 and a max would halve.
+    Compared in log space, so that a factor of 2 at 1e-13 is a failure."""
     torch.manual_seed(0)
     model = SparseBNN(mlp([2, 3, 2]), SpikeSlab(prior_inclusion=0.1), num_data=10)
     with torch.no_grad():
-        model.layers[1].block.gates.logits.fill_(-30.0)  # gamma ~ 1e-13
+        model.layers[1].block.gates.logits.fill_(-30.0)
     pips = node_inclusion_probs(model)["net.0"]
-    assert torch.all(pips > 0) and torch.allclose(pips, torch.full((3,), 2 * torch.sigmoid(torch.tensor(-30.0)).item()), rtol=1e-3)
+    gamma = 1 / (1 + math.exp(30.0))
+    expected = -math.expm1(2 * math.log1p(-gamma))  # 1 - (1 - gamma)^2, in float64
+    assert torch.all(pips > 0)
+    assert torch.allclose(pips.double().log(), torch.full((3,), math.log(expected), dtype=torch.float64), atol=1e-4)
+
+
+def test_node_pip_combines_several_weak_edges_rather_than_taking_the_strongest():
+    """A node with four outgoing edges of gamma 0.3 is used with probability
+    1 - 0.7^4 = 0.7599, not max = 0.3; a node with one edge of 0.3 and three near 0 has
+    about 0.3. Node-level: a node of gamma 0.8 before four following nodes of gamma 0.3."""
+    torch.manual_seed(0)
+    edge = SparseBNN(mlp([2, 2, 4]), SpikeSlab(prior_inclusion=0.1), num_data=10)
+    logits = torch.full((4, 3), -30.0)
+    logits[:, 0] = math.log(0.3 / 0.7)
+    logits[0, 1] = math.log(0.3 / 0.7)
+    with torch.no_grad():
+        edge.layers[1].block.gates.logits.copy_(logits)
+    pips = node_inclusion_probs(edge)["net.0"]
+    assert pips.tolist() == pytest.approx([1 - 0.7**4, 0.3], abs=1e-6)
+
+    node = SparseBNN(mlp([2, 2, 4]), SpikeSlabNode(), num_data=10)
+    with torch.no_grad():
+        node.layers[0].block.gates.logits.fill_(math.log(0.8 / 0.2))
+        node.layers[1].block.gates.logits.fill_(math.log(0.3 / 0.7))
+    assert node_inclusion_probs(node)["net.0"].tolist() == pytest.approx([0.8 * (1 - 0.7**4)] * 2, abs=1e-6)
+    assert feature_inclusion_probs(node).tolist() == pytest.approx([1 - 0.2**2] * 2, abs=1e-6)
 
 
 def test_summary_matches_the_guide_and_compress(bnn):
@@ -69,10 +98,15 @@ def test_summary_matches_the_guide_and_compress(bnn):
                                      "above_threshold", "kept", "kept_fraction"]
     features = summary[summary.layer == "input"]
     assert features.name.tolist() == names
-    assert torch.allclose(torch.tensor(features.pip.values), feature_inclusion_probs(bnn))
-    for name, pips in node_inclusion_probs(bnn).items():
-        rows = summary[summary.layer == name]
-        assert torch.allclose(torch.tensor(rows.pip.values), pips)
+    # the PIPs by hand from the indicator logits: a unit is used iff one outgoing edge is on
+    gamma = [torch.sigmoid(layer.block.gates.logits.detach().double())[:, :-1] for layer in bnn.layers]
+    for layer, following in [("input", gamma[0]), ("net.0", gamma[1]), ("net.2", gamma[2])]:
+        rows = summary[summary.layer == layer]
+        expected = [1 - math.prod(1 - float(following[k, j]) for k in range(following.shape[0]))
+                    for j in range(following.shape[1])]
+        assert rows.pip.tolist() == pytest.approx(expected, abs=1e-6)
+        assert rows.pip_lower.tolist() == rows.pip.tolist() == rows.pip_upper.tolist()  # one fit
+        assert rows.above_threshold.tolist() == [p > 0.5 for p in expected]
     _, report = compress(bnn)
     assert features.unit[features.kept].tolist() == report.kept_features.tolist()
     for name, kept in report.kept_nodes.items():
@@ -150,10 +184,24 @@ def test_group_scale_summary_reads_the_node_priors():
     ghs = randomize_guide(SparseBNN(mlp([4, 5, 2]), SpikeSlabGroupHorseshoe(), num_data=10), seed=1)
     table = group_scale_summary(ghs)
     assert list(table.layer.unique()) == ["net.0", "net.2"] and len(table) == 7
-    scales = ghs.layers[0].group_scales()
     rows = table[table.layer == "net.0"]
-    assert torch.allclose(torch.tensor(rows.scale_mean.values), scales.mean)
-    assert torch.allclose(torch.tensor(rows.pip.values), ghs.layers[0].output_inclusion_probs())
+    # by hand from the guide: s~ = s / sqrt(1 + s^2) (c = 1), log s ~ N(m, v) with m half the
+    # sum of the four log-normal locations and v a quarter of the sum of their variances
+    scales = ghs.layers[0].scales
+    factors = [scales.tau0_a, scales.tau0_b, scales.tau_a, scales.tau_b]
+    m = sum(f.loc.detach().double() for f in factors) / 2
+    v = sum(torch.nn.functional.softplus(f.rho.detach().double()) ** 2 for f in factors) / 4
+
+    def mean_scale(m, v):
+        def integrand(u):
+            s = math.exp(m + math.sqrt(v) * u)
+            return s / math.sqrt(1 + s * s) * math.exp(-u * u / 2) / math.sqrt(2 * math.pi)
+        return integrate.quad(integrand, -12, 12)[0]
+
+    expected = [mean_scale(float(m[j]), float(v[j])) for j in range(5)]
+    assert rows.scale_mean.tolist() == pytest.approx(expected, rel=1e-5)
+    gamma = torch.sigmoid(ghs.layers[0].block.gates.logits.detach().double())
+    assert rows.pip.tolist() == pytest.approx(gamma.tolist(), abs=1e-7)
     assert (rows.scale_q05 <= rows.scale_mean).all() and (rows.scale_mean <= rows.scale_q95).all()
     plain = SparseBNN(mlp([4, 5, 2]), SpikeSlabNode(), num_data=10)
     assert group_scale_summary(plain).empty
@@ -211,11 +259,16 @@ def test_bayesian_compression_channel_pips_use_the_channel_scales():
     bnn = conv_bnn(GroupNormalJeffreys())
     conv0, conv1, linear = bnn.layers
     assert conv0.input_inclusion_probs() is None and linear.output_inclusion_probs() is None
-    own = [conv0.output_inclusion_probs(), conv1.output_inclusion_probs()]
-    columns = linear.input_inclusion_probs()
+
+    def pip(layer):  # 1 / (1 + alpha), alpha = sigma_z^2 / (mu_z^2 + 1e-8), from the raw guide
+        alpha = layer.z_log_var.detach().double().exp() / (layer.z_loc.detach().double() ** 2 + 1e-8)
+        return 1 / (1 + alpha)
+
+    own = [pip(conv0), pip(conv1)]
+    columns = pip(linear)
     nodes = node_inclusion_probs(bnn)
-    assert torch.allclose(nodes["net.0"], own[0] * (1 - none_active(own[1])), atol=1e-6)
+    assert torch.allclose(nodes["net.0"].double(), own[0] * (1 - none_active(own[1])), atol=1e-6)
     expected = torch.stack([own[1][c] * (1 - none_active(columns[4 * c:4 * c + 4])) for c in range(4)])
-    assert torch.allclose(nodes["net.2"], expected.float(), atol=1e-6)
+    assert torch.allclose(nodes["net.2"].double(), expected, atol=1e-6)
     summary = inclusion_summary(bnn)
     assert (summary.layer == "input").sum() == 2 and (summary.layer == "net.2").sum() == 4
