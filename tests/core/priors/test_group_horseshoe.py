@@ -24,6 +24,11 @@ class TestGroupHorseshoeContract(PriorContract):
     def make_prior(self):
         return SpikeSlabGroupHorseshoe()
 
+    def compose(self, layer, draws):
+        # w_j = z_j s~_j beta_j, s~ = c s / sqrt(c^2 + s^2), s_j = global_scale tau_0 tau_j (c = 1 = global_scale)
+        s = (draws["tau0_a"][:, None] * draws["tau0_b"][:, None] * draws["tau_a"] * draws["tau_b"]).sqrt()
+        return (draws["node_indicator"] * s / torch.sqrt(1 + s**2))[:, :, None] * draws["slab"]
+
 
 @pytest.fixture
 def tiny():

@@ -20,6 +20,9 @@ class TestSpikeSlabContract(PriorContract):
     def make_prior(self):
         return SpikeSlab(prior_inclusion=0.2)
 
+    def compose(self, layer, draws):
+        return draws["edge_indicator"] * draws["slab"]  # w = z beta, one z per entry
+
 
 def test_soft_relaxation_trains_and_keeps_the_discrete_kl():
     """hard=False relaxes the indicators to (0, 1) in the forward pass; the objective keeps
