@@ -74,6 +74,28 @@ def test_pyro_trace_mean_field_elbo_gives_the_same_loss(tiny):
     assert ours == pytest.approx(theirs, rel=1e-6)
 
 
+def test_the_elbos_kl_is_the_monte_carlo_mean_of_log_q_minus_log_p(tiny):
+    """Independent of the registered KLs: at each draw the ELBO's KL term (loss at kl_weight 1
+    minus loss at kl_weight 0, same draw) is compared with log q - log p of the draw summed over
+    the latent sites, from the distributions' log_prob; their difference has mean zero (5
+    standard errors). A KL with the wrong sign is off by twice the KL."""
+    bnn, x, y = tiny
+    differences = []
+    for seed in range(100):
+        pyro.set_rng_seed(seed)
+        with_kl = MeanFieldELBO().loss(bnn.model, bnn.guide, x, y)
+        pyro.set_rng_seed(seed)
+        without_kl = MeanFieldELBO(kl_weight=0.0).loss(bnn.model, bnn.guide, x, y)
+        pyro.set_rng_seed(seed)
+        guide = poutine.trace(bnn.guide).get_trace(x, y)
+        model = poutine.trace(poutine.replay(bnn.model, trace=guide)).get_trace(x, y)
+        log_ratio = sum(float((site["fn"].log_prob(site["value"]) - model.nodes[name]["fn"].log_prob(site["value"])).sum())
+                        for name, site in guide.nodes.items() if site["type"] == "sample")
+        differences.append(log_ratio - (with_kl - without_kl))
+    d = torch.tensor(differences, dtype=torch.float64)
+    assert abs(float(d.mean())) < 5 * float(d.std()) / math.sqrt(len(d)), float(d.mean())
+
+
 @pytest.mark.slow  # about 10 s each: many guide draws
 def test_monte_carlo_elbo_agrees_in_expectation(tiny):
     """Pyro's plain Trace_ELBO (log p - log q at the samples, no closed forms) estimates the

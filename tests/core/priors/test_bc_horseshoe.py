@@ -2,6 +2,7 @@
 
 import math
 
+import pyro
 import pytest
 import torch
 from pyro import poutine
@@ -26,6 +27,16 @@ class TestGroupHorseshoeContract(PriorContract):
     def make_prior(self):
         return GroupHorseshoe()
 
+    def compose(self, layer, draws):
+        # w = z_g w~ per input unit g (bias column unscaled), z_g = global_scale sqrt(tau0_a tau0_b tau_a tau_b)
+        z = (draws["tau0_a"][:, None] * draws["tau0_b"][:, None] * draws["tau_a"] * draws["tau_b"]).sqrt()
+        return torch.cat([z, torch.ones_like(z[:, :1])], dim=1)[:, None, :] * draws["slab"]
+
+    def dropout_rate(self, layer, draws, params):
+        # docs/methods.md: Var / E^2 of the group's own factor z~_g = sqrt(tau_a tau_b)
+        z = (draws["tau_a"] * draws["tau_b"]).sqrt()
+        return z.var(0) / z.mean(0).square()
+
 
 def tiny(global_scale=0.5):
     torch.manual_seed(3)
@@ -46,13 +57,23 @@ def test_sites_and_initial_state_reproduce_the_users_weights():
     assert torch.allclose(bias, net[0].bias)
 
 
-def test_log_alpha_is_the_lognormal_coefficient_of_variation_of_the_group_factor():
+def test_log_alpha_is_var_over_squared_mean_of_draws_of_the_group_factor():
+    """docs/methods.md: alpha_g = Var / E^2 of the group's own multiplicative factor
+    z~_g = sqrt(a_g b_g); estimated from draws of the guide's tau_a and tau_b sites."""
     bnn = tiny()
-    scales = bnn.layers[0].scales
-    _, s_a = lognormal_params(scales.tau_a)
-    _, s_b = lognormal_params(scales.tau_b)
-    expected = torch.log(torch.exp((s_a**2 + s_b**2) / 4) - 1)
-    assert torch.allclose(bnn.layers[0].log_alpha().double(), expected, rtol=1e-5)
+    layer = bnn.layers[0]
+    with torch.no_grad():  # log-factor spreads of 0.3 to 1: alphas of 0.05 to 0.8
+        layer.scales.tau_a.rho.copy_(torch.tensor([-1.0, 0.0, 0.5]))
+        layer.scales.tau_b.rho.copy_(torch.tensor([-0.5, -1.0, 0.5]))
+    pyro.set_rng_seed(0)
+    trace = poutine.trace(layer.guide).get_trace()
+    n, batches = 100_000, 20
+    z = (trace.nodes["net.0.tau_a"]["fn"].sample((n,)) * trace.nodes["net.0.tau_b"]["fn"].sample((n,))).double().sqrt()
+    log_alpha = lambda draws: torch.log(draws.var(0) / draws.mean(0).square())  # noqa: E731
+    per_batch = torch.stack([log_alpha(z[i::batches]) for i in range(batches)])
+    error = 5 * per_batch.std(0) / math.sqrt(batches)
+    assert torch.all((layer.log_alpha().double() - log_alpha(z)).abs() < error)
+    assert torch.allclose(layer.group_inclusion_probs(), torch.sigmoid(-layer.log_alpha()))
 
 
 def test_weight_moments_match_draws_of_the_guide():

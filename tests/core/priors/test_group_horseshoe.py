@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from pyro import poutine
 
 from pyro_sparse_bnn import HyperparameterError, SparseBNN, SpikeSlabGroupHorseshoe
 from pyro_sparse_bnn.core.priors.group_horseshoe import regularized_scale
@@ -24,6 +25,11 @@ class TestGroupHorseshoeContract(PriorContract):
     def make_prior(self):
         return SpikeSlabGroupHorseshoe()
 
+    def compose(self, layer, draws):
+        # w_j = z_j s~_j beta_j, s~ = c s / sqrt(c^2 + s^2), s_j = global_scale tau_0 tau_j (c = 1 = global_scale)
+        s = (draws["tau0_a"][:, None] * draws["tau0_b"][:, None] * draws["tau_a"] * draws["tau_b"]).sqrt()
+        return (draws["node_indicator"] * s / torch.sqrt(1 + s**2))[:, :, None] * draws["slab"]
+
 
 @pytest.fixture
 def tiny():
@@ -39,16 +45,23 @@ def test_regularized_scale_formula():
         assert torch.allclose(regularized_scale(torch.log(s), c), c * s / torch.sqrt(c**2 + s**2), rtol=1e-5)
 
 
-def test_half_cauchy_decomposition():
-    """tau^2 = a b with a ~ Gamma(1/2, 1), b ~ InvGamma(1/2, 1) is half-Cauchy(0, 1): its
-    median is 1 and P(tau < t) = 2 atan(t) / pi."""
+def test_the_models_scale_factors_make_half_cauchy_scales():
+    """The model's tau_a, tau_b sites (our choice of Gamma(1/2, 1) and InvGamma(1/2, 1)) give
+    tau = sqrt(a b) ~ C+(0, 1): P(tau < t) = 2 atan(t) / pi; and the model's scale of a unit,
+    global_scale * tau_0 * tau_j, has median global_scale (log tau is symmetric about 0)."""
     torch.manual_seed(0)
-    a = torch.distributions.Gamma(0.5, 1.0).sample((200_000,))
-    b = torch.distributions.InverseGamma(0.5, 1.0).sample((200_000,))
-    tau = (a * b).sqrt()
+    bnn = SparseBNN(mlp([3, 4, 2]), SpikeSlabGroupHorseshoe(global_scale=0.5), num_data=30)
+    trace = poutine.trace(bnn.model).get_trace(torch.randn(2, 3))
+    n = 100_000
+    draw = lambda site: trace.nodes[f"net.0.{site}"]["fn"].sample((n,)).double()  # noqa: E731
+    tau = (draw("tau_a") * draw("tau_b")).sqrt()
     for t in (0.2, 1.0, 3.0):
         p = 2 * math.atan(t) / math.pi
-        assert abs(float((tau < t).double().mean()) - p) < 5 * math.sqrt(p * (1 - p) / 200_000)
+        assert torch.all(((tau < t).double().mean(0) - p).abs() < 5 * math.sqrt(p * (1 - p) / n))
+    log_scale = bnn.layers[0].scales.model  # the model's log s from its own sites
+    draws = torch.stack([log_scale(bnn.layers[0]) for _ in range(2000)])
+    below = (draws < math.log(0.5)).double().mean()
+    assert abs(float(below) - 0.5) < 5 * math.sqrt(0.25 / draws.numel())
 
 
 def test_loss_equals_hand_computation(tiny):

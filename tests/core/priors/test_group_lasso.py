@@ -22,6 +22,9 @@ class TestGroupLassoContract(PriorContract):
     def make_prior(self):
         return SpikeSlabGroupLasso()
 
+    def compose(self, layer, draws):
+        return (draws["node_indicator"] * draws["tau_sq"].sqrt())[:, :, None] * draws["slab"]  # w_j = z_j tau_j beta_j
+
 
 @pytest.fixture
 def tiny():

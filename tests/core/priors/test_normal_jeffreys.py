@@ -51,6 +51,14 @@ class TestGroupNormalJeffreysContract(PriorContract):
                 layer.z_log_var.copy_(log_alpha + torch.log(layer.z_loc.square()))
         return bnn
 
+    def compose(self, layer, draws):
+        z = draws["group_scale"]  # w = z_g w~ per input unit g, bias column unscaled
+        return torch.cat([z, torch.ones_like(z[:, :1])], dim=1)[:, None, :] * draws["slab"]
+
+    def dropout_rate(self, layer, draws, params):
+        z = draws["group_scale"]  # alpha_g = Var[z_g] / E[z_g]^2
+        return z.var(0) / z.mean(0).square()
+
 
 def tiny():
     torch.manual_seed(3)

@@ -24,6 +24,15 @@ class TestSelfCompressingGaussianContract(PriorContract):
     def make_prior(self):
         return SelfCompressingGaussian()
 
+    def compose(self, layer, draws):
+        return draws["slab"]
+
+    def dropout_rate(self, layer, draws, params):
+        # alpha_j = 1 / SNR_j^2 = sum_i Var[w_ji] / sum_i E[w_ji]^2 over row j; output units: none
+        if layer.spec.is_output:
+            return None
+        return params.var(0).sum(-1) / params.mean(0).square().sum(-1)
+
 
 def test_one_gaussian_site_per_layer_of_the_augmented_shape():
     torch.manual_seed(0)

@@ -6,19 +6,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 from pyro import poutine
-from torch import nn
 
 from pyro_sparse_bnn import HyperparameterError, SparseBNN, SpikeSlab
 from pyro_sparse_bnn.core import theory_prior_inclusion
 from pyro_sparse_bnn.core.priors.spike_slab import SpikeSlabLayer
 from tests.conftest import mlp
 
-from .contract import PriorContract
+from .contract import PriorContract, assert_fit_learns_to_prune
 
 
 class TestSpikeSlabContract(PriorContract):
     def make_prior(self):
         return SpikeSlab(prior_inclusion=0.2)
+
+    def compose(self, layer, draws):
+        return draws["edge_indicator"] * draws["slab"]  # w = z beta, one z per entry
 
 
 def test_soft_relaxation_trains_and_keeps_the_discrete_kl():
@@ -149,4 +151,14 @@ def test_one_prior_per_layer():
 
 def test_prior_repr_names_its_hyperparameters():
     assert "prior_scale=1.3" in repr(SpikeSlab()) and "hard=True" in repr(SpikeSlab())
-    assert isinstance(nn.Module(), nn.Module)
+    assert "prior_inclusion=0.5" in repr(SpikeSlab()) and "prior_inclusion='theory'" in repr(SpikeSlab.published())
+
+
+def test_the_pruning_check_fails_a_fit_whose_indicators_are_frozen():
+    """Failing twin of the contract's behavioural check: with the indicator logits held for the
+    whole fit (``indicator_warmup`` = every epoch) the loss still falls, but no switch moves
+    towards off, and the check must say so."""
+    contract = TestSpikeSlabContract()
+    x, y = contract.data()
+    with pytest.raises(AssertionError, match="no switch moved towards off"):
+        assert_fit_learns_to_prune(contract.build(), x, y, indicator_warmup=60)

@@ -17,6 +17,9 @@ class TestSpikeSlabNodeContract(PriorContract):
     def make_prior(self):
         return SpikeSlabNode()
 
+    def compose(self, layer, draws):
+        return draws["node_indicator"][:, :, None] * draws["slab"]  # w_j = z_j beta_j
+
 
 def test_one_indicator_per_node_covers_its_weights_and_bias():
     torch.manual_seed(0)
