@@ -80,7 +80,9 @@ def gaussian_layer(x: torch.Tensor, spec: LayerSpec, draw: LayerDraw, loc: torch
                    scale: Optional[torch.Tensor], variance: Optional[torch.Tensor] = None) -> torch.Tensor:
     """One draw of the layer's pre-activations with the slab integrated out.
 
-    :param x: layer input, ``(batch, in_units)`` (or ``(batch, C, H, W)`` for conv layers).
+    :param x: layer input, ``(batch, in_units)`` (or ``(batch, C, H, W)`` for conv layers);
+        ``x``, ``draw.scale``, ``loc`` and ``variance`` may carry leading draw dimensions
+        (see :meth:`~pyro_sparse_bnn.core.priors.base.LayerSpec.apply`).
     :param spec: the layer.
     :param draw: the layer's draw; only ``draw.scale`` is used (the slab's value is not).
     :param loc: slab mean ``mu``, the augmented shape ``(out_units, fan_in + 1)``.
@@ -104,13 +106,17 @@ def gaussian_layer(x: torch.Tensor, spec: LayerSpec, draw: LayerDraw, loc: torch
         loc, variance, factor = factor * loc, factor.square() * variance, None
     mean = spec.apply_augmented(x, loc)
     var = spec.apply_augmented(x.square(), variance)
+    noise = None
     if layout == "rows":
         # one factor per output unit (node indicators, group scales): scale the outputs
         # instead of the weight matrices, which saves work the size of the weights
-        factor = factor.reshape(spec.output_view(x))
+        factor = spec.output_factor(factor)
+        if factor.dim() > mean.dim():  # a factor per draw: independent noise for every draw
+            shape = torch.broadcast_shapes(mean.shape, factor.shape)
+            noise = torch.randn(shape, dtype=mean.dtype, device=mean.device)
     # a unit switched off by its indicator has variance exactly 0, where sqrt has an infinite
     # derivative; gaussian_sample passes no gradient there, which is the right answer
-    return gaussian_sample(mean, var, factor, torch.randn_like(mean))
+    return gaussian_sample(mean, var, factor, torch.randn_like(mean) if noise is None else noise)
 
 
 class LocalReparameterization(Messenger):
