@@ -26,6 +26,15 @@ computes the layer's output mean with ``mu`` and variance with ``sigma^2`` inste
 applying the sampled slab. A slab it has not seen (e.g. one the user set by hand) falls back
 to the ordinary weight-sampling computation.
 
+``Predictive(model, guide=guide)`` (sequential or ``parallel=True``) runs the guide and then
+the model *conditioned* on the guide's draws: those sites are observed in the model's trace,
+so the handler does not take them for its own draws and the layers apply the weights, with
+or without the handler -- a predictive draw is one weight tensor shared by the batch.
+Under a vectorising plate (``parallel=True``, or ``vectorize_particles=True``) the model's
+values are views with the data plate's dimension dropped
+(:func:`~pyro_sparse_bnn.core.priors.base.model_value`), which the handler does not
+recognise either: those runs draw weights too.
+
 Use it around anything that runs guide and model together::
 
     with local_reparameterization():

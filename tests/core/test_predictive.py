@@ -205,4 +205,8 @@ def test_batched_layers_match_one_draw_at_a_time():
         assert torch.allclose(spec.apply_augmented(xs, params), loop, atol=1e-5)
         loop = torch.stack([spec.apply_augmented(xi, params[0]) for xi in xs])
         assert torch.allclose(spec.apply_augmented(xs, params[0]), loop, atol=1e-5)
+        # one weight for every draw, a bias factor per draw (columns factor of the handler)
+        bias_scale = torch.rand(3, 1)
+        loop = torch.stack([spec.apply_augmented(x, params[0], b[0]) for b in bias_scale])
+        assert torch.allclose(spec.apply_augmented(x, params[0], bias_scale), loop, atol=1e-5)
     assert math.prod(conv_spec.out_shape) == 27

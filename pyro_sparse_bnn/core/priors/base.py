@@ -171,14 +171,15 @@ class LayerSpec:
         ``Predictive(parallel=True)``); they broadcast, and the result is
         ``(*draws, batch, ...)``.
         """
+        plain_bias = bias is None or bias.dim() == 1
         if self.kind == "linear":
-            if weight.dim() == 2:
+            if weight.dim() == 2 and plain_bias:
                 return F.linear(x, weight, bias)
             out = torch.matmul(x, weight.transpose(-1, -2))
             return out if bias is None else out + bias.unsqueeze(-2)
         if self.kind == "conv2d":
             m = self.module
-            if x.dim() == 4 and weight.dim() == 4:
+            if x.dim() == 4 and weight.dim() == 4 and plain_bias:
                 return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, 1)
             return _batched_conv2d(x, weight, bias, m.stride, m.padding, m.dilation)
         raise NotImplementedError(f"layer kind {self.kind!r}")
@@ -191,7 +192,8 @@ class LayerSpec:
         :param bias_scale: optional scalar tensor multiplying the bias (``None``: 1), or one
             per draw, ``(*draws, 1)``, when ``params`` has leading draw dimensions.
         """
-        if self.kind == "linear" and self.has_bias and x.dim() == 2 and params.dim() == 2:
+        if (self.kind == "linear" and self.has_bias and x.dim() == 2 and params.dim() == 2
+                and (bias_scale is None or bias_scale.dim() == 0)):
             return augmented_linear(x, params, bias_scale)
         weight, bias = self.split(params)
         if bias is not None and bias_scale is not None:
@@ -320,7 +322,7 @@ def _batched_conv2d(x, weight, bias, stride, padding, dilation):
 
     :returns: ``(*draws, batch, out, H_out, W_out)``.
     """
-    draws = torch.broadcast_shapes(x.shape[:-4], weight.shape[:-4])
+    draws = torch.broadcast_shapes(x.shape[:-4], weight.shape[:-4], () if bias is None else bias.shape[:-1])
     k = math.prod(draws)
     out_channels = weight.shape[-4]
     weight = weight.expand(draws + weight.shape[-4:]).reshape((k * out_channels,) + weight.shape[-3:])

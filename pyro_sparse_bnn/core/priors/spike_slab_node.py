@@ -24,7 +24,15 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from .base import IndicatorPrior, LayerDraw, LayerSpec, NetworkInfo, PriorLayer, SpikeSlabBlock, event_view
+from .base import (
+    IndicatorPrior,
+    LayerDraw,
+    LayerSpec,
+    NetworkInfo,
+    PriorLayer,
+    SpikeSlabBlock,
+    event_view,
+)
 
 __all__ = [
     "SpikeSlabNode",
