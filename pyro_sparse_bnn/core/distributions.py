@@ -181,13 +181,22 @@ class LogUniformScale(TorchDistribution):
 
     It only serves as the model side of a KL against a ``Normal`` guide
     (:func:`log_uniform_kl`, registered with :func:`torch.distributions.kl.register_kl`);
-    ``log_prob`` is ``-log|z|`` (unnormalised) and there is nothing to ``sample`` from.
+    ``log_prob`` is ``-log|z|`` (unnormalised) and there is nothing to draw from: a
+    ``pyro.sample`` site of it that is not given a value (a prior predictive) raises.
+
+    ``sample()`` returns a placeholder, ``z = 1`` everywhere, not a draw: it is what Pyro's
+    ``init_to_sample`` asks for when it only needs a value of the right shape --
+    ``Predictive(model, guide=guide)`` runs the model once that way to find the shapes of
+    its sites before it runs it on the guide's draws. A ``pyro.sample`` site draws with
+    ``rsample`` (the distribution says it has one, also through ``to_event``), which raises.
 
     :param torch.Size shape: batch shape (e.g. ``(num_groups,)``).
     """
 
     arg_constraints = {}
     support = constraints.real
+    #: so that drawing a value at a ``pyro.sample`` site goes to :meth:`rsample`, which raises
+    has_rsample = True
 
     def __init__(self, shape=(), validate_args=False):
         super().__init__(torch.Size(shape), validate_args=validate_args)
@@ -199,6 +208,10 @@ class LogUniformScale(TorchDistribution):
         return -torch.log(value.abs())
 
     def sample(self, sample_shape=()):
+        """A placeholder of ones of the sample's shape (see the class docstring), not a draw."""
+        return torch.ones(self._extended_shape(sample_shape))
+
+    def rsample(self, sample_shape=()):
         raise NotImplementedError(
             "the log-uniform prior is improper and cannot be sampled; draw the scales from the guide "
             "(e.g. Predictive(model, guide=guide)) instead"

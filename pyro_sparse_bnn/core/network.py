@@ -254,14 +254,28 @@ class SparseBNN(nn.Module):
         return x, y
 
     # -- Pyro model and guide ------------------------------------------------------------
+    #: plate nesting of :meth:`model`: the data plate, at dimension -1 (the guide has none)
+    max_plate_nesting = 1
+
     def network_forward(self, x, draws):
-        """Run the network on ``x`` with one :class:`LayerDraw` per parametric layer."""
+        """Run the network on ``x`` with one :class:`LayerDraw` per parametric layer.
+
+        The draws may carry leading draw dimensions (one set of weights per posterior draw,
+        as under ``Predictive(parallel=True)``); the outputs are then
+        ``(*draws, batch, outputs)``. Fixed modules (pooling, flatten, ...) see the draws
+        and the batch folded into one batch dimension.
+        """
         h = x
         for stage in self.architecture.stages:
             if stage.is_parametric:
                 h = apply_layer(h, self.layers[stage.layer_index].spec, draws[stage.layer_index])
-            else:
+                continue
+            lead = h.dim() - len(stage.in_shape) if stage.in_shape is not None else 1
+            if lead <= 1:
                 h = stage.module(h)
+            else:
+                out = stage.module(h.reshape((-1,) + h.shape[lead:]))
+                h = out.reshape(h.shape[:lead] + out.shape[1:])
         return h
 
     def model(self, x, y=None):
@@ -270,6 +284,13 @@ class SparseBNN(nn.Module):
         :param torch.Tensor x: inputs ``(batch, *input_shape)``.
         :param y: targets (see class docstring) or ``None`` to sample them.
         :returns: network outputs ``(batch, outputs)`` (logits or regression means).
+
+        The model's only plate is the data plate, at dimension ``-1``
+        (:attr:`max_plate_nesting` is 1). Under an outer vectorising plate at dimension
+        ``-2`` -- ``Predictive(..., parallel=True)``, or an ELBO with
+        ``vectorize_particles=True, max_plate_nesting=1`` -- every weight site gets a
+        leading dimension of draws, and the outputs and ``obs`` are
+        ``(draws, batch, ...)``.
         """
         if not self._data_checked:
             x, y = self.check_data(x, y)
@@ -277,7 +298,7 @@ class SparseBNN(nn.Module):
         outputs = self.network_forward(x, draws)
         batch = x.shape[0]
         size = self.num_data if self.num_data is not None else batch
-        with pyro.plate("data", size=max(size, batch), subsample=torch.arange(batch, device=x.device)):
+        with pyro.plate("data", size=max(size, batch), subsample=torch.arange(batch, device=x.device), dim=-1):
             self.likelihood.sample(outputs, y)
         return outputs
 

@@ -26,6 +26,15 @@ computes the layer's output mean with ``mu`` and variance with ``sigma^2`` inste
 applying the sampled slab. A slab it has not seen (e.g. one the user set by hand) falls back
 to the ordinary weight-sampling computation.
 
+``Predictive(model, guide=guide)`` (sequential or ``parallel=True``) runs the guide and then
+the model *conditioned* on the guide's draws: those sites are observed in the model's trace,
+so the handler does not take them for its own draws and the layers apply the weights, with
+or without the handler -- a predictive draw is one weight tensor shared by the batch.
+Under a vectorising plate (``parallel=True``, or ``vectorize_particles=True``) the model's
+values are views with the data plate's dimension dropped
+(:func:`~pyro_sparse_bnn.core.priors.base.model_value`), which the handler does not
+recognise either: those runs draw weights too.
+
 Use it around anything that runs guide and model together::
 
     with local_reparameterization():
@@ -80,7 +89,9 @@ def gaussian_layer(x: torch.Tensor, spec: LayerSpec, draw: LayerDraw, loc: torch
                    scale: Optional[torch.Tensor], variance: Optional[torch.Tensor] = None) -> torch.Tensor:
     """One draw of the layer's pre-activations with the slab integrated out.
 
-    :param x: layer input, ``(batch, in_units)`` (or ``(batch, C, H, W)`` for conv layers).
+    :param x: layer input, ``(batch, in_units)`` (or ``(batch, C, H, W)`` for conv layers);
+        ``x``, ``draw.scale``, ``loc`` and ``variance`` may carry leading draw dimensions
+        (see :meth:`~pyro_sparse_bnn.core.priors.base.LayerSpec.apply`).
     :param spec: the layer.
     :param draw: the layer's draw; only ``draw.scale`` is used (the slab's value is not).
     :param loc: slab mean ``mu``, the augmented shape ``(out_units, fan_in + 1)``.
@@ -104,13 +115,17 @@ def gaussian_layer(x: torch.Tensor, spec: LayerSpec, draw: LayerDraw, loc: torch
         loc, variance, factor = factor * loc, factor.square() * variance, None
     mean = spec.apply_augmented(x, loc)
     var = spec.apply_augmented(x.square(), variance)
+    noise = None
     if layout == "rows":
         # one factor per output unit (node indicators, group scales): scale the outputs
         # instead of the weight matrices, which saves work the size of the weights
-        factor = factor.reshape(spec.output_view(x))
+        factor = spec.output_factor(factor)
+        if factor.dim() > mean.dim():  # a factor per draw: independent noise for every draw
+            shape = torch.broadcast_shapes(mean.shape, factor.shape)
+            noise = torch.randn(shape, dtype=mean.dtype, device=mean.device)
     # a unit switched off by its indicator has variance exactly 0, where sqrt has an infinite
     # derivative; gaussian_sample passes no gradient there, which is the right answer
-    return gaussian_sample(mean, var, factor, torch.randn_like(mean))
+    return gaussian_sample(mean, var, factor, torch.randn_like(mean) if noise is None else noise)
 
 
 class LocalReparameterization(Messenger):

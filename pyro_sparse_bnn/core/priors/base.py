@@ -60,6 +60,9 @@ __all__ = [
     "IndicatorPrior",
     "emit_param",
     "cached_prior",
+    "model_value",
+    "event_view",
+    "plate_aligned",
     "fan_in_rho",
 ]
 
@@ -150,9 +153,10 @@ class LayerSpec:
 
     def split(self, params: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Inverse of :meth:`augment`: ``(weight, bias)`` views of an augmented matrix
-        (``bias`` is ``None`` without bias)."""
-        weight = params[:, : self.fan_in].reshape(self.weight_shape)
-        return weight, (params[:, self.fan_in] if self.has_bias else None)
+        (``bias`` is ``None`` without bias). A batch of matrices ``(*batch, *param_shape)``
+        gives ``(*batch, *weight_shape)`` and ``(*batch, out_units)``."""
+        weight = params[..., : self.fan_in].reshape(params.shape[:-2] + self.weight_shape)
+        return weight, (params[..., self.fan_in] if self.has_bias else None)
 
     def apply(self, x, weight, bias):
         """The layer's deterministic operation with the given weight and bias.
@@ -161,12 +165,23 @@ class LayerSpec:
             for conv layers.
         :param weight: of shape ``weight_shape``. :param bias: ``(out_units,)`` or ``None``.
         :returns: ``(batch, out_features)`` or ``(batch, out_channels, H_out, W_out)``.
+
+        Every argument may carry leading *draw* dimensions, e.g. ``(draws, batch, in_features)``
+        and ``(draws, *weight_shape)`` (one weight tensor per posterior draw, as in
+        ``Predictive(parallel=True)``); they broadcast, and the result is
+        ``(*draws, batch, ...)``.
         """
+        plain_bias = bias is None or bias.dim() == 1
         if self.kind == "linear":
-            return F.linear(x, weight, bias)
+            if weight.dim() == 2 and plain_bias:
+                return F.linear(x, weight, bias)
+            out = torch.matmul(x, weight.transpose(-1, -2))
+            return out if bias is None else out + bias.unsqueeze(-2)
         if self.kind == "conv2d":
             m = self.module
-            return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, 1)
+            if x.dim() == 4 and weight.dim() == 4 and plain_bias:
+                return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, 1)
+            return _batched_conv2d(x, weight, bias, m.stride, m.padding, m.dilation)
         raise NotImplementedError(f"layer kind {self.kind!r}")
 
     def apply_augmented(self, x, params, bias_scale=None):
@@ -174,9 +189,11 @@ class LayerSpec:
         :attr:`param_shape` (a linear layer with bias multiplies by it directly, see
         :func:`~pyro_sparse_bnn.core.fused.augmented_linear`).
 
-        :param bias_scale: optional scalar tensor multiplying the bias (``None``: 1).
+        :param bias_scale: optional scalar tensor multiplying the bias (``None``: 1), or one
+            per draw, ``(*draws, 1)``, when ``params`` has leading draw dimensions.
         """
-        if self.kind == "linear" and self.has_bias:
+        if (self.kind == "linear" and self.has_bias and x.dim() == 2 and params.dim() == 2
+                and (bias_scale is None or bias_scale.dim() == 0)):
             return augmented_linear(x, params, bias_scale)
         weight, bias = self.split(params)
         if bias is not None and bias_scale is not None:
@@ -187,6 +204,17 @@ class LayerSpec:
         """Shape that broadcasts one value per output unit against the layer's output for the
         input ``x``: ``(1, out_units)`` or ``(1, out_channels, 1, 1)``."""
         return (1, self.out_units) + (1,) * (x.dim() - 2)
+
+    @property
+    def unit_view(self) -> Tuple[int, ...]:
+        """Shape that broadcasts one value per output unit against one batch of the layer's
+        outputs: ``(1, out_units)`` (linear) or ``(1, out_channels, 1, 1)`` (conv)."""
+        return (1, self.out_units) + (1,) * (len(self.weight_shape) - 2)
+
+    def output_factor(self, scale: torch.Tensor) -> torch.Tensor:
+        """A ``"rows"`` factor ``(*draws, out_units, 1)`` (see :func:`scale_layout`) as a
+        factor of the layer's outputs, ``(*draws, *unit_view)``."""
+        return scale.reshape(scale.shape[:-2] + self.unit_view)
 
 
 @dataclass(frozen=True)
@@ -236,28 +264,36 @@ def scale_layout(spec: LayerSpec, scale: Optional[torch.Tensor]) -> str:
       shape ``(1, param_shape[1])``;
     * ``"full"``: anything else that broadcasts (e.g. one indicator per weight).
 
+    A factor may carry leading draw dimensions (``(*draws, out_units, 1)`` is ``"rows"``).
+
     A factor that covers rows or columns can multiply the layer's outputs or inputs instead
     of the weight matrix, which saves work the size of the weights.
     """
     if scale is None:
         return "none"
-    if scale.shape[-1] == 1 and scale.numel() == spec.out_units:
+    if scale.dim() < 2:
+        return "full"
+    if scale.shape[-1] == 1 and scale.shape[-2] == spec.out_units:
         return "rows"
-    if spec.kind == "linear" and scale.dim() == 2 and scale.shape[0] == 1 and scale.shape[1] == spec.param_shape[1]:
+    if spec.kind == "linear" and scale.shape[-2] == 1 and scale.shape[-1] == spec.param_shape[1]:
         return "columns"
     return "full"
 
 
 def column_factors(spec: LayerSpec, scale: torch.Tensor):
     """Split a ``"columns"`` factor (see :func:`scale_layout`) into the factor of the inputs,
-    ``(1, in_features)``, and the bias's (a scalar tensor, ``None`` without bias)."""
-    return scale[:, : spec.fan_in], (scale[0, spec.fan_in] if spec.has_bias else None)
+    ``(1, in_features)``, and the bias's (a scalar tensor, ``None`` without bias). A factor
+    with leading draw dimensions ``(*draws, 1, fan_in + 1)`` gives ``(*draws, 1, in_features)``
+    and ``(*draws, 1)``."""
+    if scale.dim() == 2:
+        return scale[:, : spec.fan_in], (scale[0, spec.fan_in] if spec.has_bias else None)
+    return scale[..., : spec.fan_in], (scale[..., 0, spec.fan_in:] if spec.has_bias else None)
 
 
 def _apply_layer(x, spec: LayerSpec, draw: LayerDraw):
     layout = scale_layout(spec, draw.scale)
     if layout == "rows":  # scale the outputs: (x @ slab^T) * s equals x @ (s * slab)^T
-        return spec.apply_augmented(x, draw.slab) * draw.scale.reshape(spec.output_view(x))
+        return spec.apply_augmented(x, draw.slab) * spec.output_factor(draw.scale)
     if layout == "columns":  # scale the inputs instead of the weight columns
         inputs, bias_scale = column_factors(spec, draw.scale)
         return spec.apply_augmented(x * inputs, draw.slab, bias_scale)
@@ -278,6 +314,65 @@ LAYER_SLAB = "layer_slab"
 # --------------------------------------------------------------------------------------
 # Small shared helpers
 # --------------------------------------------------------------------------------------
+def _batched_conv2d(x, weight, bias, stride, padding, dilation):
+    """``F.conv2d`` where ``x`` ``(*draws, batch, C, H, W)`` and ``weight``
+    ``(*draws, out, C, kh, kw)`` (and ``bias`` ``(*draws, out)``) carry leading draw
+    dimensions that broadcast: one grouped convolution with a group per draw (or, for an
+    input without draw dimensions, one convolution with the draws' filters stacked).
+
+    :returns: ``(*draws, batch, out, H_out, W_out)``.
+    """
+    draws = torch.broadcast_shapes(x.shape[:-4], weight.shape[:-4], () if bias is None else bias.shape[:-1])
+    k = math.prod(draws)
+    out_channels = weight.shape[-4]
+    weight = weight.expand(draws + weight.shape[-4:]).reshape((k * out_channels,) + weight.shape[-3:])
+    if bias is not None:
+        bias = bias.expand(draws + bias.shape[-1:]).reshape(-1)
+    batch = x.shape[-4]
+    if x.dim() == 4:  # the same input for every draw: stack the draws' filters
+        y = F.conv2d(x, weight, bias, stride, padding, dilation, 1)
+    else:  # (batch, draws * C, H, W) with one group per draw
+        x = x.expand(draws + x.shape[-4:]).reshape((k,) + x.shape[-4:]).transpose(0, 1)
+        y = F.conv2d(x.reshape((batch, -1) + x.shape[-2:]), weight, bias, stride, padding, dilation, k)
+    y = y.reshape((batch, k, out_channels) + y.shape[-2:]).transpose(0, 1)
+    return y.reshape(draws + y.shape[1:])
+
+
+def model_value(value: torch.Tensor, event_dim: int) -> torch.Tensor:
+    """The value of a model sample site outside the data plate, in the form the layers
+    compute with: ``(*draws, *event_shape)``.
+
+    In a plain run the value has the site's event shape and is returned as is (the same
+    tensor). Under a vectorising plate -- ``Predictive(parallel=True)``, which puts one at
+    dimension ``-2`` because the data plate (which these sites are outside of) takes ``-1``
+    -- a value the model samples has the batch shape ``(draws, 1)``; the data plate's
+    dimension of size 1 is dropped here, so that a value of ``(draws, *event_shape)`` (the
+    shape in which ``Predictive`` passes a guide's draws of a site with event dimensions)
+    and one of ``(draws, 1, *event_shape)`` give the same thing.
+    """
+    if value.dim() > event_dim and value.shape[value.dim() - event_dim - 1] == 1:
+        return value.squeeze(value.dim() - event_dim - 1)
+    return value
+
+
+def event_view(value: torch.Tensor, event_dim: int, shape) -> torch.Tensor:
+    """``value.view(shape)`` of a site value of ``event_dim`` event dimensions, keeping any
+    leading draw dimensions: ``(*draws, *event_shape)`` becomes ``(*draws, *shape)``."""
+    if value.dim() == event_dim:
+        return value.view(shape)
+    return value.reshape(value.shape[: value.dim() - event_dim] + tuple(shape))
+
+
+def plate_aligned(value: torch.Tensor, event_dim: int) -> torch.Tensor:
+    """A parameter computed from :func:`model_value` s, ``(*draws)`` or ``()``, made into a
+    parameter of a model site with ``event_dim`` event dimensions whose batch shape lines up
+    with the plates: ``(*draws, 1, 1 x event_dim)`` (``1`` for the data plate's dimension),
+    or unchanged without draw dimensions."""
+    if value.dim() == 0:
+        return value
+    return value.reshape(value.shape + (1,) * (1 + event_dim))
+
+
 def emit_param(name: str, param: torch.Tensor) -> torch.Tensor:
     """Announce a module-owned parameter to Pyro and return an alias of it to compute with.
 
@@ -557,7 +652,9 @@ class SpikeSlabBlock(nn.Module):
         """Sample the prior sites; return the draw ``slab`` scaled by the indicators."""
         gate = pyro.sample(layer.site(self.gate_site), self.gates.prior_dist())
         slab = pyro.sample(layer.site(self.slab_site), self.slab.prior_dist())
-        return LayerDraw(slab=slab, scale=gate.view(self.gate_view))
+        event_dim = len(self.gates.shape)
+        return LayerDraw(slab=model_value(slab, self.slab.loc.dim()),
+                         scale=event_view(model_value(gate, event_dim), event_dim, self.gate_view))
 
     def guide(self, layer: "PriorLayer", temperature) -> None:
         """Sample the guide sites (same order as :meth:`model`)."""
@@ -565,7 +662,8 @@ class SpikeSlabBlock(nn.Module):
         gate_dist = self.gates.guide_dist(logits, temperature, self.hard)
         gate = pyro.sample(layer.site(self.gate_site), gate_dist)
         gate_probs = gate_dist.base_dist.probs.view(self.gate_view)
-        self.slab.guide_sample(layer, self.slab_site, gate=gate.view(self.gate_view), gate_probs=gate_probs)
+        gate = event_view(gate, len(self.gates.shape), self.gate_view)
+        self.slab.guide_sample(layer, self.slab_site, gate=gate, gate_probs=gate_probs)
 
     @property
     def probs(self) -> torch.Tensor:

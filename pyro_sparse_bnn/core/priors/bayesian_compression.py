@@ -43,6 +43,7 @@ from .base import (
     NetworkInfo,
     Prior,
     PriorLayer,
+    model_value,
 )
 
 __all__ = ["BayesianCompressionPrior", "GroupScaleLayer"]
@@ -105,14 +106,18 @@ class GroupScaleLayer(PriorLayer):
         ``(1, fan_in + 1)`` for input groups, padded with ``bias_value`` for the unscaled
         bias column."""
         if self.groups_are_outputs:
-            return z.unsqueeze(1)
+            return z.unsqueeze(-1)
         bias = self.bias_scale.to(z.dtype)
-        return torch.cat([z, bias if bias_value == 1.0 else torch.full_like(bias, bias_value)]).unsqueeze(0)
+        if bias_value != 1.0:
+            bias = torch.full_like(bias, bias_value)
+        if z.dim() > 1:  # (*draws, num_groups): one bias factor per draw
+            bias = bias.expand(z.shape[:-1] + bias.shape)
+        return torch.cat([z, bias], dim=-1).unsqueeze(-2)
 
     def model(self) -> LayerDraw:
         z = self.model_scale()
         slab = pyro.sample(self.site("slab"), self.slab.prior_dist())
-        return LayerDraw(slab=slab, scale=self._group_scale(z))
+        return LayerDraw(slab=model_value(slab, self.slab.loc.dim()), scale=self._group_scale(z))
 
     def guide(self, temperature=None) -> None:
         self.guide_scale()

@@ -21,7 +21,7 @@ import pyro.distributions as dist
 import torch
 
 from ..validation import check_positive
-from .base import LogNormalScale, cached_prior
+from .base import LogNormalScale, cached_prior, model_value, plate_aligned
 from .spike_slab_node import NodePrior, NodeSpikeSlabLayer
 
 __all__ = ["SpikeSlabGroupLasso", "GroupLassoLayer"]
@@ -47,10 +47,10 @@ class GroupLassoLayer(NodeSpikeSlabLayer):
     def model_scale(self):
         lambda_prior = cached_prior(self, "lambda_sq", self.lambda_sq_rate, lambda: dist.Gamma(
             self.lambda_sq_concentration, self.lambda_sq_rate, validate_args=False))
-        lambda_sq = pyro.sample(self.site("lambda_sq"), lambda_prior)
+        lambda_sq = model_value(pyro.sample(self.site("lambda_sq"), lambda_prior), 0)
         tau_sq = pyro.sample(self.site("tau_sq"), dist.Gamma(
-            self.tau_sq_concentration, lambda_sq / 2, validate_args=False).to_event(1))
-        return tau_sq.sqrt()
+            self.tau_sq_concentration, plate_aligned(lambda_sq / 2, 1), validate_args=False).to_event(1))
+        return model_value(tau_sq, 1).sqrt()
 
     def guide_scale(self):
         self.lambda_sq.guide_sample(self, "lambda_sq")

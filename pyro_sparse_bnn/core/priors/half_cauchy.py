@@ -19,7 +19,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from .base import LogNormalScale, cached_prior
+from .base import LogNormalScale, cached_prior, model_value
 
 __all__ = ["HorseshoeScales"]
 
@@ -63,8 +63,15 @@ class HorseshoeScales(nn.Module):
         return cached_prior(self, "scales", self.prior_half, build)
 
     def model(self, layer) -> torch.Tensor:
-        """Sample the model sites of ``layer``; return ``log s`` of shape ``(num_groups,)``."""
-        factors = [pyro.sample(layer.site(name), prior) for name, prior in zip(SITES, self._priors(), strict=True)]
+        """Sample the model sites of ``layer``; return ``log s`` of shape ``(num_groups,)``
+        (``(*draws, num_groups)`` under a vectorising plate, see
+        :func:`~pyro_sparse_bnn.core.priors.base.model_value`)."""
+        factors = []
+        for name, prior in zip(SITES, self._priors(), strict=True):
+            factor = model_value(pyro.sample(layer.site(name), prior), prior.event_dim)
+            if prior.event_dim == 0 and factor.dim():  # a global factor per draw: (*draws, 1)
+                factor = factor.unsqueeze(-1)
+            factors.append(factor)
         return 0.5 * sum(f.log() for f in factors) + self.log_global_scale
 
     def guide(self, layer) -> None:

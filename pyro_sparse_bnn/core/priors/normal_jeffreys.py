@@ -20,7 +20,7 @@ from torch import nn
 
 from ..distributions import LogUniformScale, dropout_log_alpha
 from ..validation import check_finite_number
-from .base import cached_prior
+from .base import cached_prior, model_value
 from .bayesian_compression import BayesianCompressionPrior, GroupScaleLayer
 
 __all__ = ["GroupNormalJeffreys", "NormalJeffreysLayer"]
@@ -42,7 +42,7 @@ class NormalJeffreysLayer(GroupScaleLayer):
 
     def model_scale(self):
         prior = cached_prior(self, "z", self.bias_scale, lambda: LogUniformScale((self.num_groups,)).to_event(1))
-        return pyro.sample(self.site("group_scale"), prior)
+        return model_value(pyro.sample(self.site("group_scale"), prior), 1)
 
     def guide_scale(self):
         loc = self.param("group_scale_loc", self.z_loc)

@@ -40,6 +40,7 @@ from .base import (
     NetworkInfo,
     Prior,
     PriorLayer,
+    model_value,
 )
 
 __all__ = ["SelfCompressingGaussian", "SelfCompressingLayer", "row_relevance", "RELEVANCE_SCORES"]
@@ -116,7 +117,8 @@ class SelfCompressingLayer(PriorLayer):
                                  prior.init_rho)
 
     def model(self) -> LayerDraw:
-        return LayerDraw(slab=pyro.sample(self.site("slab"), self.slab.prior_dist()))
+        slab = pyro.sample(self.site("slab"), self.slab.prior_dist())
+        return LayerDraw(slab=model_value(slab, self.slab.loc.dim()))
 
     def guide(self, temperature=None) -> None:
         self.slab.guide_sample(self, "slab")

@@ -24,7 +24,15 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from .base import IndicatorPrior, LayerDraw, LayerSpec, NetworkInfo, PriorLayer, SpikeSlabBlock
+from .base import (
+    IndicatorPrior,
+    LayerDraw,
+    LayerSpec,
+    NetworkInfo,
+    PriorLayer,
+    SpikeSlabBlock,
+    event_view,
+)
 
 __all__ = [
     "SpikeSlabNode",
@@ -146,7 +154,7 @@ class NodeSpikeSlabLayer(PriorLayer):
         scale = self.model_scale()
         draw = self.block.model(self)
         if scale is not None:
-            draw.scale = draw.scale * scale.view(self.block.gate_view)
+            draw.scale = draw.scale * event_view(scale, 1, self.block.gate_view)
         return draw
 
     def guide(self, temperature) -> None:
