@@ -42,7 +42,9 @@ TARGETS: Dict[str, List[str]] = {
     "core/elbo.py": ["tests/core/test_elbo.py"],
     "core/priors/base.py": ["tests/core/priors/test_base.py", "tests/core/priors/test_spike_slab.py"],
     "core/priors/spike_slab.py": ["tests/core/priors/test_spike_slab.py"],
-    "core/priors/spike_slab_node.py": ["tests/core/priors/test_spike_slab_node.py"],
+    "core/priors/spike_slab_node.py": ["tests/core/priors/test_spike_slab_node.py",  # the node block is
+                                       "tests/core/priors/test_group_lasso.py",  # shared by SS-GL
+                                       "tests/core/priors/test_group_horseshoe.py"],  # and SS-GHS
     "core/priors/group_lasso.py": ["tests/core/priors/test_group_lasso.py"],
     "core/priors/group_horseshoe.py": ["tests/core/priors/test_group_horseshoe.py"],
     "core/priors/bayesian_compression.py": ["tests/core/priors/test_normal_jeffreys.py",
@@ -153,6 +155,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample (0)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant before it counts as caught")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--rerun", type=Path, help="run again the survivors listed in this --json file")
     args = parser.parse_args(argv)
 
     modules = [m for m in TARGETS if args.module is None or m.split("/")[-1][:-3] in args.module]
@@ -161,6 +164,10 @@ def main(argv=None) -> int:
     for module in modules:
         candidates = mutants_of(module)
         plan += candidates if args.all else rng.sample(candidates, min(args.per_module, len(candidates)))
+    if args.rerun:
+        previous = json.loads(args.rerun.read_text())["mutants"]
+        plan = [Mutant(m["module"], m["line"], m["original"], m["mutated"]) for m in previous
+                if m["outcome"] == "SURVIVED" and m["module"] in modules]
     with tempfile.TemporaryDirectory(prefix="mutation_check_") as scratch:
         copy_root = Path(scratch) / "repo"
         shutil.copytree(ROOT, copy_root, ignore=shutil.ignore_patterns(

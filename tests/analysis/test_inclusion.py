@@ -151,6 +151,9 @@ def test_kept_is_what_compress_keeps_and_above_threshold_is_the_pip_rule():
     strict = inclusion_summary(model, threshold=0.7)
     assert strict.above_threshold.tolist() == [True, True, False, False, True, True]
     assert strict.kept.tolist() == summary.kept.tolist()
+    # the rule is strict: a PIP equal to the threshold is not above it
+    at = inclusion_summary(model, threshold=float(summary.pip[3]))
+    assert at.above_threshold.tolist() == [True, True, False, False, True, True]
 
 
 def test_the_threshold_column_is_the_rule_of_the_layer_that_decides_the_unit():

@@ -148,3 +148,25 @@ def test_kl_weight_scales_only_the_kl_term(tiny):
     pyro.set_rng_seed(2)
     trace = poutine.trace(bnn.guide).get_trace(x, y)
     assert half == pytest.approx(hand_nll(trace, x, y, N_DATA) + 0.5 * hand_kl(bnn), rel=1e-5)
+
+
+def test_a_site_without_a_closed_form_kl_enters_as_log_q_minus_log_p_at_the_draw():
+    """HalfCauchy prior, LogNormal guide: no registered KL, so the ELBO's term is the single
+    draw's log q(z) - log p(z); recomputed here by hand from the same draw (no data, so the
+    loss is that term alone)."""
+    import pyro.distributions as dist
+
+    def model():
+        pyro.sample("z", dist.HalfCauchy(torch.tensor(1.0)))
+
+    def guide():
+        pyro.sample("z", dist.LogNormal(torch.tensor(0.3), torch.tensor(0.5)))
+
+    for seed in range(3):
+        pyro.set_rng_seed(seed)
+        loss = MeanFieldELBO().loss(model, guide)
+        pyro.set_rng_seed(seed)
+        z = poutine.trace(guide).get_trace().nodes["z"]["value"]
+        log_q = -torch.log(z) - math.log(0.5 * math.sqrt(2 * math.pi)) - (torch.log(z) - 0.3) ** 2 / (2 * 0.25)
+        log_p = math.log(2 / math.pi) - torch.log1p(z ** 2)
+        assert loss == pytest.approx(float(log_q - log_p), rel=1e-5, abs=1e-6)

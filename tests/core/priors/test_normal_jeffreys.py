@@ -194,3 +194,13 @@ def test_max_variance_validation():
         GroupNormalJeffreys(weight_parameterization="exp")
     with pytest.raises(HyperparameterError, match="init_weight_log_var"):
         GroupNormalJeffreys(init_weight_log_var=float("inf"))
+
+
+@pytest.mark.parametrize("log_alpha_threshold", [-3.0, 0.0, 2.5])
+def test_a_single_log_alpha_threshold_is_the_pip_threshold_of_its_dropout_rate(log_alpha_threshold):
+    """Keeping a group when log alpha < t is keeping it when 1 / (1 + alpha) > 1 / (1 + e^t):
+    the prior reports that PIP threshold (hand-computed here); per-layer thresholds have none."""
+    prior = GroupNormalJeffreys(log_alpha_threshold=log_alpha_threshold)
+    assert prior.threshold == pytest.approx(1 / (1 + math.exp(log_alpha_threshold)), rel=1e-12)
+    assert 0 < prior.threshold < 1
+    assert GroupNormalJeffreys(log_alpha_threshold=(-3.0, 0.0)).threshold is None
