@@ -5,12 +5,14 @@ import hashlib
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from pyro_sparse_bnn.apps.zoo import (
     SMOKE,
     ZooConfigError,
+    load_data,
     load_entry,
     render_card,
     run_entry,
@@ -30,11 +32,20 @@ def test_entry_runs_end_to_end_in_smoke_mode(path, tmp_path, idx_directory):
     assert metrics["smoke"] and metrics["schedule"]["epochs"] == SMOKE["epochs"]
     assert metrics["data"]["n_train"] <= SMOKE["n_train"] and metrics["schedule"]["num_steps"] >= 1
     metric = metrics["metric"]
-    score = metrics["bnn"][metric]
+    assert math.isfinite(metrics["bnn"][metric])
+    # the reported score of the compressed network is what the saved module scores on the test
+    # split, recomputed here in numpy (accuracy exactly, RMSE in the data's original units)
+    data = load_data(entry, smoke=True, data_dir=idx_directory if fashion else None)
+    assert metrics["data"]["n_test"] == len(data.x_test)
+    module = torch.load(tmp_path / "compressed_module.pt", weights_only=False)
+    with torch.no_grad():
+        outputs = module.eval()(data.x_test).numpy()
     if metric == "accuracy":
-        assert 0 <= score <= 1 and 0 <= metrics["compressed"]["accuracy"] <= 1
+        assert metrics["compressed"]["accuracy"] == float(np.mean(outputs.argmax(axis=1) == data.y_test.numpy()))
     else:
-        assert math.isfinite(score) and score > 0
+        errors = outputs.reshape(-1) - data.y_test.numpy().reshape(-1)
+        rmse = float(np.sqrt(np.mean(errors.astype(np.float64) ** 2))) * data.info.get("target_std", 1.0)
+        assert metrics["compressed"]["rmse"] == pytest.approx(rmse, rel=1e-5)
     assert metric in metrics["baselines"]["deterministic"] and metric in metrics["baselines"]["gaussian_bnn"]
     assert 0 < metrics["compressed"]["weights_kept"] <= 1
     stored = json.loads((tmp_path / "metrics.json").read_text())
