@@ -25,6 +25,8 @@ def numpy_accuracy(module, x, y) -> float:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
+    """A smoke run of the demo (4 + 3 epochs) with its output files: about 28 s of CPU time, so
+    the tests that use it are marked slow; the quick run keeps the tolerance check and the CLI."""
     output = tmp_path_factory.mktemp("demo")
     config = DemoConfig(epochs=4, finetune_epochs=3, num_samples=5, progress=False, output=str(output))
     lines = []
@@ -32,6 +34,7 @@ def demo(tmp_path_factory):
     return config, results, "\n".join(lines), output
 
 
+@pytest.mark.slow  # the demo fixture: 28 s of CPU time
 def test_demo_prints_every_step_of_the_pipeline(demo):
     config, results, text, output = demo
     architecture = results["report"]["architecture_after"]
@@ -49,6 +52,7 @@ def test_demo_prints_every_step_of_the_pipeline(demo):
         assert (output / name).stat().st_size > 0
 
 
+@pytest.mark.slow  # the demo fixture: 28 s of CPU time
 def test_demo_compressed_module_matches_the_masked_network_it_prints(demo):
     config, results, text, output = demo
     data = digits(seed=config.seed, val_size=config.val_size)
@@ -66,6 +70,7 @@ def test_demo_compressed_module_matches_the_masked_network_it_prints(demo):
     assert results["compressed_accuracy"] == numpy_accuracy(compressed, data.x_test, data.y_test)
 
 
+@pytest.mark.slow  # the demo fixture: 28 s of CPU time
 def test_demo_compressed_accuracy_is_what_an_independent_compression_scores(demo):
     """Compressing the saved network again, at the threshold the demo chose, rebuilds the
     module the demo reports on: same architecture, same test accuracy (counted in numpy),
@@ -99,6 +104,7 @@ def test_demo_stops_when_the_compressed_module_differs_from_the_masked_network(m
         run_demo(config, echo=lambda line: None)
 
 
+@pytest.mark.slow  # the demo fixture: 28 s of CPU time
 def test_demo_finetuned_accuracy_is_what_the_saved_module_scores(demo):
     config, results, text, output = demo
     data = digits(seed=config.seed, val_size=config.val_size)
@@ -117,6 +123,7 @@ def test_demo_finetuned_accuracy_is_what_the_saved_module_scores(demo):
     assert numpy_accuracy(tuned, data.x_val, data.y_val) >= numpy_accuracy(compressed, data.x_val, data.y_val)
 
 
+@pytest.mark.slow  # 16 s of CPU time: the CLI runs the default 100 posterior draws
 def test_cli_demo_command(capsys):
     assert main(["demo", "--epochs", "2", "--finetune-epochs", "1", "--no-progress", "--prior-inclusion", "0.05"]) == 0
     out = capsys.readouterr().out
