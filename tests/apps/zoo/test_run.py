@@ -72,6 +72,7 @@ def test_run_validates_its_arguments(tmp_path):
         run_entry(path, tmp_path / "out", data_dir=tmp_path, progress=False, echo=lambda s: None)
 
 
+@pytest.mark.slow  # 23 s of CPU time: three full (3-epoch) runs with their baselines
 def test_publish_stores_metrics_renders_card_and_table(tmp_path):
     models = tmp_path / "models"
     models.mkdir()
