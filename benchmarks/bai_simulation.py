@@ -36,7 +36,7 @@ from common import write  # noqa: E402
 
 from pyro_sparse_bnn import SparseBNN, SpikeSlab, compress, fit  # noqa: E402
 from pyro_sparse_bnn.apps.datasets import bai_simulation  # noqa: E402
-from pyro_sparse_bnn.core import GaussianLikelihood
+from pyro_sparse_bnn.core import GaussianLikelihood  # noqa: E402
 
 
 def run(seed: int, epochs: int, batch_size: int, lr: float, lr_decay: float, kl_warmup: int,

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import pyro_sparse_bnn as psb
+from pyro_sparse_bnn.apps import demo as demo_module
 from pyro_sparse_bnn.apps.cli import main
 from pyro_sparse_bnn.apps.datasets import digits
-from pyro_sparse_bnn.apps import demo as demo_module
 from pyro_sparse_bnn.apps.demo import MAX_DIFFERENCE, DemoConfig, run_demo
 
 

@@ -21,7 +21,6 @@ from pyro_sparse_bnn.apps.zoo import (
 )
 from tests.apps.zoo.conftest import ENTRIES, TOY, write_entry
 
-
 #: smoke runs over ~10 s (CPU seconds measured 2026-11-29: 12.2 and 10.1; the others 2.9-8.7)
 SLOW_ENTRIES = {"fashion_lenet5_ssghs", "fashion_lenet5_bcghs"}
 
