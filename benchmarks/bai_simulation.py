@@ -10,6 +10,13 @@ so 1.0 is the best achievable).
     python benchmarks/bai_simulation.py             # 3 seeds, about 3 minutes each on 2 cores
     python benchmarks/bai_simulation.py --seeds 0   # one seed
     python benchmarks/bai_simulation.py --hidden 16-16   # a wider, shallower network
+    python benchmarks/bai_simulation.py --scaled-down --seeds 0 1 2 3 4
+
+``--scaled-down`` runs instead the experiment of tests/analysis/test_feature_selection.py
+(``select_features``: 50 inputs, n = 2000, a 50-16-16-1 network, ``SpikeSlab.published()``,
+2000 epochs of batch 500) on each seed and also says whether the test's assertions hold
+(all five relevant inputs selected with PIP > 0.5, at most 2 false positives); the
+schedule options are ignored there.
 """
 
 import argparse
@@ -22,12 +29,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import write  # noqa: E402
 
 from pyro_sparse_bnn import SparseBNN, SpikeSlab, compress, fit  # noqa: E402
 from pyro_sparse_bnn.apps.datasets import bai_simulation  # noqa: E402
-from pyro_sparse_bnn.core import GaussianLikelihood
+from pyro_sparse_bnn.core import GaussianLikelihood  # noqa: E402
 
 
 def run(seed: int, epochs: int, batch_size: int, lr: float, lr_decay: float, kl_warmup: int,
@@ -65,6 +74,38 @@ def run(seed: int, epochs: int, batch_size: int, lr: float, lr_decay: float, kl_
     }
 
 
+def run_scaled_down(seed: int) -> dict:
+    """The test suite's scaled-down simulation on ``seed`` (tests/analysis/test_feature_selection.py)."""
+    from pyro_sparse_bnn.analysis import feature_inclusion_probs
+    from tests.analysis.test_feature_selection import select_features
+
+    start = time.perf_counter()
+    data, bnn, module, report = select_features(seed)
+    seconds = time.perf_counter() - start
+    selected = set(report.kept_features.tolist())
+    relevant = set(data.relevant_features)
+    pips = feature_inclusion_probs(bnn)
+    with torch.no_grad():
+        rmse_compressed = float(((module(data.x_test)[:, 0] - data.y_test) ** 2).mean().sqrt())
+    prediction = bnn.predict(data.x_test, num_samples=100, batch_size=2000)
+    rmse_bnn = float(((prediction.mean - data.y_test) ** 2).mean().sqrt())
+    min_relevant_pip = float(pips[data.relevant_features].min())
+    return {
+        "seed": seed,
+        "selected": sorted(selected),
+        "fnr": len(relevant - selected) / len(relevant),
+        "fpr": len(selected - relevant) / (data.x_test.shape[1] - len(relevant)),
+        "rmse_compressed": rmse_compressed,
+        "rmse_bnn": rmse_bnn,
+        "min_relevant_pip": min_relevant_pip,
+        "test_passes": relevant <= selected and len(selected - relevant) <= 2 and min_relevant_pip > 0.5,
+        "architecture_after": report.as_dict()["architecture_after"],
+        "nonzero_params_after": report.nonzero_params_after,
+        "fit_seconds": seconds,
+        "lambda": bnn.layers[0].prior_inclusion,
+    }
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -74,20 +115,28 @@ def main(argv=None):
     parser.add_argument("--lr-decay", type=float, default=0.1)
     parser.add_argument("--kl-warmup", type=int, default=0)
     parser.add_argument("--hidden", default="7-7-7", help="hidden widths (the paper's 7-7-7)")
+    parser.add_argument("--scaled-down", action="store_true",
+                        help="the test suite's 50-input experiment instead (module docstring)")
     args = parser.parse_args(argv)
     runs = []
     for seed in args.seeds:
-        hidden = tuple(int(w) for w in args.hidden.split("-"))
-        result = run(seed, args.epochs, args.batch_size, args.lr, args.lr_decay, args.kl_warmup, hidden)
+        if args.scaled_down:
+            result = run_scaled_down(seed)
+        else:
+            hidden = tuple(int(w) for w in args.hidden.split("-"))
+            result = run(seed, args.epochs, args.batch_size, args.lr, args.lr_decay, args.kl_warmup, hidden)
         runs.append(result)
+        extra = (f" min relevant PIP {result['min_relevant_pip']:.3f} test passes {result['test_passes']}"
+                 if args.scaled_down else "")
         print(f"seed {seed}: FNR {result['fnr']:.2f} FPR {result['fpr']:.3f} "
               f"RMSE compressed {result['rmse_compressed']:.3f} BNN {result['rmse_bnn']:.3f} "
-              f"selected {result['selected']} architecture {result['architecture_after']} "
+              f"selected {result['selected']} architecture {result['architecture_after']}{extra} "
               f"({result['fit_seconds']:.0f} s)", flush=True)
     summary = {key: statistics.median(r[key] for r in runs)
                for key in ["fnr", "fpr", "rmse_compressed", "rmse_bnn", "fit_seconds"]}
     print("median over seeds: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()))
-    path = write(f"bai_simulation_{args.hidden}", {"settings": vars(args), "runs": runs, "median": summary})
+    name = "bai_simulation_scaled_down" if args.scaled_down else f"bai_simulation_{args.hidden}"
+    path = write(name, {"settings": vars(args), "runs": runs, "median": summary})
     print(f"wrote {path}")
 
 

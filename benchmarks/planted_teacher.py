@@ -2,6 +2,10 @@
 
     python benchmarks/planted_teacher.py --prior BC-GNJ BC-GHS --seeds 0
     python benchmarks/planted_teacher.py --seeds 0 1 2          # every prior
+    OMP_NUM_THREADS=1 python benchmarks/planted_teacher.py --seeds 1 2 3 4 0
+
+Runs go seed by seed (every prior on one seed, then the next); the results file is rewritten
+after every run, so a run stopped early keeps what it finished.
 
 For each prior and seed: kept hidden nodes, surplus nodes under the prior's keep threshold,
 the node PIPs, and the compressed student's test RMSE relative to the noise level.
@@ -26,8 +30,8 @@ def main(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     args = parser.parse_args(argv)
     results = []
-    for name in args.prior:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed by seed, every prior, so that a stopped run has whole seeds
+        for name in args.prior:
             start = time.perf_counter()
             pips, threshold, report, rmse, noise = fit_student(name, seed)
             row = {
@@ -40,7 +44,8 @@ def main(argv=None):
             print(f"{name} seed {seed}: {row['kept_hidden']} hidden nodes kept, {row['below_threshold']} of 20 "
                   f"with PIP < {threshold:.2f}, RMSE/noise {row['rmse_over_noise']:.3f} "
                   f"({row['seconds']:.0f} s); PIPs {[round(p, 2) for p in row['pips']]}", flush=True)
-    print(f"wrote {write('planted_teacher', {'runs': results})}")
+            path = write("planted_teacher", {"seeds": args.seeds, "runs": results})  # after every run
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

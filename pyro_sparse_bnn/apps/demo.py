@@ -37,7 +37,11 @@ from ..persistence.serialization import save
 from .baselines import magnitude_prune, train_from_scratch
 from .datasets import digits
 
-__all__ = ["DemoConfig", "run_demo", "digits_network", "headline_figures"]
+__all__ = ["DemoConfig", "run_demo", "digits_network", "headline_figures", "MAX_DIFFERENCE"]
+
+#: the most the compressed module's test logits may differ from the masked posterior-mean
+#: network's (the same function up to float32 rounding, about 1e-6 here); above it the demo stops
+MAX_DIFFERENCE = 1e-4
 
 
 @dataclass
@@ -173,6 +177,10 @@ def run_demo(config: Optional[DemoConfig] = None, echo=print) -> dict:
         masked_out = masked_posterior_mean(bnn, choice.threshold)(data.x_test)
     max_difference = float((compressed_out - masked_out).abs().max())
     echo(f"compressed module vs masked posterior-mean network: max |difference| {max_difference:.2e}")
+    if not max_difference <= MAX_DIFFERENCE:  # also catches NaN
+        raise RuntimeError(
+            f"the compressed module's test logits differ from the masked posterior-mean network's by "
+            f"{max_difference:.2e} (more than {MAX_DIFFERENCE:g}): compress removed something that mattered")
 
     # 4. fine-tune, choosing the epoch on validation data
     training = dict(batch_size=config.batch_size, lr=config.finetune_lr, x_val=data.x_val, y_val=data.y_val,

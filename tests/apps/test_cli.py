@@ -30,8 +30,8 @@ def test_cli_list_show_and_table(tmp_path, capsys):
 
 
 def test_progress_defaults_to_only_where_someone_watches(monkeypatch):
-    """``run`` passes ``progress=None`` (bars only in a terminal or notebook) unless
-    ``--no-progress`` forces them off; ``demo`` resolves the same rule to a bool."""
+    """``run`` and ``demo`` pass ``progress=None`` (the library's default: bars only in a
+    terminal or notebook) unless ``--no-progress`` forces them off."""
     from pyro_sparse_bnn.apps import cli
 
     seen = {}
@@ -41,8 +41,7 @@ def test_progress_defaults_to_only_where_someone_watches(monkeypatch):
     assert main(["run", path]) == 0 and main(["run", path, "--no-progress"]) == 0
     assert [kwargs["progress"] for kwargs in seen["run"]] == [None, False]
     assert main(["demo"]) == 0 and main(["demo", "--no-progress"]) == 0
-    # pytest captures stderr: not a terminal, so no bar either way
-    assert [config.progress for config in seen["demo"]] == [False, False]
+    assert [config.progress for config in seen["demo"]] == [None, False]
 
 
 @pytest.mark.parametrize(("count", "text"), [(0, "0 epochs"), (1, "1 epoch"), (2, "2 epochs"), (15, "15 epochs")])
