@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import write  # noqa: E402
 
-from tests.core.priors.test_planted_teacher import PRIORS, fit_student  # noqa: E402
+from tests.core.priors.test_planted_teacher import PRIORS, fit_student, outcome  # noqa: E402
 
 
 def main(argv=None):
@@ -33,7 +33,7 @@ def main(argv=None):
     for seed in args.seeds:  # seed by seed, every prior, so that a stopped run has whole seeds
         for name in args.prior:
             start = time.perf_counter()
-            pips, threshold, report, rmse, noise = fit_student(name, seed)
+            pips, threshold, report, rmse, noise = outcome(*fit_student(name, seed))
             row = {
                 "prior": name, "seed": seed, "kept_hidden": report.architecture_after[1],
                 "below_threshold": int((pips < threshold).sum()), "threshold": threshold,

@@ -1,6 +1,7 @@
 """Shared fixtures: small data sets and networks whose guides are set by hand."""
 
 import os
+from contextlib import contextmanager
 
 import pyro
 import pytest
@@ -39,6 +40,33 @@ def randomize_guide(bnn: SparseBNN, seed: int = 0, logit_scale: float = 4.0):
             else:
                 p.copy_(noise)
     return bnn
+
+
+@contextmanager
+def forced_switches(bnn: SparseBNN, on: bool):
+    """Within the block, every switch of ``bnn`` is held fully on (``on=True``: a prior that
+    cannot prune) or fully off (a prior that prunes everything): indicator logits are set to
+    +-30, and a Bayesian Compression layer reports ``log alpha = -+30``. The fitted state comes
+    back afterwards. Behavioural tests run their check inside it to show that it fails."""
+    value = 30.0 if on else -30.0
+    saved = [(p, p.detach().clone()) for p in bnn.indicator_parameters()]
+    patched = []
+    with torch.no_grad():
+        for p, _ in saved:
+            p.fill_(value)
+    for layer in bnn.layers:
+        if hasattr(layer, "log_alpha") and not layer.indicator_parameters():
+            groups = layer.log_alpha().shape
+            layer.log_alpha = lambda groups=groups: torch.full(groups, -value)
+            patched.append(layer)
+    try:
+        yield bnn
+    finally:
+        with torch.no_grad():
+            for p, copy in saved:
+                p.copy_(copy)
+        for layer in patched:
+            del layer.log_alpha
 
 
 @pytest.fixture

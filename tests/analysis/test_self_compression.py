@@ -1,6 +1,7 @@
 """Self-compression: relevance scores, the pruning rule, smaller networks that start from the
 surviving posterior, the iterative loop and its history, and the planted teacher."""
 
+import copy
 import math
 
 import pytest
@@ -233,12 +234,26 @@ def test_planted_teacher_self_compresses_to_the_teacher():
     student = nn.Sequential(nn.Linear(10, 20), nn.Tanh(), nn.Linear(20, 1))
     bnn = SparseBNN(student, SelfCompressingGaussian(), likelihood=GaussianLikelihood(1.0), num_data=1000)
     fit(bnn, data.x_train, data.y_train, epochs=300, batch_size=100, lr=3e-2, lr_decay=0.1, seed=0, progress=False)
-    result = self_compress(bnn, (data.x_train, data.y_train), (x_val, y_val), fraction=0.25, epochs=50,
-                           tolerance=0.05, fit_kwargs=dict(batch_size=100, lr=1e-2, lr_decay=0.1, seed=0),
-                           progress=False)
+    fitted = copy.deepcopy(bnn)
+    loop = dict(fraction=0.25, epochs=50, fit_kwargs=dict(batch_size=100, lr=1e-2, lr_decay=0.1, seed=0),
+                progress=False)
+    result = self_compress(bnn, (data.x_train, data.y_train), (x_val, y_val), tolerance=0.05, **loop)
     assert result.history[0].metric_name == "rmse"
-    module, report = compress(result.bnn, threshold=0.0)
+    assert_matches_the_teacher(result.bnn, x_test, y_test, data.noise_scale)
+    # failing twins: the fit without the loop (no node removed) and the loop that never stops on
+    # the validation loss (it removes nodes down to one)
+    with pytest.raises(AssertionError, match="kept"):
+        assert_matches_the_teacher(fitted, x_test, y_test, data.noise_scale)
+    everything = self_compress(fitted, (data.x_train, data.y_train), (x_val, y_val), tolerance=None, **loop)
+    assert everything.bnn.layers[0].spec.out_units == 1
+    with pytest.raises(AssertionError, match="RMSE"):
+        assert_matches_the_teacher(everything.bnn, x_test, y_test, data.noise_scale)
+
+
+def assert_matches_the_teacher(bnn, x_test, y_test, noise_scale):
+    """At most 5 hidden nodes and a test RMSE within 10 % of the noise level."""
+    module, report = compress(bnn, threshold=0.0)
     with torch.no_grad():
         rmse = float((module(x_test)[:, 0] - y_test).square().mean().sqrt())
-    assert report.architecture_after[1] <= 5
-    assert rmse <= 1.1 * data.noise_scale
+    assert report.architecture_after[1] <= 5, f"kept {report.architecture_after}"
+    assert rmse <= 1.1 * noise_scale, f"RMSE {rmse:.3f} against noise {noise_scale}"
