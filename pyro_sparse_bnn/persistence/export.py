@@ -144,8 +144,11 @@ def _first_line(error: BaseException) -> str:
 
 def _trace_input(example_input: torch.Tensor) -> torch.Tensor:
     # torch.export fixes a dimension whose example size is 0 or 1 ("0/1 specialisation"):
-    # trace a batch of 1 as a batch of 2 so that the batch stays dynamic
-    return example_input if example_input.shape[0] > 1 else example_input.expand(2, *example_input.shape[1:])
+    # trace a batch of 1 as a batch of 2 so that the batch stays dynamic. The program keeps its
+    # example input, and a saved view keeps the whole tensor it views (a slice of a data set
+    # would store the data set): trace on a copy of just the example
+    example = example_input if example_input.shape[0] > 1 else example_input.expand(2, *example_input.shape[1:])
+    return example.clone(memory_format=torch.contiguous_format)
 
 
 def _dynamic_batch():

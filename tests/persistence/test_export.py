@@ -59,6 +59,18 @@ def test_an_example_batch_of_one_still_gives_a_dynamic_batch(tmp_path):
             assert torch.equal(loaded(x), module(x))
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_an_example_sliced_from_a_large_data_set_does_not_store_the_data_set(tmp_path, batch):
+    """torch.export keeps the example input in the file; a slice of a data set is a view that
+    would pickle the whole set (here 20,000 x 6 floats, 480 kB) with it."""
+    bnn, (module, _) = compressed(mlp([6, 5, 4, 3]))
+    data = torch.randn(20_000, 6)
+    export(module, tmp_path / "sliced.pt2", example_input=data[:batch])
+    export(module, tmp_path / "copied.pt2", example_input=data[:batch].clone())
+    sliced, copied = (tmp_path / "sliced.pt2").stat().st_size, (tmp_path / "copied.pt2").stat().st_size
+    assert sliced == copied and sliced < data.numel() * data.element_size() / 4, (sliced, copied)
+
+
 def test_a_lone_constant_output_module_exports(tmp_path):
     module = nn.Sequential(psb.analysis.ConstantOutput(torch.tensor([1.0, -2.0])))
     export(module, tmp_path / "c.pt2", example_input=torch.randn(3, 4))
