@@ -15,6 +15,10 @@ seed 0 they keep 4, 3, 3 and 3 nodes, RMSE/noise 1.031-1.037. SS-IG needs miniba
 teacher's 3 (RMSE/noise 1.037). With one weight draw per step instead of local
 reparameterisation the spike-and-slab priors kept 3 to 5 nodes over seeds 0-2.
 
+The test runs seed 0. Over seeds 0-4 (``benchmarks/planted_teacher.py``, figures in
+benchmarks/README.md) the assertions hold in 23 of 25 runs: SS-GL keeps 6 nodes, one more than
+allowed, on seeds 3 and 4.
+
 Why the Bayesian Compression threshold is not 0.5: a pruned group's PIP ``1 / (1 + alpha)``
 does not go to 0. For BC-GHS, ``alpha = exp(Var[log z~]) - 1`` and the LogNormals closest to
 the Gamma(1/2, 1) and InverseGamma(1/2, 1) priors (what an unused group's guide tends to) have
