@@ -11,14 +11,23 @@ machine. ``python -m pyro_sparse_bnn run models/<name>.toml`` (:func:`run_entry`
    compresses the network (:func:`~pyro_sparse_bnn.analysis.compress.compress`) and evaluates the
    compressed module; for simulations with known relevant inputs, the false negative and
    false positive rates of the kept input features;
-4. trains the two baselines with the same budget on the same split and initial weights: the
-   dense deterministic network (:func:`~pyro_sparse_bnn.apps.baselines.train_deterministic`) and
-   the dense mean-field Gaussian BNN
+4. trains the two baselines on the same split and initial weights: the dense deterministic
+   network (:func:`~pyro_sparse_bnn.apps.baselines.train_deterministic`), with the budget of the
+   fit plus the fine-tuning, and the dense mean-field Gaussian BNN
    (:class:`~pyro_sparse_bnn.core.priors.SelfCompressingGaussian`, no pruning);
-5. writes ``metrics.json``, the diagnostic plots of :mod:`pyro_sparse_bnn.analysis.plots`, the
-   compressed module (``compressed_module.pt``, ``torch.save``) and the updated card
-   ``card.md`` into the output directory; ``--publish`` also stores the metrics next to the
-   entry (``models/results/<name>.json``) and rewrites ``models/<name>.md``.
+5. chooses the network the entry stores: after the prune-and-refit loop
+   (:func:`~pyro_sparse_bnn.analysis.self_compression.self_compress`) when ``[self_compress]``
+   is given, the smallest network of the frontier
+   (:func:`~pyro_sparse_bnn.analysis.frontier.frontier` on the validation split) within
+   ``[choose] tolerance`` of the posterior's validation metric, as compressed or after a
+   short fine-tuning (``rule``), fine-tuned with
+   :func:`~pyro_sparse_bnn.analysis.finetune.finetune`;
+6. writes ``metrics.json``, the diagnostic plots of :mod:`pyro_sparse_bnn.analysis.plots`, the
+   frontier plot, the stored network (:mod:`~pyro_sparse_bnn.apps.zoo.stored`) and the card
+   ``card.md`` into the output directory; ``--publish`` also stores the metrics and the
+   network next to the entry (``models/results/<name>.json`` and ``models/results/<name>/``)
+   and rewrites ``models/<name>.md``. :func:`load_model` returns a stored network,
+   :func:`load_evaluation` the test examples it is checked on.
 
 The config sections and keys (every key is checked; a bad one raises :class:`ZooConfigError`
 naming it):
@@ -50,6 +59,18 @@ naming it):
 ``[baselines]`` ``deterministic_lr``, ``gaussian`` (train the Gaussian BNN baseline),
     ``gaussian_prior_scale``
 
+``[choose]`` ``rule`` (``"posterior"``: judge the frontier's networks as compressed, with
+    :meth:`~pyro_sparse_bnn.analysis.frontier.Frontier.select`; ``"finetuned"``: after
+    ``search_epochs`` of fine-tuning), ``tolerance`` (accuracy points, or relative RMSE, below
+    the posterior's validation metric), ``search_epochs``, ``finetune_epochs``, ``finetune_lr``,
+    ``finetune_lr_decay``, ``finetune_batch_size``
+
+``[self_compress]`` ``fraction``, ``epochs``, ``rounds``, ``tolerance``: the prune-and-refit loop
+    before the frontier (only when the section is given)
+
+``[accept]`` ``accuracy_tolerance``, ``rmse_tolerance``: how far the stored network may be from
+    the dense one (2 points, 10 %), and ``why`` a card allows more
+
 ``[budget]`` ``full_schedule``: the published schedule, for the card
 
 ``[published]`` ``source``, ``dataset`` and published figures (``accuracy``, ``weights_kept``,
@@ -79,6 +100,7 @@ from .entries import (
     resolve_entry,
 )
 from .run import run_entry, run_fingerprint
+from .stored import load_evaluation, load_model
 
 __all__ = [
     "ZooConfigError",
@@ -90,6 +112,8 @@ __all__ = [
     "load_data",
     "run_entry",
     "run_fingerprint",
+    "load_model",
+    "load_evaluation",
     "render_card",
     "render_cards",
     "render_table",

@@ -38,6 +38,18 @@ TRAIN_DEFAULTS = {
     "indicator_warmup": 0, "temperature": None, "seed": 0, "predict_samples": 20,
 }
 BASELINE_DEFAULTS = {"deterministic_lr": 1e-3, "gaussian": True, "gaussian_prior_scale": 1.0}
+#: how the stored network is chosen: the smallest network of the frontier whose validation
+#: metric is within ``tolerance`` of the posterior's, fine-tuned for ``finetune_epochs``
+CHOOSE_DEFAULTS = {"tolerance": 0.01, "finetune_epochs": 5, "finetune_lr": 1e-3, "finetune_lr_decay": 0.1,
+                   "finetune_batch_size": 128, "rule": "posterior", "search_epochs": 1}
+#: ``[choose] rule``: judge the frontier's networks as compressed, or after fine-tuning them
+CHOOSE_RULES = ("posterior", "finetuned")
+#: the iterative prune-and-refit loop, run before the frontier when the section is present
+SELF_COMPRESS_DEFAULTS = {"fraction": 0.25, "epochs": 50, "rounds": 10, "tolerance": 0.05}
+#: what the stored network must reach against the dense baseline: at most ``tolerance``
+#: accuracy points below it, or RMSE at most ``tolerance`` (relative) above it; ``why``
+#: explains a wider tolerance on the card
+ACCEPT_DEFAULTS = {"accuracy_tolerance": 0.02, "rmse_tolerance": 0.10, "why": None}
 PUBLISHED_FIGURES = ("accuracy", "error", "weights_kept", "architecture", "architecture_compression",
                      "bit_compression")
 SECTIONS = {
@@ -49,6 +61,9 @@ SECTIONS = {
     "train": set(TRAIN_DEFAULTS),
     "compress": {"thresholds"},
     "baselines": set(BASELINE_DEFAULTS),
+    "choose": set(CHOOSE_DEFAULTS),
+    "self_compress": set(SELF_COMPRESS_DEFAULTS),
+    "accept": set(ACCEPT_DEFAULTS),
     "budget": {"full_schedule"},
     "published": {"source", "dataset", *PUBLISHED_FIGURES},
 }
@@ -75,6 +90,12 @@ class ZooEntry:
     @property
     def results_path(self) -> Path:
         return self.path.parent / "results" / f"{self.name}.json"
+
+    @property
+    def stored_dir(self) -> Path:
+        """Where ``run --publish`` stores the chosen module, its inclusion-probability table
+        and its frontier plot."""
+        return self.path.parent / "results" / self.name
 
     @property
     def prior_name(self) -> str:
@@ -215,12 +236,42 @@ def parse_entry(config: dict, source: str = "<config>") -> Dict[str, Dict[str, A
         if not value > 0:
             _fail(source, f"baselines.{key}", f"must be a positive number, got {value!r}")
     checked["baselines"] = baselines
+    choose = {**CHOOSE_DEFAULTS, **checked["choose"]}
+    if choose["rule"] not in CHOOSE_RULES:
+        _fail(source, "choose.rule", f"must be one of {', '.join(map(repr, CHOOSE_RULES))}, got {choose['rule']!r}")
+    checked["choose"] = {**_numbers(source, "choose", {k: v for k, v in choose.items() if k != "rule"},
+                                    integers=("finetune_epochs", "finetune_batch_size", "search_epochs")),
+                         "rule": choose["rule"]}
+    if checked["self_compress"]:  # absent: no prune-and-refit loop
+        checked["self_compress"] = _numbers(source, "self_compress",
+                                            {**SELF_COMPRESS_DEFAULTS, **checked["self_compress"]},
+                                            integers=("epochs", "rounds"))
+    accept = {**ACCEPT_DEFAULTS, **checked["accept"]}
+    if accept["why"] is not None:
+        _check_type(source, "accept.why", accept["why"], (str,), "a string")
+    checked["accept"] = {**_numbers(source, "accept", {k: v for k, v in accept.items() if k != "why"}),
+                         "why": accept["why"]}
     for key, value in checked["published"].items():
         if key in ("source", "dataset", "architecture"):
             _check_type(source, f"published.{key}", value, (str,), "a string")
         else:
             _check_type(source, f"published.{key}", value, (int, float), "a number")
     return checked
+
+
+def _numbers(source, section: str, values: dict, integers=()) -> dict:
+    """``values`` checked: positive integers for the keys in ``integers``, non-negative finite
+    numbers for the others (a tolerance may be 0)."""
+    for key, value in values.items():
+        if key in integers:
+            _check_type(source, f"{section}.{key}", value, (int,), "a positive integer")
+            if value < 1:
+                _fail(source, f"{section}.{key}", f"must be a positive integer, got {value!r}")
+        else:
+            _check_type(source, f"{section}.{key}", value, (int, float), "a non-negative number")
+            if not (value >= 0 and math.isfinite(value)):
+                _fail(source, f"{section}.{key}", f"must be a non-negative number, got {value!r}")
+    return values
 
 
 def load_entry(path) -> ZooEntry:

@@ -3,6 +3,7 @@ budget, write the metrics, plots and card."""
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
@@ -13,6 +14,9 @@ from ...analysis import plots
 from ...analysis.calibration import accuracy
 from ...analysis.compress import compress
 from ...analysis.diagnostics import layer_variables, to_inference_data
+from ...analysis.finetune import finetune
+from ...analysis.frontier import frontier
+from ...analysis.self_compression import self_compress
 from ...core import priors as prior_module
 from ...core.errors import SparseBNNError
 from ...core.fit import fit
@@ -22,6 +26,7 @@ from ...core.validation import check_positive_int
 from .. import datasets
 from ..baselines import train_deterministic
 from ..environment import environment
+from . import stored
 from .cards import plural, render_card
 from .entries import (
     SMOKE,
@@ -104,7 +109,8 @@ def _fit_options(train: dict, epochs: int, batch_size: int, progress: bool, prio
 
 
 #: the sections that decide what a run measures (the others are prose for the card)
-RUN_SECTIONS = ("data", "model", "prior", "likelihood", "train", "compress", "baselines")
+RUN_SECTIONS = ("data", "model", "prior", "likelihood", "train", "compress", "baselines", "choose",
+                "self_compress")
 
 
 #: keys renamed since results were first stored, ``{section: {new name: old name}}``: hashed
@@ -144,14 +150,16 @@ def _run_baselines(entry, data, make_net, schedule, progress, echo) -> dict:
     config = entry.config
     train, baselines = config["train"], config["baselines"]
     task = data.task
+    # the dense network gets the whole budget of the chosen network: the fit and its fine-tuning
+    dense_epochs = schedule["epochs"] + schedule["finetune_epochs"]
     dense = train_deterministic(
-        make_net(), data.x_train, data.y_train, task=task, epochs=schedule["epochs"],
+        make_net(), data.x_train, data.y_train, task=task, epochs=dense_epochs,
         batch_size=schedule["batch_size"], lr=baselines["deterministic_lr"], seed=train["seed"],
     )
     with torch.no_grad():
         dense_score = _score(dense.module(data.x_test), data.y_test, data)
     metric = _metric_name(data)
-    results = {"deterministic": {metric: dense_score, "seconds": dense.seconds,
+    results = {"deterministic": {metric: dense_score, "seconds": dense.seconds, "epochs": dense_epochs,
                                  "lr": baselines["deterministic_lr"],
                                  "params": sum(p.numel() for p in dense.module.parameters())}}
     echo(f"dense deterministic baseline: test {metric} {dense_score:.4f} ({dense.seconds:.0f} s)")
@@ -206,6 +214,185 @@ def _save_plots(bnn, history, prediction, data, out: Path, echo) -> List[str]:
     return written
 
 
+# -- choosing the stored network -------------------------------------------------------------------
+def _self_compress(bnn, data, options: dict, schedule: dict, train: dict, progress, echo):
+    """The prune-and-refit loop of :func:`~pyro_sparse_bnn.analysis.self_compression.self_compress`:
+    ``(smaller bnn, rounds for the metrics)``."""
+    result = self_compress(
+        bnn, (data.x_train, data.y_train), (data.x_val, data.y_val), fraction=options["fraction"],
+        rounds=options["rounds"], epochs=options["epochs"], tolerance=options["tolerance"],
+        num_samples=schedule["predict_samples"],
+        fit_kwargs=dict(batch_size=schedule["batch_size"], lr=train["lr"], lr_decay=train["lr_decay"],
+                        seed=train["seed"]),
+        progress=progress)
+    rounds = [{"round": r.round, "kept_units": list(r.kept_units), "num_params": r.num_params,
+               "validation_" + r.metric_name: r.metric, "accepted": r.accepted} for r in result.history]
+    echo(f"self-compression: {len(rounds) - 1} rounds, hidden units "
+         f"{' -> '.join('-'.join(map(str, r['kept_units'])) for r in rounds if r['accepted'])}")
+    return result.bnn, rounds
+
+
+def _choose(entry: ZooEntry, bnn: SparseBNN, data, schedule: dict, smoke: bool, dense_params: int, progress,
+            out: Path, echo) -> dict:
+    """The network the entry stores: the smallest of the frontier within ``[choose] tolerance``
+    of the posterior on validation data, fine-tuned with the best validation epoch kept.
+    Writes the frontier plot and the stored files into ``out``; returns the ``chosen`` metrics
+    (sizes relative to the ``dense_params`` parameters of the network the entry fitted)."""
+    config = entry.config
+    choose, train = config["choose"], config["train"]
+    if data.x_val is None:
+        raise ZooConfigError(f"{entry.path}: the network is chosen on validation data; give [data] a "
+                             "validation split (val_size or n_val)")
+    metric = _metric_name(data)
+    chosen = {"tolerance": choose["tolerance"]}
+    if config["self_compress"]:
+        bnn, chosen["self_compress"] = _self_compress(bnn, data, config["self_compress"], schedule, train,
+                                                      progress, echo)
+    front = frontier(bnn, data.x_val, data.y_val, num_samples=schedule["predict_samples"], batch_size=2000)
+    tolerance = choose["tolerance"]
+    if choose["rule"] == "posterior":
+        tolerance = _reachable_tolerance(front, tolerance)
+    if tolerance != choose["tolerance"]:
+        echo(f"no network of the frontier is within {choose['tolerance']:g} of the posterior on validation "
+             f"data; choosing the best one (tolerance {tolerance:.4g})")
+    chosen["tolerance_used"] = tolerance
+    epochs = schedule["finetune_epochs"]
+
+    def tune(module, epochs):
+        return finetune(module, data.x_train, data.y_train, task=data.task, epochs=epochs,
+                        batch_size=choose["finetune_batch_size"], lr=choose["finetune_lr"],
+                        lr_decay=choose["finetune_lr_decay"], seed=train["seed"], x_val=data.x_val,
+                        y_val=data.y_val, restore_best=True, progress=progress)
+
+    if choose["rule"] == "finetuned":
+        search_epochs = 1 if smoke else choose["search_epochs"]
+        threshold, reason, chosen["search"] = _search(bnn, front, tolerance, data, tune, search_epochs, echo)
+    else:
+        choice = front.select(tolerance)
+        threshold, reason = choice.threshold, choice.reason
+    module, report = compress(bnn, threshold=threshold)
+    with torch.no_grad():
+        before = _score(module(data.x_test), data.y_test, data)
+    tuned = tune(module, epochs)
+    final = tuned.module.eval()
+    with torch.no_grad():
+        after = _score(final(data.x_test), data.y_test, data)
+        val_after = _score(final(data.x_val), data.y_val, data)
+    summary = report.as_dict()
+    chosen.update({
+        "rule": choose["rule"],
+        "threshold": list(threshold) if isinstance(threshold, tuple) else threshold,
+        "reason": reason,
+        "architecture_after": summary["architecture_after"],
+        "num_inputs_kept": int(report.kept_features.numel()) if report.kept_features is not None
+        else int(bnn.num_inputs),
+        "params_before": dense_params,
+        "nonzero_params_after": report.nonzero_params_after,
+        "weights_kept": report.nonzero_params_after / dense_params,
+        "parameter_compression": dense_params / max(report.nonzero_params_after, 1),
+        # the report's rates compare with the network compress was given, the self-compressed
+        # one after the loop: comparable with the other entries only without the loop
+        "bit_compression": None if config["self_compress"] else report.bit_compression,
+        metric: before,
+        "finetuned_" + metric: after,
+        "validation_finetuned_" + metric: val_after,
+        "finetune": {"epochs": epochs, "lr": choose["finetune_lr"], "lr_decay": choose["finetune_lr_decay"],
+                     "batch_size": choose["finetune_batch_size"], "best_epoch": tuned.history.best_epoch},
+    })
+    echo(f"chosen on the frontier: {chosen['architecture_after']} ({100 * chosen['weights_kept']:.1f} % of the "
+         f"parameters), test {metric} {before:.4f}, fine-tuned {after:.4f}")
+    chosen["files"] = stored.write_result(out, final, bnn, data.x_test)
+    _save_figure(out / stored.FRONTIER_FILE, lambda: plots.plot_frontier(front, tolerance))
+    chosen["files"]["frontier"] = stored.FRONTIER_FILE
+    evaluation = stored.evaluation_name(config["data"])
+    x_eval, y_eval = stored.write_evaluation(out / evaluation, data.x_test, data.y_test)
+    with torch.no_grad():
+        chosen["evaluation"] = {"file": "evaluation/" + evaluation, "examples": len(y_eval),
+                                metric: _score(final(x_eval), y_eval, data)}
+    return chosen
+
+
+def _row_threshold(value):
+    """A frontier row's threshold as ``compress`` takes it (NaN: the per-layer keep rule)."""
+    if isinstance(value, tuple):
+        return value
+    return None if math.isnan(value) else float(value)
+
+
+def _search(bnn: SparseBNN, front, tolerance: float, data, tune, epochs: int, echo):
+    """The smallest network of the frontier that is within ``tolerance`` of the posterior's
+    validation metric *after* ``epochs`` epochs of fine-tuning: a bisection over the
+    frontier's networks ordered by size (fine-tuning recovers much of what compression
+    loses, so this finds far smaller networks than judging them as compressed). Networks
+    whose output ignores the input are skipped. ``(threshold, reason, probes)``; when even
+    the largest network misses the tolerance, it is the one chosen."""
+    table = front.table[~front.table.degenerate].sort_values(["nonzero_params", "params"], kind="stable")
+    table = table.drop_duplicates("nonzero_params", keep="last")
+    rows = list(table.itertuples())
+    limit = front.limit(tolerance)
+    accuracy = front.metric == "accuracy"
+    scale = 1.0 if accuracy else data.info.get("target_std", 1.0)  # the frontier's RMSE is in model units
+    probes = {}
+
+    def passes(index):
+        row = rows[index]
+        module, _ = compress(bnn, threshold=_row_threshold(row.threshold))
+        tuned = tune(module, epochs).module.eval()
+        with torch.no_grad():
+            value = _score(tuned(data.x_val), data.y_val, data) / scale
+        ok = value >= limit - 1e-9 if accuracy else value <= limit + 1e-9
+        probes[index] = {"architecture": row.architecture, "nonzero_params": int(row.nonzero_params),
+                         "validation_" + front.metric: value, "within": bool(ok)}
+        echo(f"  fine-tuned {row.architecture} ({int(row.nonzero_params):,} parameters) for "
+             f"{plural(epochs, 'epoch')}: validation {front.metric} {value:.4f} ({'within' if ok else 'outside'} "
+             f"the tolerance)")
+        return ok
+
+    low, high = 0, len(rows) - 1
+    while low < high:  # the smallest passing index, if the passing networks are the larger ones
+        middle = (low + high) // 2
+        if passes(middle):
+            high = middle
+        else:
+            low = middle + 1
+    if low not in probes:  # every probe failed: measure the largest network too
+        passes(low)
+    row = rows[low]
+    label = "accuracy" if accuracy else "RMSE"
+    bound = (f"within {tolerance:g} of the posterior's validation accuracy {front.posterior_metric:.4g}" if accuracy
+             else f"whose validation RMSE is within {100 * tolerance:g} % of the posterior's {front.posterior_metric:.4g}")
+    reason = (f"smallest network {bound} after {plural(epochs, 'epoch')} of fine-tuning ({len(probes)} of the "
+              f"frontier's {len(rows)} networks fine-tuned to find it; {int(row.nonzero_params):,} of "
+              f"{front.params_before:,} parameters)")
+    if low in probes and not probes[low]["within"]:
+        reason = f"largest network of the frontier (none is {bound} after fine-tuning; validation {label} " \
+                 f"{probes[low]['validation_' + front.metric]:.4g})"
+    return _row_threshold(row.threshold), reason, [probes[i] for i in sorted(probes)]
+
+
+def _reachable_tolerance(front, tolerance: float) -> float:
+    """``tolerance``, or the smallest one that accepts the frontier's best network when no
+    network is within ``tolerance`` of the posterior (compressed networks can beat or trail
+    the posterior predictive on small validation sets)."""
+    if front.selected_index(tolerance) is not None:
+        return tolerance
+    values = front.table[front.metric]
+    if front.metric == "accuracy":
+        return float(front.posterior_metric - values.max())
+    return float(values.min() / front.posterior_metric - 1)
+
+
+def _save_figure(path: Path, make) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = make()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 # -- running -----------------------------------------------------------------------------------------
 def run_entry(
     entry,
@@ -254,6 +441,7 @@ def run_entry(
         "epochs": SMOKE["epochs"] if smoke else int(epochs or train["epochs"]),
         "batch_size": min(train["batch_size"], SMOKE["batch_size"]) if smoke else train["batch_size"],
         "predict_samples": SMOKE["predict_samples"] if smoke else train["predict_samples"],
+        "finetune_epochs": 1 if smoke else config["choose"]["finetune_epochs"],
     }
     out = Path(output) if output is not None else Path("zoo_output") / (entry.name + ("-smoke" if smoke else ""))
     out.mkdir(parents=True, exist_ok=True)
@@ -296,7 +484,7 @@ def run_entry(
             bnn, data.x_val, data.y_val, data, schedule["predict_samples"])
     echo(f"BNN posterior predictive: test {metric} {bnn_score:.4f}")
 
-    module, keep_rule = _compression_row(bnn, data, None)
+    _, keep_rule = _compression_row(bnn, data, None)
     sweep = [_compression_row(bnn, data, t)[1] for t in config["compress"]["thresholds"]]
     echo(f"compressed (keep rule): test {metric} {keep_rule[metric]:.4f}, {keep_rule['architecture_before']} -> "
          f"{keep_rule['architecture_after']}, {100 * keep_rule['weights_kept']:.2f} % of the parameters kept")
@@ -323,8 +511,8 @@ def run_entry(
         baselines["gaussian_bnn"] = {metric: bnn_score, "seconds": fit_seconds, "same_as_entry": True}
     baselines["key"] = key
 
-    plots = _save_plots(bnn, history, prediction, data, out, echo)
-    torch.save(module, out / "compressed_module.pt")
+    chosen = _choose(entry, bnn, data, schedule, smoke, keep_rule["params_before"], progress, out, echo)
+    plot_files = _save_plots(bnn, history, prediction, data, out, echo)
     metrics = {
         "entry": entry.name,
         "config": str(entry.path),
@@ -343,22 +531,38 @@ def run_entry(
         **results,
         "compressed": keep_rule,
         "threshold_sweep": sweep,
+        "chosen": chosen,
         "baselines": baselines,
         "elbo": {"first": history.elbo[0], "last": history.elbo[-1]},
         "timing": {"fit_seconds": fit_seconds, "seconds_per_step": fit_seconds / max(history.num_steps, 1),
                    "total_seconds": time.perf_counter() - start},
-        "plots": plots,
+        "plots": plot_files,
         "environment": environment(),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "card.md").write_text(render_card(entry, metrics))
-    echo(f"wrote {out / 'metrics.json'}, {out / 'card.md'}, {out / 'compressed_module.pt'} and "
-         f"{len(plots)} plots in {out}")
+    (out / "card.md").write_text(render_card(entry, metrics, stored_dir="."))
+    echo(f"wrote {out / 'metrics.json'}, {out / 'card.md'}, the chosen module ({chosen['files']['module']}) "
+         f"and {len(plot_files)} plots in {out}")
     if publish:
-        entry.results_path.parent.mkdir(parents=True, exist_ok=True)
-        entry.results_path.write_text(json.dumps(metrics, indent=2))
-        entry.card_path.write_text(render_card(entry, metrics))
-        echo(f"published {entry.results_path} and {entry.card_path}")
+        _publish(entry, metrics, out)
+        echo(f"published {entry.results_path}, {entry.stored_dir} and {entry.card_path}")
     return metrics
 
 
+def _publish(entry: ZooEntry, metrics: dict, out: Path) -> None:
+    """Copy the metrics, the chosen module's files and the evaluation inputs next to the entry
+    and rewrite its card."""
+    import shutil
+
+    directory = entry.stored_dir
+    if directory.exists():  # the entry's own directory: files of an earlier run go
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    for name in metrics["chosen"]["files"].values():
+        shutil.copyfile(out / name, directory / name)
+    evaluation = metrics["chosen"]["evaluation"]["file"]
+    target = entry.results_path.parent / evaluation
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out / Path(evaluation).name, target)
+    entry.results_path.write_text(json.dumps(metrics, indent=2))
+    entry.card_path.write_text(render_card(entry, metrics))

@@ -55,6 +55,12 @@ def test_toy_config_is_valid():
     (lambda c: c.update(compress={"thresholds": [1.5]}), "compress.thresholds"),
     (lambda c: c.update(baselines={"gaussian": "yes"}), "baselines.gaussian"),
     (lambda c: c["published"].update(accuracy="high"), "published.accuracy"),
+    (lambda c: c.update(choose={"tolerance": -0.01}), "choose.tolerance: must be a non-negative number"),
+    (lambda c: c.update(choose={"finetune_epochs": 0}), "choose.finetune_epochs: must be a positive integer"),
+    (lambda c: c.update(choose={"patience": 3}), "choose.patience: unknown key"),
+    (lambda c: c.update(self_compress={"rounds": 2.5}), "self_compress.rounds: must be a positive integer"),
+    (lambda c: c.update(accept={"accuracy_tolerance": float("inf")}), "accept.accuracy_tolerance"),
+    (lambda c: c.update(accept={"why": 3}), "accept.why: must be a string"),
 ])
 def test_bad_config_names_the_key(change, key):
     config = toy_config()

@@ -37,19 +37,23 @@ def test_entry_runs_end_to_end_in_smoke_mode(path, tmp_path, idx_directory):
     assert metrics["data"]["n_train"] <= SMOKE["n_train"] and metrics["schedule"]["num_steps"] >= 1
     metric = metrics["metric"]
     assert math.isfinite(metrics["bnn"][metric])
-    # the reported score of the compressed network is what the saved module scores on the test
-    # split, recomputed here in numpy (accuracy exactly, RMSE in the data's original units)
+    # the reported score of the chosen (fine-tuned) network is what the exported module scores
+    # on the test split, recomputed here in numpy (accuracy exactly, RMSE in original units)
     data = load_data(entry, smoke=True, data_dir=idx_directory if fashion else None)
     assert metrics["data"]["n_test"] == len(data.x_test)
-    module = torch.load(tmp_path / "compressed_module.pt", weights_only=False)
+    chosen = metrics["chosen"]
+    assert chosen["files"]["module"] == "module.pt2"
+    module = torch.export.load(str(tmp_path / "module.pt2")).module()
     with torch.no_grad():
-        outputs = module.eval()(data.x_test).numpy()
+        outputs = module(data.x_test).numpy()
     if metric == "accuracy":
-        assert metrics["compressed"]["accuracy"] == float(np.mean(outputs.argmax(axis=1) == data.y_test.numpy()))
+        assert chosen["finetuned_accuracy"] == float(np.mean(outputs.argmax(axis=1) == data.y_test.numpy()))
     else:
         errors = outputs.reshape(-1) - data.y_test.numpy().reshape(-1)
         rmse = float(np.sqrt(np.mean(errors.astype(np.float64) ** 2))) * data.info.get("target_std", 1.0)
-        assert metrics["compressed"]["rmse"] == pytest.approx(rmse, rel=1e-5)
+        assert chosen["finetuned_rmse"] == pytest.approx(rmse, rel=1e-5)
+    assert chosen["nonzero_params_after"] <= chosen["params_before"] == metrics["compressed"]["params_before"]
+    assert (tmp_path / "frontier.png").stat().st_size > 0 and (tmp_path / "inclusion.csv").stat().st_size > 0
     assert metric in metrics["baselines"]["deterministic"] and metric in metrics["baselines"]["gaussian_bnn"]
     assert 0 < metrics["compressed"]["weights_kept"] <= 1
     stored = json.loads((tmp_path / "metrics.json").read_text())
@@ -57,10 +61,8 @@ def test_entry_runs_end_to_end_in_smoke_mode(path, tmp_path, idx_directory):
     card = (tmp_path / "card.md").read_text()
     assert "Smoke run" in card and metrics["compressed"]["architecture_after"] in card
     assert (tmp_path / "elbo.png").stat().st_size > 0 and "elbo.png" in metrics["plots"]
-    # the saved compressed module is a plain torch module that takes the full input
-    module = torch.load(tmp_path / "compressed_module.pt", weights_only=False)
-    x = torch.zeros(3, metrics["data"]["num_features"])
-    out = module(x)
+    # the exported module takes the full input at any batch size
+    out = module(torch.zeros(3, metrics["data"]["num_features"]))
     assert out.shape[0] == 3 and torch.isfinite(out).all()
     # the entry's own card was not touched by a smoke run
     assert entry.card_path.read_text() == render_card(entry)
