@@ -144,7 +144,8 @@ def _chosen_section(entry: ZooEntry, metrics: dict, kind: str, label: str, store
         kept = [r for r in chosen["self_compress"] if r["accepted"]]
         lines += [f"First the prune-and-refit loop (`self_compress`): {plural(len(chosen['self_compress']) - 1, 'round')}, "
                   f"hidden units {' -> '.join('-'.join(map(str, r['kept_units'])) for r in kept)} "
-                  f"(a last round that raised the validation loss too much is undone).", ""]
+                  f"(the loop stops at the first round that raises the validation loss by more than its tolerance, and "
+                  f"undoes that round).", ""]
     tolerance = chosen.get("tolerance_used", chosen["tolerance"])
     if chosen.get("rule") == "finetuned":
         how = ("Chosen on the frontier of validation data (`psb.frontier(bnn, x_val, y_val)`), judging its networks "
@@ -176,8 +177,10 @@ def _chosen_section(entry: ZooEntry, metrics: dict, kind: str, label: str, store
               if chosen["files"]["module"].endswith(".pt2") else
               "Load it with this package, `from pyro_sparse_bnn.apps.zoo import load_model; "
               f"model = load_model(\"{entry.name}\")`"]
-    lines[-1] += (f". It takes inputs preprocessed as the entry's data loader does; the first "
-                  f"{chosen['evaluation']['examples']} test examples, ready to use, are in "
+    examples = chosen["evaluation"]["examples"]
+    which = f"the {examples}" if examples == metrics["data"]["n_test"] else f"the first {examples}"
+    lines[-1] += (f". It takes inputs preprocessed as the entry's data loader does; {which} test examples, "
+                  f"ready to use, are in "
                   f"`models/results/{chosen['evaluation']['file']}` (`load_evaluation(\"{entry.name}\")`), "
                   f"on which it scores {_fmt(chosen['evaluation'][metric], kind)}. The inclusion probability "
                   f"of every input and hidden unit is in `models/results/{entry.name}/inclusion.csv`.")
@@ -198,8 +201,8 @@ def acceptance(metrics: dict, accept: dict) -> dict:
     gap = dense - tuned if accuracy else tuned / dense - 1
     within = gap <= tolerance + 1e-12
     if accuracy:
-        text = (f"The stored network is {100 * abs(gap):.2f} points {'below' if gap > 0 else 'above'} the dense network "
-                f"(this entry's tolerance: {100 * tolerance:g} points")
+        where = "level with" if abs(gap) < 5e-5 else f"{100 * abs(gap):.2f} points {'below' if gap > 0 else 'above'}"
+        text = f"The stored network is {where} the dense network (this entry's tolerance: {100 * tolerance:g} points"
     else:
         text = (f"The stored network's RMSE is {100 * abs(gap):.1f} % {'above' if gap > 0 else 'below'} the dense "
                 f"network's (this entry's tolerance: {100 * tolerance:g} %")

@@ -302,7 +302,12 @@ def _choose(entry: ZooEntry, bnn: SparseBNN, data, schedule: dict, smoke: bool, 
     echo(f"chosen on the frontier: {chosen['architecture_after']} ({100 * chosen['weights_kept']:.1f} % of the "
          f"parameters), test {metric} {before:.4f}, fine-tuned {after:.4f}")
     chosen["files"] = stored.write_result(out, final, bnn, data.x_test)
-    _save_figure(out / stored.FRONTIER_FILE, lambda: plots.plot_frontier(front, tolerance))
+    if choose["rule"] == "finetuned":
+        _save_figure(out / stored.FRONTIER_FILE,
+                     lambda: _plot_search(front, chosen["search"], chosen["architecture_after"], search_epochs,
+                                          tolerance))
+    else:
+        _save_figure(out / stored.FRONTIER_FILE, lambda: plots.plot_frontier(front, tolerance))
     chosen["files"]["frontier"] = stored.FRONTIER_FILE
     evaluation = stored.evaluation_name(config["data"])
     x_eval, y_eval = stored.write_evaluation(out / evaluation, data.x_test, data.y_test)
@@ -368,6 +373,24 @@ def _search(bnn: SparseBNN, front, tolerance: float, data, tune, epochs: int, ec
         reason = f"largest network of the frontier (none is {bound} after fine-tuning; validation {label} " \
                  f"{probes[low]['validation_' + front.metric]:.4g})"
     return _row_threshold(row.threshold), reason, [probes[i] for i in sorted(probes)]
+
+
+def _plot_search(front, probes: List[dict], architecture: str, epochs: int, tolerance: float):
+    """The frontier (as compressed) with the networks the search fine-tuned, after
+    fine-tuning, and the chosen one marked."""
+    fig = plots.plot_frontier(front, tolerance=None)
+    ax = fig.axes[0]
+    key = "validation_" + front.metric
+    ax.plot([p["nonzero_params"] for p in probes], [p[key] for p in probes], "^", color="C2", markersize=8,
+            label=f"after {plural(epochs, 'epoch')} of fine-tuning")
+    ax.axhline(front.limit(tolerance), color="C2", linestyle=":", label=f"tolerance {tolerance:g} below the posterior")
+    for probe in probes:
+        if probe["architecture"] == architecture:
+            ax.plot([probe["nonzero_params"]], [probe[key]], "*", markersize=16, color="C3",
+                    label=f"chosen: {architecture}, {probe['nonzero_params']:,} parameters")
+    ax.legend(fontsize="small")
+    ax.set_title(f"{ax.get_title()}, and after fine-tuning")
+    return fig
 
 
 def _reachable_tolerance(front, tolerance: float) -> float:
