@@ -167,6 +167,12 @@ def _chosen_section(entry: ZooEntry, metrics: dict, kind: str, label: str, store
         lines.append(f"| dense network, {plural(dense.get('epochs', metrics['schedule']['epochs']), 'epoch')} "
                      f"| {_fmt(dense[metric], kind)} | {metrics['compressed']['architecture_before']} | 100 % | 1.0x |")
     lines.append("")
+    selection = chosen.get("feature_selection")
+    if selection:
+        names = ", ".join(f"x{i + 1}" for i in selection["selected"]) or "none"
+        lines += [f"The stored network keeps the inputs {names} (relevant: "
+                  f"{', '.join(f'x{i + 1}' for i in selection['relevant'])}): false negative rate "
+                  f"{selection['false_negative_rate']:.2f}, false positive rate {selection['false_positive_rate']:.3f}.", ""]
     verdict = acceptance(metrics, entry.config["accept"])
     if verdict["gap"] is not None:
         lines += [verdict["text"] + ".", ""]

@@ -299,6 +299,9 @@ def _choose(entry: ZooEntry, bnn: SparseBNN, data, schedule: dict, smoke: bool, 
         "finetune": {"epochs": epochs, "lr": choose["finetune_lr"], "lr_decay": choose["finetune_lr_decay"],
                      "batch_size": choose["finetune_batch_size"], "best_epoch": tuned.history.best_epoch},
     })
+    if data.relevant_features is not None:
+        chosen["feature_selection"] = _feature_selection(report.kept_features, data.relevant_features,
+                                                         data.num_features)
     echo(f"chosen on the frontier: {chosen['architecture_after']} ({100 * chosen['weights_kept']:.1f} % of the "
          f"parameters), test {metric} {before:.4f}, fine-tuned {after:.4f}")
     chosen["files"] = stored.write_result(out, final, bnn, data.x_test)
