@@ -106,6 +106,12 @@ def test_stored_module_scores_its_stored_figure_on_the_stored_inputs(path):
     # the stored network's size is what its module holds
     weights = sum(int((p != 0).sum()) for p in module.parameters())
     assert weights <= metrics["chosen"]["nonzero_params_after"]
+    # and the inputs the card reports are those the module reads
+    selection = metrics["chosen"].get("feature_selection")
+    if selection:
+        indices = [b for name, b in module.named_buffers() if name.endswith("indices")]
+        read = indices[0].tolist() if indices else list(range(metrics["data"]["num_features"]))
+        assert read == selection["selected"]
 
 
 def test_exported_modules_load_and_score_without_this_package():
