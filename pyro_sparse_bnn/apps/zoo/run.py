@@ -375,12 +375,12 @@ def _search(bnn: SparseBNN, front, tolerance: float, data, tune, epochs: int, ec
         else:
             low = middle + 1
     row = rows[low]
-    what = "posterior predictive's" if reference == front.posterior_metric else "largest network's after fine-tuning"
+    what = "posterior predictive's" if reference == front.posterior_metric else "largest network's"
     if accuracy:
         bound = f"within {tolerance:g} of the {what} validation accuracy {reference:.4g}"
     else:
         bound = f"whose validation RMSE is within {100 * tolerance:g} % of the {what} {reference:.4g}"
-    reason = (f"smallest network {bound} after {plural(epochs, 'epoch')} of fine-tuning ({len(probes)} of the "
+    reason = (f"smallest network {bound}, judged after {plural(epochs, 'epoch')} of fine-tuning ({len(probes)} of the "
               f"frontier's {len(rows)} networks fine-tuned to find it; {int(row.nonzero_params):,} of "
               f"{front.params_before:,} parameters)")
     return _row_threshold(row.threshold), reason, [probes[i] for i in sorted(probes)]
