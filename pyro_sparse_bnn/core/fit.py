@@ -333,13 +333,14 @@ class FitPlan:
         return epoch < self.indicator_warmup
 
     def batches(self, bnn: SparseBNN, epoch: int) -> Iterable[Tuple[torch.Tensor, torch.Tensor]]:
-        """The minibatches of ``epoch``, checked: a DataLoader's batch by batch, tensors were
-        checked once, up front."""
+        """The minibatches of ``epoch``, checked: a DataLoader's batch by batch (converted to
+        the network's dtype if they are arrays, and moved to its device), tensors were checked
+        once, up front."""
         if self.x is None and self.loader is None:
             raise RuntimeError("this plan was built without data: its route loads the batches")
         if self.loader is None:
             return minibatches(self.x, self.y, self.batch_size, self.shuffle)
-        return (bnn.check_data(x_batch, y_batch) for x_batch, y_batch in self.loader)
+        return (bnn.check_data(*bnn.as_data(x_batch, y_batch)) for x_batch, y_batch in self.loader)
 
 
 def _private_copy(elbo: ELBO) -> ELBO:
@@ -608,7 +609,9 @@ def fit(
         examples (the scale of the minibatch log-likelihood; a network built with another
         ``num_data`` raises :class:`~pyro_sparse_bnn.core.errors.InputError`).
     :param x: inputs ``(n, in_features)`` as tensor or array, or a
-        ``torch.utils.data.DataLoader`` yielding ``(x_batch, y_batch)`` (then ``y=None``).
+        ``torch.utils.data.DataLoader`` yielding ``(x_batch, y_batch)`` (then ``y=None``). The
+        data move to the network's device (``bnn.to(device)`` first to fit on a GPU); tensors
+        must have the network's floating-point dtype, arrays are converted to it.
     :param y: targets ``(n,)`` (labels or regression targets) or ``(n, outputs)``.
     :param int epochs: passes over the data.
     :param int batch_size: minibatch size (ignored for a DataLoader).
