@@ -18,8 +18,14 @@ network's default choice for the row's batch size, local reparameterisation, one
 per step, or both in turn), ``--clock wall|cpu`` (wall-clock time, the default, or the
 process's CPU time: a proxy for comparing variants on a loaded machine, never a result),
 ``--check`` (first verify that the hand-written step computes the library's loss and
-gradients, with every random draw replaced by a constant) and ``--profile`` (print
-torch.profiler's operator table of both steps).
+gradients, with every random draw replaced by a constant), ``--profile`` (print
+torch.profiler's operator table of both steps) and ``--device cpu|cuda|auto`` (where the
+three steps run: the CPU, the default; a CUDA GPU, an error without one; ``auto``: the GPU
+when there is one, else the CPU, saying so). On a GPU every timed repeat ends with
+``torch.cuda.synchronize()`` so that the clock sees the kernels finish, and the results are
+saved with a ``_cuda`` suffix::
+
+    python benchmarks/step_time.py lenet300-ssig --device auto
 
 The deterministic step is the plain network with ``torch.optim.Adam`` and mean
 cross-entropy. The hand-written step (``hand_written.py``) computes the library's objective
@@ -75,9 +81,10 @@ NUM_DATA = 60000
 LR = 5e-3
 
 
-def build_row(row, lrt, batch_size=None, seed=0, widths=None):
+def build_row(row, lrt, batch_size=None, seed=0, widths=None, device="cpu"):
     """``(x, y, steps, bnn, hand, used_lrt)`` for a row: the three step functions share one
-    minibatch. ``widths`` replaces the network by an MLP of these widths (ReLU)."""
+    minibatch. ``widths`` replaces the network by an MLP of these widths (ReLU). Everything is
+    built on the CPU (the same initial values for every device) and moved to ``device``."""
     net_key, prior_key = row.split("-")
     _, build, default_batch, _ = NETS[net_key]
     if widths is not None:
@@ -87,6 +94,7 @@ def build_row(row, lrt, batch_size=None, seed=0, widths=None):
     deterministic = build()
     x = torch.randn(batch, *parse_sequential(deterministic).input_shape)
     y = torch.randint(0, 10 if widths is None else widths[-1], (batch,))
+    deterministic, x, y = deterministic.to(device), x.to(device), y.to(device)
 
     det_optim = torch.optim.Adam(deterministic.parameters(), lr=1e-3)
 
@@ -96,14 +104,14 @@ def build_row(row, lrt, batch_size=None, seed=0, widths=None):
         det_optim.step()
 
     kwargs = {} if lrt is None else {"local_reparameterization": lrt}
-    bnn = psb.SparseBNN(build(), PRIORS[prior_key][1](), num_data=NUM_DATA, **kwargs)
+    bnn = psb.SparseBNN(build(), PRIORS[prior_key][1](), num_data=NUM_DATA, **kwargs).to(device)
     elbo, optim = psb.core.MeanFieldELBO(), JointAdam({"lr": LR})
 
     def library_step():  # what fit does per step
         fit_step(bnn, elbo, optim, x, y)
 
     used_lrt = bnn.local_reparameterization_layers(batch)
-    hand = HandWritten(bnn, used_lrt)
+    hand = HandWritten(bnn, used_lrt).to(device)
     hand_optim = torch.optim.Adam(hand.parameters(), lr=LR, fused=True)
 
     def hand_step():
@@ -145,17 +153,21 @@ def describe(lrt_layers, num_layers) -> str:
     return f"local reparameterisation in {len(lrt_layers)} of {num_layers} layers, weight draws elsewhere"
 
 
-def time_steps(steps, repeats, number, clock):
+def time_steps(steps, repeats, number, clock, device="cpu"):
     timer = time.perf_counter if clock == "wall" else time.process_time
+    # a GPU runs its kernels asynchronously: wait for them before reading the clock
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     for step in steps.values():  # warm-up
         for _ in range(5):
             step()
+    sync()
     samples = {name: [] for name in steps}
     for _ in range(repeats):  # interleaved, so that machine noise hits every variant alike
         for name, step in steps.items():
             start = timer()
             for _ in range(number):
                 step()
+            sync()
             samples[name].append((timer() - start) / number)
     return {name: statistics.median(v) for name, v in samples.items()}
 
@@ -172,19 +184,33 @@ def profile(steps, number=20):
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 
+def resolve_device(requested: str) -> str:
+    """``cpu``, ``cuda`` (an error without a GPU) or ``auto`` (the GPU if there is one)."""
+    if requested == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        print(f"timing on the GPU: {torch.cuda.get_device_name(0)}")
+        return "cuda"
+    if requested == "cuda":
+        raise SystemExit("--device cuda: torch sees no CUDA device (torch.cuda.is_available() is False)")
+    print("no CUDA device (torch.cuda.is_available() is False): timing on the CPU")
+    return "cpu"
+
+
 def run_row(row, args):
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     net_key, prior_key = row.split("-")
     net_name, _, default_batch, target = NETS[net_key]
     estimators = {"default": [None], "lrt": [True], "weights": [False], "both": [True, False]}[args.estimator]
     results = []
     for lrt in estimators:
         widths = None if args.widths is None else [int(w) for w in args.widths.split("-")]
-        x, y, steps, bnn, hand, used_lrt = build_row(row, lrt, args.batch_size, widths=widths)
+        x, y, steps, bnn, hand, used_lrt = build_row(row, lrt, args.batch_size, widths=widths, device=device)
         if args.check:
             worst = check(bnn, hand, x, y, used_lrt)
             print(f"check: library and hand-written loss and gradients agree (max relative difference {worst:.2g})")
-        med = time_steps(steps, args.repeats, args.number, args.clock)
+        med = time_steps(steps, args.repeats, args.number, args.clock, device)
         if args.profile:
             profile(steps)
         estimator = describe(used_lrt, len(bnn.layers))
@@ -193,6 +219,7 @@ def run_row(row, args):
         result = {
             "row": row, "network": net_name, "prior": PRIORS[prior_key][0], "estimator": estimator,
             "default_estimator": lrt is None, "batch_size": x.shape[0], "threads": torch.get_num_threads(),
+            "device": device if device == "cpu" else torch.cuda.get_device_name(0),
             "clock": args.clock, "repeats": args.repeats, "number": args.number,
             "median_ms": {k: 1e3 * v for k, v in med.items()},
             "library_over_deterministic": med["library"] / med["deterministic"],
@@ -205,6 +232,7 @@ def run_row(row, args):
         print(markdown([result], header=not results[:-1]))
         suffix = "" if lrt is None else ("_lrt" if lrt else "_weights")
         name = f"step_time_{row}{suffix}_{args.threads}t" + ("" if args.clock == "wall" else "_cpu")
+        name += "" if device == "cpu" else "_cuda"
         if widths is not None:
             name += "_mlp" + "-".join(map(str, widths))
         print(f"wrote {write(name, result)}")
@@ -258,6 +286,8 @@ def main(argv=None):
     parser.add_argument("--estimator", choices=["default", "lrt", "weights", "both"], default="default")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     parser.add_argument("--check", action="store_true", help="verify the hand-written step first")
+    parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
+                        help="where the steps run (auto: the GPU if there is one, else the CPU, saying so)")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler tables")
     parser.add_argument("--table", action="store_true", help="print the table of the saved results")
     args = parser.parse_args(argv)

@@ -116,9 +116,11 @@ def test_package_modules_are_imported_at_the_top_of_the_file():
 
 def test_import_is_quiet_and_leaves_the_heavy_libraries_unloaded():
     """A fresh interpreter writes nothing to stderr (no warnings of ours or our dependencies'),
-    and ArviZ, matplotlib and pandas load only when a function that needs them runs."""
-    script = ("import sys, pyro_sparse_bnn\n"
-              "print(sorted(m for m in ('arviz', 'matplotlib', 'pandas') if m in sys.modules))")
+    and ArviZ, matplotlib and pandas load only when a function that needs them runs; Lightning
+    (an optional extra) only when the Lightning module is first used, not when its module is
+    imported."""
+    script = ("import sys, pyro_sparse_bnn, pyro_sparse_bnn.core.lightning\n"
+              "print(sorted(m for m in ('arviz', 'matplotlib', 'pandas', 'lightning') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-W", "default", "-c", script], capture_output=True, text=True,
                             cwd=PACKAGE.parent, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -44,7 +44,8 @@ MAX_SIGNIFICAND_BITS = 23
 
 def significand_bits(variance: torch.Tensor) -> torch.Tensor:
     """Largest ``t`` in ``0..23`` with ``2 variance < 2^-t``, elementwise (an integer tensor)."""
-    variance = torch.as_tensor(variance, dtype=torch.float64)
+    device = variance.device if isinstance(variance, torch.Tensor) else "cpu"  # never the default device
+    variance = torch.as_tensor(variance, dtype=torch.float64, device=device)
     if torch.any(variance < 0) or torch.any(torch.isnan(variance)):
         raise ValueError("variances must be non-negative")
     limit = -torch.log2(2 * variance)  # t < limit; +inf for a zero variance

@@ -34,7 +34,7 @@ def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
     :param scores: logits or class probabilities ``(n, classes)``.
     :param labels: integer labels ``(n,)``.
     """
-    return float((scores.argmax(-1) == labels).double().mean())
+    return float((scores.argmax(-1).cpu() == torch.as_tensor(labels, device="cpu")).double().mean())
 
 
 @dataclass
@@ -149,7 +149,7 @@ def interval_coverage(prediction: Prediction, y, noise_scale,
 
 def _mixture_quantile(draws, scale, q: float, steps: int = 60) -> torch.Tensor:
     """Quantile ``q`` of ``(1/S) sum_s N(draws[s], scale^2)`` elementwise, by bisection."""
-    z = float(torch.special.ndtri(torch.tensor(q, dtype=torch.float64)))
+    z = float(torch.special.ndtri(torch.tensor(q, dtype=torch.float64, device="cpu")))
     low = draws.min(0).values + z * scale - 1e-9
     high = draws.max(0).values + z * scale + 1e-9
     for _ in range(steps):

@@ -101,7 +101,8 @@ class SelectInputs(nn.Module):
 
     def __init__(self, indices: torch.Tensor, num_inputs: int, dim: int = -1):
         super().__init__()
-        self.register_buffer("indices", torch.as_tensor(indices, dtype=torch.long))
+        device = indices.device if isinstance(indices, torch.Tensor) else "cpu"  # never the default device
+        self.register_buffer("indices", torch.as_tensor(indices, dtype=torch.long, device=device))
         self.num_inputs = int(num_inputs)
         self.dim = int(dim)
 

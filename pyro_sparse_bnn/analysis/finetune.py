@@ -288,7 +288,7 @@ def _epoch(module, x, y, classification, optimizer, masks, batch_size, generator
     """One pass over ``(x, y)`` in shuffled minibatches; the mean training loss."""
     module.train()
     n = len(x)
-    order = torch.randperm(n, generator=generator).to(x.device)
+    order = torch.randperm(n, generator=generator, device="cpu").to(x.device)  # the generator is a CPU one
     total = 0.0
     for step, i in enumerate(range(0, n, batch_size)):
         idx = order[i:i + batch_size]

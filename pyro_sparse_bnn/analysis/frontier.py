@@ -208,6 +208,7 @@ def _check_thresholds(thresholds) -> List[float]:
 
 def _metric(outputs: torch.Tensor, y: torch.Tensor, classification: bool) -> float:
     """Accuracy of scores ``(n, classes)``, or RMSE of predictions shaped like ``y``."""
+    outputs, y = outputs.detach().cpu(), y.cpu()  # a prediction (CPU) or a module's outputs (its device)
     if classification:
         return accuracy(outputs, y)
     return float((outputs.reshape(y.shape) - y).square().mean().sqrt())

@@ -120,9 +120,9 @@ def inclusion_draws(bnn: SparseBNN, num_samples: int = 1):
 
 @torch.no_grad()
 def edge_inclusion_probs(bnn: SparseBNN) -> Dict[str, torch.Tensor]:
-    """PIP of every weight, keyed by layer name; each of the layer's weight shape."""
+    """PIP of every weight, keyed by layer name; each of the layer's weight shape (CPU tensors)."""
     check_bnn(bnn, "edge_inclusion_probs")
-    return {layer.spec.name: layer.edge_inclusion_probs() for layer in bnn.layers}
+    return {layer.spec.name: layer.edge_inclusion_probs().cpu() for layer in bnn.layers}
 
 
 @torch.no_grad()
@@ -130,18 +130,19 @@ def node_inclusion_probs(bnn: SparseBNN) -> Dict[str, torch.Tensor]:
     """PIP of every hidden node (conv layers: channel), keyed by the name of the layer that
     computes it.
 
-    :returns: ``{layer_name: (out_units,)}`` for every layer but the output layer.
+    :returns: ``{layer_name: (out_units,)}`` for every layer but the output layer (CPU tensors).
     """
     check_bnn(bnn, "node_inclusion_probs")
-    return _unit_inclusion(bnn, [layer.inclusion_groups() for layer in bnn.layers])[1]
+    nodes = _unit_inclusion(bnn, [layer.inclusion_groups() for layer in bnn.layers])[1]
+    return {name: pips.cpu() for name, pips in nodes.items()}
 
 
 @torch.no_grad()
 def feature_inclusion_probs(bnn: SparseBNN) -> torch.Tensor:
     """PIP of every input unit of the first layer: ``(num_inputs,)`` -- input features, or
-    input channels for a network that starts with a conv layer."""
+    input channels for a network that starts with a conv layer (a CPU tensor)."""
     check_bnn(bnn, "feature_inclusion_probs")
-    return _inputs_used(bnn.layers[0])
+    return _inputs_used(bnn.layers[0]).cpu()
 
 
 def _network_signature(bnn: SparseBNN):

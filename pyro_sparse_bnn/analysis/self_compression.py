@@ -249,6 +249,7 @@ def validation_metrics(bnn: SparseBNN, x, y, num_samples: int = 30, batch_size: 
     x, y = bnn.as_data(x, y)
     x, y = bnn.check_data(x, y)
     prediction = bnn.predict(x, num_samples=num_samples, batch_size=batch_size)
+    y = y.cpu()  # where the prediction is
     if bnn.likelihood.is_classification:
         probs = prediction.probs
         picked = probs[torch.arange(len(y), device=y.device), y].clamp(min=torch.finfo(probs.dtype).tiny)

@@ -86,7 +86,7 @@ def bernoulli_kl(logits, prior_probs, probs=None):
     :returns: tensor of the broadcast shape.
     """
     probs = torch.sigmoid(logits) if probs is None else probs
-    prior = prior_probs if isinstance(prior_probs, float) else _python_scalar(torch.as_tensor(prior_probs))
+    prior = prior_probs if isinstance(prior_probs, float) else _python_scalar(torch.as_tensor(prior_probs, device=logits.device))
     if prior is not None and 0 < prior < 1:  # one lambda (a layer's): its logs in plain Python
         return probs * (logits - (math.log(prior) - math.log1p(-prior))) - F.softplus(logits) - math.log1p(-prior)
     prior_probs = _compact(torch.as_tensor(prior_probs, dtype=logits.dtype, device=logits.device))
@@ -99,7 +99,7 @@ def normal_kl(loc, scale, prior_loc, prior_scale):
 
     ``log(s0 / s) + (s^2 + (mu - mu0)^2) / (2 s0^2) - 1/2``. All arguments broadcast.
     """
-    prior_loc, prior_scale = _compact(torch.as_tensor(prior_loc)), _compact(torch.as_tensor(prior_scale))
+    prior_loc, prior_scale = (_compact(torch.as_tensor(p, device=loc.device)) for p in (prior_loc, prior_scale))
     centred = loc if prior_loc.eq(0).all() else loc - prior_loc
     return (
         (scale.square() + centred.square()) / (2 * prior_scale.square())
@@ -119,7 +119,7 @@ def lognormal_gamma_kl(loc, scale, concentration, rate):
     The expression is linear in ``log b`` and ``b``: with a random rate, replacing them by
     their expectations gives the expected KL.
     """
-    concentration, rate = _compact(torch.as_tensor(concentration)), _compact(torch.as_tensor(rate))
+    concentration, rate = (_compact(torch.as_tensor(p, device=loc.device)) for p in (concentration, rate))
     return (
         rate * torch.exp(loc + 0.5 * scale.square())
         - concentration * (loc + torch.log(rate))
@@ -135,7 +135,7 @@ def lognormal_inverse_gamma_kl(loc, scale, concentration, rate):
     ``KL = a mu - a log b + lgamma(a) + b exp(s^2/2 - mu) - log s - (1 + log 2 pi) / 2``
     (``E[1/x] = exp(s^2/2 - mu)``).
     """
-    concentration, rate = _compact(torch.as_tensor(concentration)), _compact(torch.as_tensor(rate))
+    concentration, rate = (_compact(torch.as_tensor(p, device=loc.device)) for p in (concentration, rate))
     return (
         rate * torch.exp(0.5 * scale.square() - loc)
         + concentration * (loc - torch.log(rate))

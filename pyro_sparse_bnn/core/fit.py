@@ -16,7 +16,7 @@ import copy
 import math
 import os
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -38,8 +38,8 @@ from .progress import progress_bar, show_progress
 from .savefile import read, state_into
 from .validation import check_bool, check_non_negative_int, check_positive, check_positive_int
 
-__all__ = ["fit", "FitHistory", "TemperatureSchedule", "geometric_temperature", "fit_step", "svi_step", "run_epochs",
-           "NonFiniteStep", "minibatches"]
+__all__ = ["fit", "FitHistory", "TemperatureSchedule", "geometric_temperature", "fit_step", "svi_step",
+           "elbo_loss", "step_context", "run_epochs", "NonFiniteStep", "minibatches"]
 
 #: a constant temperature, a function ``epoch -> temperature`` or ``(start, end)`` for
 #: geometric annealing from ``start`` (first epoch) to ``end`` (last epoch)
@@ -221,8 +221,13 @@ class FitPlan:
     @classmethod
     def build(cls, bnn: SparseBNN, x, y=None, *, epochs, batch_size, lr, lr_decay, logit_lr, seed, temperature,
               kl_warmup, indicator_warmup, num_particles, optim, elbo, shuffle, progress, callbacks, checkpoint,
-              checkpoint_every, resume) -> "FitPlan":
-        """Check the arguments of :func:`fit` (same names and meaning) and derive the plan."""
+              checkpoint_every, resume, num_data: Optional[int] = None) -> "FitPlan":
+        """Check the arguments of :func:`fit` (same names and meaning) and derive the plan.
+
+        ``x=None, y=None`` with ``num_data`` builds a plan without data, for a route that brings its own data loading (the Lightning
+        module, :mod:`~pyro_sparse_bnn.core.lightning`): its :meth:`batches` are then not
+        available and ``steps_per_epoch`` is 0.
+        """
         check_bnn(bnn, "fit")
         epochs = check_positive_int("epochs", epochs)
         checkpoint_every = check_positive_int("checkpoint_every", checkpoint_every)
@@ -260,7 +265,11 @@ class FitPlan:
             elbo = _private_copy(elbo)
 
         loader = x if isinstance(x, torch.utils.data.DataLoader) else None
-        if loader is not None:
+        if num_data is not None:
+            if x is not None or y is not None:
+                raise InputError("a plan takes either data (x, y) or num_data, not both")
+            num_data, steps_per_epoch = check_positive_int("num_data", num_data), 0
+        elif loader is not None:
             if y is not None:
                 raise InputError("pass either a DataLoader as x (and y=None) or tensors x and y")
             x, num_data, steps_per_epoch = None, len(loader.dataset), len(loader)
@@ -302,12 +311,36 @@ class FitPlan:
         """Weight of the KL term in ``epoch`` during a KL warm-up (``None``: the ELBO's own)."""
         return min(1.0, (epoch + 1) / (self.kl_warmup + 1)) if self.kl_warmup else None
 
+    def begin_epoch(self, bnn: SparseBNN, epoch: int, freeze_indicators: bool = True) -> float:
+        """Apply the schedules of ``epoch`` (0-based) to the run: set the network's temperature
+        and, during a KL warm-up, the ELBO's KL weight (the ELBO is the plan's own, so the
+        caller's keeps its weight); with ``freeze_indicators``, hold the indicator logits during
+        the indicator warm-up by switching off their gradients (a route that cannot change
+        ``requires_grad`` mid-run, such as DDP, discards their gradients instead, see
+        :meth:`indicators_frozen`). Returns the temperature."""
+        tau = float(self.temperature(epoch))
+        bnn.set_temperature(tau)
+        kl_weight = self.kl_weight(epoch)
+        if kl_weight is not None:
+            self.elbo.kl_weight = kl_weight
+        if freeze_indicators:
+            for p in self.indicators:  # frozen parameters get no gradient, so the optimiser skips them
+                p.requires_grad_(not self.indicators_frozen(epoch))
+        return tau
+
+    def indicators_frozen(self, epoch: int) -> bool:
+        """Whether the indicator logits are held at their values in ``epoch`` (indicator warm-up)."""
+        return epoch < self.indicator_warmup
+
     def batches(self, bnn: SparseBNN, epoch: int) -> Iterable[Tuple[torch.Tensor, torch.Tensor]]:
-        """The minibatches of ``epoch``, checked: a DataLoader's batch by batch, tensors were
-        checked once, up front."""
+        """The minibatches of ``epoch``, checked: a DataLoader's batch by batch (converted to
+        the network's dtype if they are arrays, and moved to its device), tensors were checked
+        once, up front."""
+        if self.x is None and self.loader is None:
+            raise RuntimeError("this plan was built without data: its route loads the batches")
         if self.loader is None:
             return minibatches(self.x, self.y, self.batch_size, self.shuffle)
-        return (bnn.check_data(x_batch, y_batch) for x_batch, y_batch in self.loader)
+        return (bnn.check_data(*bnn.as_data(x_batch, y_batch)) for x_batch, y_batch in self.loader)
 
 
 def _private_copy(elbo: ELBO) -> ELBO:
@@ -371,8 +404,33 @@ def fit_step(bnn: SparseBNN, elbo: ELBO, optim: pyro.optim.PyroOptim, x: torch.T
     :returns: the loss as a float.
     :raises NonFiniteStep: if the loss is not finite (the step is not applied).
     """
-    with bnn.reparameterization(skip_slab_draws, x.shape[0]), bnn.checked_data():
+    with step_context(bnn, x, skip_slab_draws):
         return svi_step(bnn.model, bnn.guide, elbo.loss_and_grads, optim, x, y)
+
+
+def step_context(bnn: SparseBNN, x: torch.Tensor, skip_slab_draws: bool = True):
+    """The context a training step of ``bnn`` runs its model and guide in, for a checked
+    minibatch ``x`` ``(batch, *input_shape)``: the local reparameterisation handler for this
+    batch size and :meth:`~pyro_sparse_bnn.core.network.SparseBNN.checked_data`."""
+    stack = ExitStack()
+    stack.enter_context(bnn.reparameterization(skip_slab_draws, x.shape[0]))
+    stack.enter_context(bnn.checked_data())
+    return stack
+
+
+def elbo_loss(bnn: SparseBNN, elbo: ELBO, x: torch.Tensor, y: torch.Tensor,
+              skip_slab_draws: bool = True) -> torch.Tensor:
+    """The loss :func:`fit_step` minimises, as a differentiable scalar tensor rather than a
+    step: ``elbo.differentiable_loss`` of the network's model and guide on the checked
+    minibatch ``x`` ``(batch, *input_shape)``, ``y`` ``(batch,)`` or ``(batch, outputs)``, in
+    :func:`step_context`. Same draws (same random state), same value and gradients as
+    ``fit_step``'s loss; for routes whose optimiser steps itself (the Lightning module).
+
+    The minibatch log-likelihood is scaled by ``bnn.num_data / batch`` (the model's data
+    plate) and the KL (times the ELBO's ``kl_weight``) enters once.
+    """
+    with step_context(bnn, x, skip_slab_draws):
+        return elbo.differentiable_loss(bnn.model, bnn.guide, x, y)
 
 
 def run_epochs(
@@ -448,14 +506,7 @@ class _FitRun:
         self.tau = float("nan")
 
     def begin_epoch(self, epoch: int) -> dict:
-        plan = self.plan
-        self.epoch, self.tau = epoch, float(plan.temperature(epoch))
-        self.bnn.set_temperature(self.tau)
-        kl_weight = plan.kl_weight(epoch)
-        if kl_weight is not None:  # plan.elbo is fit's own (default or copied): the caller's is untouched
-            plan.elbo.kl_weight = kl_weight
-        for p in plan.indicators:  # frozen parameters get no gradient, so the optimiser skips them
-            p.requires_grad_(epoch >= plan.indicator_warmup)
+        self.epoch, self.tau = epoch, self.plan.begin_epoch(self.bnn, epoch)
         return {"tau": f"{self.tau:.3g}"}
 
     def end_epoch(self, epoch: int) -> bool:
@@ -558,7 +609,9 @@ def fit(
         examples (the scale of the minibatch log-likelihood; a network built with another
         ``num_data`` raises :class:`~pyro_sparse_bnn.core.errors.InputError`).
     :param x: inputs ``(n, in_features)`` as tensor or array, or a
-        ``torch.utils.data.DataLoader`` yielding ``(x_batch, y_batch)`` (then ``y=None``).
+        ``torch.utils.data.DataLoader`` yielding ``(x_batch, y_batch)`` (then ``y=None``). The
+        data move to the network's device (``bnn.to(device)`` first to fit on a GPU); tensors
+        must have the network's floating-point dtype, arrays are converted to it.
     :param y: targets ``(n,)`` (labels or regression targets) or ``(n, outputs)``.
     :param int epochs: passes over the data.
     :param int batch_size: minibatch size (ignored for a DataLoader).

@@ -5,6 +5,7 @@ the data plate the network opens) and summarises Monte Carlo draws of the output
 posterior predictive :class:`Prediction`.
 """
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -48,6 +49,11 @@ class Prediction:
     def probs(self) -> torch.Tensor:
         """Alias of ``mean`` (class probabilities) for classification."""
         return self.mean
+
+    def cpu(self) -> "Prediction":
+        """The same prediction with every tensor on the CPU (itself if they are already)."""
+        fields = {name: None if value is None else value.cpu() for name, value in vars(self).items()}
+        return dataclasses.replace(self, **fields)
 
 
 class Likelihood(nn.Module):

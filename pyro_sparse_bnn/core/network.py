@@ -377,7 +377,8 @@ class SparseBNN(nn.Module):
         :param seed: draw with this seed, so that two calls give identical predictions,
             without touching the global random state (``None``: draw from the global state).
         :returns: :class:`~pyro_sparse_bnn.core.likelihoods.Prediction` (class probabilities, or
-            mean and standard deviation for regression).
+            mean and standard deviation for regression), on the CPU whatever the network's
+            device (``x`` moves to the network's device; the draws are computed there).
         :raises NotFittedError: if the network has not been fitted (its guide would only
             reproduce the initial weights).
         """
@@ -394,7 +395,7 @@ class SparseBNN(nn.Module):
             draws = torch.cat(
                 [torch.stack([self(chunk) for _ in range(int(num_samples))]) for chunk in chunks], dim=1
             )
-        return self.likelihood.summarize(draws)
+        return self.likelihood.summarize(draws).cpu()
 
     def extra_repr(self):
         widths = "-".join(map(str, self.architecture.widths))

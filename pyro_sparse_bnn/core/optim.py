@@ -45,22 +45,30 @@ class JointOptim(PyroOptim):
             for factor, members in groups.items()
         ]
 
+    def make_optimizer(self, params) -> torch.optim.Optimizer:
+        """A torch optimiser over ``params`` with this optimiser's arguments and parameter
+        groups (one per learning-rate multiplier), falling back from the fused kernel to the
+        multi-tensor one where none exists for the tensors' device or dtype. :meth:`__call__`
+        creates its optimiser with it; routes that step a torch optimiser themselves (the
+        Lightning module) use it to get the same groups."""
+        groups = self._groups(list(params))
+        try:
+            return self.pt_optim_constructor(groups, **self.pt_optim_args)
+        except RuntimeError:
+            if not self.pt_optim_args.get("fused"):
+                raise
+            # no fused kernel for these tensors' device or dtype: the multi-tensor one
+            args = {**self.pt_optim_args, "fused": None, "foreach": True}
+            return self.pt_optim_constructor(groups, **args)
+
     def __call__(self, params, *args, **kwargs) -> None:
         new = [p for p in params if p not in self._known]
         if new:
             self._known.update(new)
-            groups = self._groups(new)
             if self.optimizer is None:
-                try:
-                    self.optimizer = self.pt_optim_constructor(groups, **self.pt_optim_args)
-                except RuntimeError:
-                    if not self.pt_optim_args.get("fused"):
-                        raise
-                    # no fused kernel for these tensors' device or dtype: the multi-tensor one
-                    args = {**self.pt_optim_args, "fused": None, "foreach": True}
-                    self.optimizer = self.pt_optim_constructor(groups, **args)
+                self.optimizer = self.make_optimizer(new)
             else:
-                for group in groups:
+                for group in self._groups(new):
                     self.optimizer.add_param_group(group)
         if self.optimizer is not None:
             self.optimizer.step()
