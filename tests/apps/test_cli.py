@@ -70,12 +70,21 @@ def test_list_prints_a_header_and_singular_epochs(tmp_path, capsys):
     assert "no entries" in capsys.readouterr().err
 
 
-def test_cards_table_and_show_say_1_epoch(capsys):
-    one_epoch = [p for p in ENTRIES if load_entry(p).config["train"]["epochs"] == 1]
-    assert one_epoch, "no one-epoch entry left to check the singular on"
-    entry = load_entry(one_epoch[0])
+def test_cards_table_and_show_say_1_epoch(capsys, tmp_path):
+    """An entry of one epoch (the wine entry, its config and stored metrics changed to one
+    epoch) is "1 epoch" in its card, the table and ``show``."""
+    import json
+
+    name = "wine_self_compressing"
+    (tmp_path / f"{name}.toml").write_text((MODELS / f"{name}.toml").read_text().replace("epochs = 300", "epochs = 1"))
+    (tmp_path / "results").mkdir()
+    metrics = json.loads((MODELS / "results" / f"{name}.json").read_text())
+    metrics["schedule"]["epochs"] = 1
+    (tmp_path / "results" / f"{name}.json").write_text(json.dumps(metrics))
+    entry = load_entry(tmp_path / f"{name}.toml")
+    assert entry.config["train"]["epochs"] == 1
     assert "1 epochs" not in render_card(entry) and "runs 1 epoch of batch" in render_card(entry)
-    assert "1 epochs" not in render_table(MODELS) and "(1 epoch)" in render_table(MODELS)
-    assert main(["show", entry.name, "--models", str(MODELS)]) == 0
+    assert "1 epochs" not in render_table(tmp_path) and "(1 epoch)" in render_table(tmp_path)
+    assert main(["show", name, "--models", str(tmp_path)]) == 0
     shown = capsys.readouterr().out
     assert "1 epochs" not in shown and "1 epoch in" in shown

@@ -337,6 +337,8 @@ def load_data(entry: ZooEntry, smoke: bool = False, data_dir=None) -> datasets.D
         if name != "fashion_mnist":
             raise ZooConfigError(f"{entry.path}: --data-dir applies to fashion_mnist entries, not {name}")
         options["directory"] = str(data_dir)
+    if smoke and "n_val" in options:  # a smoke run may read a data set smaller than the validation split
+        options["n_val"] = min(options["n_val"], SMOKE["n_val"])
     data = datasets.LOADERS[name](**options)
     if data.task == "classification":
         data.info.setdefault("num_classes", int(data.y_train.max()) + 1)

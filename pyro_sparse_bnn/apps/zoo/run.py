@@ -1,6 +1,7 @@
 """Running a zoo entry end to end: fit, evaluate, compress, train the baselines with the same
 budget, write the metrics, plots and card."""
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -249,6 +250,8 @@ def _choose(entry: ZooEntry, bnn: SparseBNN, data, schedule: dict, smoke: bool, 
         bnn, chosen["self_compress"] = _self_compress(bnn, data, config["self_compress"], schedule, train,
                                                       progress, echo)
     front = frontier(bnn, data.x_val, data.y_val, num_samples=schedule["predict_samples"], batch_size=2000)
+    if not front.table.degenerate.all():  # never store a network whose output ignores its input
+        front = dataclasses.replace(front, table=front.table[~front.table.degenerate])
     tolerance = choose["tolerance"]
     if choose["rule"] == "posterior":
         tolerance = _reachable_tolerance(front, tolerance)
