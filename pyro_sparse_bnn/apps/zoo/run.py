@@ -247,8 +247,8 @@ def _choose(entry: ZooEntry, bnn: SparseBNN, data, schedule: dict, smoke: bool, 
     metric = _metric_name(data)
     chosen = {"tolerance": choose["tolerance"]}
     if config["self_compress"]:
-        bnn, chosen["self_compress"] = _self_compress(bnn, data, config["self_compress"], schedule, train,
-                                                      progress, echo)
+        options = {**config["self_compress"], "rounds": 2, "epochs": 1} if smoke else config["self_compress"]
+        bnn, chosen["self_compress"] = _self_compress(bnn, data, options, schedule, train, progress, echo)
     front = frontier(bnn, data.x_val, data.y_val, num_samples=schedule["predict_samples"], batch_size=2000)
     if not front.table.degenerate.all():  # never store a network whose output ignores its input
         front = dataclasses.replace(front, table=front.table[~front.table.degenerate])

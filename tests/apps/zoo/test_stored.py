@@ -114,6 +114,7 @@ def test_stored_module_scores_its_stored_figure_on_the_stored_inputs(path):
         assert read == selection["selected"]
 
 
+@pytest.mark.slow  # 10 s: a fresh interpreter loads torch and every entry's program
 def test_exported_modules_load_and_score_without_this_package():
     """Plain PyTorch in a fresh interpreter (the package is never imported) loads every
     entry's ``module.pt2`` and scores the stored evaluation inputs."""
