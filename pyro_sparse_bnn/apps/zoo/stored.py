@@ -105,7 +105,7 @@ def load_model(entry: Union[str, ZooEntry], models=None) -> nn.Module:
         data loader does, to logits ``(batch, classes)`` or predictions ``(batch, 1)``: the
         ``torch.export`` program's module, or the pickled ``nn.Module`` where the entry
         stores that.
-    :raises ZooConfigError: if the entry has no stored network (run it with ``--publish``).
+    :raises ~pyro_sparse_bnn.apps.zoo.entries.ZooConfigError: if the entry has no stored network (run it with ``--publish``).
     """
     entry = _entry(entry, models)
     exported, pickled = entry.stored_dir / EXPORTED_FILE, entry.stored_dir / MODULE_FILE
