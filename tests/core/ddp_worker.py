@@ -18,7 +18,8 @@ Two runs, one after the other:
   gradients after DDP's averaging, just before the optimiser step.
 * **fit**: ``y = 2 x0 - 3 x1 + noise`` with 6 inputs (the planted problem of
   ``tests/core/test_reparameterization.py``), fitted for 100 epochs with ``seed=0`` (each
-  process its own noise); the file holds the final state and the feature PIPs.
+  process its own noise) from a ``tensor_loader``; the file holds the final state and the
+  feature PIPs.
 """
 
 import os
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from pyro_sparse_bnn import SparseBNN, SpikeSlab
 from pyro_sparse_bnn.analysis import feature_inclusion_probs
-from pyro_sparse_bnn.core.lightning import SparseBNNModule
+from pyro_sparse_bnn.core.lightning import SparseBNNModule, tensor_loader
 from pyro_sparse_bnn.core.nets import mlp
 
 #: the reseed of the gradient run, shared by every process and by the test's reference
@@ -107,7 +108,7 @@ def main(out: str) -> None:
     bnn = fit_network()
     module = SparseBNNModule(bnn, **FIT)
     fit_trainer = trainer(max_epochs=FIT["epochs"])
-    fit_trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=FIT_BATCH, shuffle=True))
+    fit_trainer.fit(module, tensor_loader(x, y, batch_size=FIT_BATCH))  # under Lightning's DistributedSampler
     result["fit"] = {"state": {k: v.detach().clone() for k, v in bnn.state_dict().items()},
                      "pips": feature_inclusion_probs(bnn), "num_steps": int(bnn.num_steps),
                      "history_steps": module.history.num_steps, "is_global_zero": fit_trainer.is_global_zero}

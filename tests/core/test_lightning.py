@@ -2,6 +2,7 @@
 DDP run on gloo (started with torchrun from the test; ``ddp_worker.py`` is one process)."""
 
 import copy
+import math
 import os
 import subprocess
 import sys
@@ -145,6 +146,53 @@ def test_checkpoint_and_resume_restore_the_guide(L, classification_data, tmp_pat
         trainer(L, 3).fit(third, loader(classification_data), ckpt_path=tmp_path / "epoch=1.ckpt")
 
 
+@pytest.mark.parametrize("shuffle, drop_last", [(False, False), (True, False), (True, True)])
+def test_tensor_loader_yields_what_the_default_loader_yields(shuffle, drop_last):
+    """The one-index fetch against torch's per-example DataLoader, same generator seed."""
+    x, y = torch.randn(50, 3, 2), torch.arange(50)
+    ours = psb_lightning.tensor_loader(x, y, 8, shuffle=shuffle, drop_last=drop_last,
+                                       generator=torch.Generator().manual_seed(4))
+    theirs = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=shuffle, drop_last=drop_last,
+                        generator=torch.Generator().manual_seed(4))
+    batches = list(ours)
+    assert len(batches) == len(ours) == (6 if drop_last else 7)
+    for (a, b), (c, d) in zip(batches, theirs, strict=True):
+        assert torch.equal(a, c) and torch.equal(b, d)
+    labels = torch.cat([b for _, b in batches])
+    assert len(labels) == (48 if drop_last else 50) and len(labels.unique()) == len(labels)  # each example once
+
+
+def test_tensor_loader_refuses_bad_input():
+    with pytest.raises(InputError, match="tensors; x is a list"):
+        psb_lightning.tensor_loader([[1.0]], torch.zeros(1), 1)
+    with pytest.raises(InputError, match="as many examples"):
+        psb_lightning.tensor_loader(torch.zeros(3, 2), torch.zeros(4), 1)
+    with pytest.raises(HyperparameterError, match="batch_size"):
+        psb_lightning.tensor_loader(torch.zeros(3, 2), torch.zeros(3), 0)
+
+
+def test_gradient_accumulation_steps_on_the_gradient_of_the_batches_together(L):
+    """With accumulate_grad_batches=2 and the same draws for both minibatches (weights drawn
+    once per minibatch, the same reseed before each), the gradient at the optimiser step is
+    the -ELBO gradient of the two minibatches together, computed with Pyro's
+    TraceMeanField_ELBO (KL once, likelihood scaled by N / 32); one optimiser step is counted."""
+    x, y = ddp_worker.gradient_problem()
+    module = psb_lightning.SparseBNNModule(ddp_worker.gradient_network(init_seed=0), epochs=1, lr=1e-3)
+    recorder = ddp_worker.Recorder()
+    trainer(L, 1, accumulate_grad_batches=2, limit_train_batches=2, callbacks=[recorder]).fit(
+        module, loader((x, y), batch_size=ddp_worker.GRADIENT_BATCH, shuffle=False))
+    assert int(module.bnn.num_steps) == 1 and module.history.num_steps == 1
+
+    bnn = ddp_worker.gradient_network(init_seed=0)
+    assert all(torch.equal(v, recorder.record["initial"][k]) for k, v in bnn.state_dict().items())
+    pyro.set_rng_seed(ddp_worker.GRADIENT_SEED)
+    together = 2 * ddp_worker.GRADIENT_BATCH
+    TraceMeanField_ELBO().differentiable_loss(bnn.model, bnn.guide, x[:together], y[:together]).backward()
+    for name, p in bnn.named_parameters():
+        assert p.grad.abs().max() > 0, name
+        torch.testing.assert_close(recorder.record["grads"][name], p.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
 # --------------------------------------------------------------------------------------
 # Two processes on gloo
 # --------------------------------------------------------------------------------------
@@ -201,3 +249,22 @@ def test_ddp_processes_end_identical_and_find_the_planted_inputs_as_fit_does(ddp
     assert (single > 0.5).tolist() == [True, True, False, False, False, False]
     assert (first["pips"] > 0.5).tolist() == [True, True, False, False, False, False]
     torch.testing.assert_close(first["pips"], single, atol=0.1, rtol=0.0)
+
+
+@pytest.mark.slow
+def test_ddp_spawn_brings_the_fitted_network_and_its_history_back_to_the_main_process(L):
+    """strategy="ddp_spawn" trains copies in spawned processes; Lightning copies rank 0's
+    state_dict back, which carries the guide, the step counter and the history."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 4, generator=generator)
+    y = (x[:, 0] > 0).long()
+    torch.manual_seed(0)
+    bnn = SparseBNN(mlp([4, 6, 2]), SpikeSlab(prior_inclusion=0.2), num_data=120)
+    initial = {name: p.detach().clone() for name, p in bnn.named_parameters()}
+    module = psb_lightning.SparseBNNModule(bnn, epochs=3, lr=1e-2, seed=0)
+    trainer(L, 3, devices=2, strategy="ddp_spawn").fit(module, psb_lightning.tensor_loader(x, y, 20))
+    assert module.bnn is bnn and int(bnn.num_steps) == 3 * 120 // 40 and module.history.num_steps == 9
+    assert len(module.history) == 3 and all(math.isfinite(v) for v in module.history.loss)
+    for name, p in bnn.named_parameters():
+        assert not torch.equal(p, initial[name]), name
+    assert feature_inclusion_probs(bnn).shape == (4,)
