@@ -131,6 +131,31 @@ class Frontier:
         order = order.sort_values(["nonzero_params", "params", "_score", "threshold"], kind="stable")
         return int(order.index[0])
 
+    def threshold_at(self, index: int):
+        """The threshold of row ``index`` of :attr:`table` as
+        :func:`~pyro_sparse_bnn.analysis.compress.compress` takes it: a float, a tuple of
+        per-layer thresholds, or ``None`` for the per-layer keep rule (``NaN`` in the table)."""
+        value = self.table.loc[index, "threshold"]
+        if isinstance(value, tuple):
+            return value
+        return None if math.isnan(value) else float(value)
+
+    def tolerance_for_best(self) -> float:
+        """The smallest tolerance that accepts the table's best network (highest accuracy,
+        lowest RMSE); negative when that network beats the posterior predictive."""
+        values = self.table[self.metric]
+        if self.metric == "accuracy":
+            return float(self.posterior_metric - values.max())
+        return float(values.min() / self.posterior_metric - 1)
+
+    def describe_bound(self, tolerance: float, reference: Optional[float] = None, whose: str = "posterior's") -> str:
+        """The words for "within ``tolerance`` of ``reference``" (default: the posterior's
+        validation metric), e.g. ``"within 0.01 of the posterior's validation accuracy 0.9"``."""
+        reference = self.posterior_metric if reference is None else reference
+        if self.metric == "accuracy":
+            return f"within {tolerance:g} of the {whose} validation accuracy {reference:.4g}"
+        return f"whose validation RMSE is within {100 * tolerance:g} % of the {whose} {reference:.4g}"
+
     def select(self, tolerance: float = 0.01) -> ThresholdChoice:
         """The threshold of the smallest network whose validation metric is within
         ``tolerance`` of the posterior's (see :meth:`selected_index`), with the reason:
@@ -145,30 +170,19 @@ class Frontier:
         """
         index = self.selected_index(tolerance)
         label = "accuracy" if self.metric == "accuracy" else "RMSE"
-        if self.metric == "accuracy":
-            bound = f"within {tolerance:g} of the posterior's validation accuracy {self.posterior_metric:.4g}"
-        else:
-            bound = f"whose validation RMSE is within {100 * tolerance:g} % of the posterior's {self.posterior_metric:.4g}"
+        bound = self.describe_bound(tolerance)
         if index is None:
             values = self.table[self.metric]
             best = self.table.loc[values.idxmax() if self.metric == "accuracy" else values.idxmin()]
-            if self.metric == "accuracy":
-                needed = f"{self.posterior_metric - best[self.metric]:.3g}"
-            else:
-                needed = f"{best[self.metric] / self.posterior_metric - 1:.3g}"
             raise HyperparameterError(
                 f"no network of the frontier is {bound}: the best, {best.architecture} at {best.rule}, has "
-                f"validation {label} {best[self.metric]:.4g}; a tolerance of {needed} accepts it, or give "
-                f"other thresholds"
+                f"validation {label} {best[self.metric]:.4g}; a tolerance of {self.tolerance_for_best():.3g} "
+                f"accepts it, or give other thresholds"
             )
         row = self.table.loc[index]
         reason = (f"smallest network {bound} (validation {label} {row[self.metric]:.4g} with "
                   f"{int(row.nonzero_params):,} of {self.params_before:,} parameters)")
-        if isinstance(row.threshold, tuple):
-            threshold = row.threshold
-        else:
-            threshold = None if math.isnan(row.threshold) else float(row.threshold)
-        return ThresholdChoice(threshold, reason, architecture=row.architecture)
+        return ThresholdChoice(self.threshold_at(index), reason, architecture=row.architecture)
 
     def __str__(self):
         return (f"validation {self.metric} of the posterior predictive ({self.num_samples} draws): "

@@ -202,6 +202,29 @@ def test_selection_rule_on_a_hand_made_rmse_table():
     assert "within 10 % of the posterior's 2" in front.select(0.1).reason
 
 
+def test_the_tolerance_for_the_best_row_is_the_smallest_that_selects_it():
+    """Hand-made tables: the tolerance the best row needs, and select accepting exactly that."""
+    table = hand_table("accuracy", [0.86, 0.85, 0.80], [30, 20, 10])
+    front = Frontier(table, "accuracy", posterior_metric=0.91, params_before=40, num_samples=10, seed=0)
+    assert front.tolerance_for_best() == pytest.approx(0.05)
+    assert front.selected_index(0.049) is None and front.select(0.05 + 1e-12).architecture == "a0"
+    table = hand_table("rmse", [1.3, 1.2, 1.5], [30, 20, 10])
+    front = Frontier(table, "rmse", posterior_metric=1.0, params_before=40, num_samples=10, seed=0)
+    assert front.tolerance_for_best() == pytest.approx(0.2)
+    assert front.selected_index(0.19) is None and front.select(0.2 + 1e-12).architecture == "a1"
+    # a row better than the posterior needs a negative tolerance
+    better = Frontier(hand_table("accuracy", [0.95, 0.9], [30, 20]), "accuracy", 0.91, 40, 10, 0)
+    assert better.tolerance_for_best() == pytest.approx(-0.04)
+
+
+def test_a_rows_threshold_is_what_compress_takes():
+    table = hand_table("accuracy", [0.9, 0.8, 0.7], [30, 20, 10])
+    table["threshold"] = [0.25, float("nan"), (0.1, 0.6)]
+    front = Frontier(table, "accuracy", 0.9, 40, 10, 0)
+    assert [front.threshold_at(i) for i in table.index] == [0.25, None, (0.1, 0.6)]
+    assert isinstance(front.threshold_at(0), float)
+
+
 @pytest.mark.parametrize("outputs", [1, 2])
 def test_regression_rows_are_rmse_of_the_compressed_module(outputs):
     torch.manual_seed(0)

@@ -4,7 +4,6 @@ budget, write the metrics, plots and card."""
 import dataclasses
 import hashlib
 import json
-import math
 import time
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
@@ -181,21 +180,14 @@ def _run_baselines(entry, data, make_net, schedule, progress, echo) -> dict:
 
 # -- plots -------------------------------------------------------------------------------------------
 def _save_plots(bnn, history, prediction, data, out: Path, echo) -> List[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     written = []
 
     def save(name, make):
         try:
-            fig = make()
+            _save_figure(out / name, make)
         except (SparseBNNError, ValueError, NotImplementedError) as error:  # a plot a prior cannot give
             echo(f"skipped {name}: {error}")
             return
-        fig.savefig(out / name, dpi=90)
-        plt.close(fig)
         written.append(name)
 
     save("elbo.png", lambda: plots.plot_elbo(history))
@@ -253,30 +245,37 @@ def _choose(entry: ZooEntry, bnn: SparseBNN, data, schedule: dict, smoke: bool, 
     if not front.table.degenerate.all():  # never store a network whose output ignores its input
         front = dataclasses.replace(front, table=front.table[~front.table.degenerate])
     tolerance = choose["tolerance"]
-    if choose["rule"] == "posterior":
-        tolerance = _reachable_tolerance(front, tolerance)
+    if choose["rule"] == "posterior" and front.selected_index(tolerance) is None:
+        # compressed networks can beat or trail the posterior predictive on small validation sets
+        tolerance = front.tolerance_for_best()
     if tolerance != choose["tolerance"]:
         echo(f"no network of the frontier is within {choose['tolerance']:g} of the posterior on validation "
              f"data; choosing the best one (tolerance {tolerance:.4g})")
     chosen["tolerance_used"] = tolerance
     epochs = schedule["finetune_epochs"]
 
-    def tune(module, epochs):
-        return finetune(module, data.x_train, data.y_train, task=data.task, epochs=epochs,
-                        batch_size=choose["finetune_batch_size"], lr=choose["finetune_lr"],
-                        lr_decay=choose["finetune_lr_decay"], seed=train["seed"], x_val=data.x_val,
-                        y_val=data.y_val, restore_best=True, progress=progress)
+    tuned_at = {}  # (threshold, epochs) -> finetune's result: the search's runs are reused
+
+    def tune(threshold, epochs):
+        key = (repr(threshold), epochs)
+        if key not in tuned_at:
+            module, _ = compress(bnn, threshold=threshold)
+            tuned_at[key] = finetune(module, data.x_train, data.y_train, task=data.task, epochs=epochs,
+                                     batch_size=choose["finetune_batch_size"], lr=choose["finetune_lr"],
+                                     lr_decay=choose["finetune_lr_decay"], seed=train["seed"], x_val=data.x_val,
+                                     y_val=data.y_val, restore_best=True, progress=progress)
+        return tuned_at[key]
 
     if choose["rule"] == "finetuned":
         search_epochs = 1 if smoke else choose["search_epochs"]
-        threshold, reason, chosen["search"] = _search(bnn, front, tolerance, data, tune, search_epochs, echo)
+        threshold, reason, chosen["search"] = _search(front, tolerance, data, tune, search_epochs, echo)
     else:
         choice = front.select(tolerance)
         threshold, reason = choice.threshold, choice.reason
     module, report = compress(bnn, threshold=threshold)
     with torch.no_grad():
         before = _score(module(data.x_test), data.y_test, data)
-    tuned = tune(module, epochs)
+    tuned = tune(threshold, epochs)
     final = tuned.module.eval()
     with torch.no_grad():
         after = _score(final(data.x_test), data.y_test, data)
@@ -323,21 +322,15 @@ def _choose(entry: ZooEntry, bnn: SparseBNN, data, schedule: dict, smoke: bool, 
     return chosen
 
 
-def _row_threshold(value):
-    """A frontier row's threshold as ``compress`` takes it (NaN: the per-layer keep rule)."""
-    if isinstance(value, tuple):
-        return value
-    return None if math.isnan(value) else float(value)
-
-
-def _search(bnn: SparseBNN, front, tolerance: float, data, tune, epochs: int, echo):
+def _search(front, tolerance: float, data, tune, epochs: int, echo):
     """The smallest network of the frontier whose validation metric *after* ``epochs`` epochs of
     fine-tuning is within ``tolerance`` of the reference: the better of the posterior
     predictive and the frontier's largest network after the same fine-tuning (for priors
     whose posterior predictive trails a fine-tuned network, the posterior alone would be too
     low a bar). A bisection over the frontier's networks ordered by size: fine-tuning recovers
     much of what compression loses, so this finds far smaller networks than judging them as
-    compressed. Networks whose output ignores the input are skipped. ``(threshold, reason,
+    compressed. Networks whose output ignores the input are skipped. ``tune(threshold, epochs)``
+    compresses the fitted network at ``threshold`` and fine-tunes it. ``(threshold, reason,
     probes)``."""
     table = front.table[~front.table.degenerate].sort_values(["nonzero_params", "params"], kind="stable")
     table = table.drop_duplicates("nonzero_params", keep="last")
@@ -348,8 +341,7 @@ def _search(bnn: SparseBNN, front, tolerance: float, data, tune, epochs: int, ec
 
     def measure(index):
         row = rows[index]
-        module, _ = compress(bnn, threshold=_row_threshold(row.threshold))
-        tuned = tune(module, epochs).module.eval()
+        tuned = tune(front.threshold_at(row.Index), epochs).module.eval()
         with torch.no_grad():
             value = _score(tuned(data.x_val), data.y_val, data) / scale
         probes[index] = {"architecture": row.architecture, "nonzero_params": int(row.nonzero_params),
@@ -378,15 +370,12 @@ def _search(bnn: SparseBNN, front, tolerance: float, data, tune, epochs: int, ec
         else:
             low = middle + 1
     row = rows[low]
-    what = "posterior predictive's" if reference == front.posterior_metric else "largest network's"
-    if accuracy:
-        bound = f"within {tolerance:g} of the {what} validation accuracy {reference:.4g}"
-    else:
-        bound = f"whose validation RMSE is within {100 * tolerance:g} % of the {what} {reference:.4g}"
+    whose = "posterior predictive's" if reference == front.posterior_metric else "largest network's"
+    bound = front.describe_bound(tolerance, reference, whose)
     reason = (f"smallest network {bound}, judged after {plural(epochs, 'epoch')} of fine-tuning ({len(probes)} of the "
               f"frontier's {len(rows)} networks fine-tuned to find it; {int(row.nonzero_params):,} of "
               f"{front.params_before:,} parameters)")
-    return _row_threshold(row.threshold), reason, [probes[i] for i in sorted(probes)]
+    return front.threshold_at(row.Index), reason, [probes[i] for i in sorted(probes)]
 
 
 def _plot_search(front, probes: List[dict], architecture: str, epochs: int, tolerance: float):
@@ -410,19 +399,8 @@ def _plot_search(front, probes: List[dict], architecture: str, epochs: int, tole
     return fig
 
 
-def _reachable_tolerance(front, tolerance: float) -> float:
-    """``tolerance``, or the smallest one that accepts the frontier's best network when no
-    network is within ``tolerance`` of the posterior (compressed networks can beat or trail
-    the posterior predictive on small validation sets)."""
-    if front.selected_index(tolerance) is not None:
-        return tolerance
-    values = front.table[front.metric]
-    if front.metric == "accuracy":
-        return float(front.posterior_metric - values.max())
-    return float(values.min() / front.posterior_metric - 1)
-
-
 def _save_figure(path: Path, make) -> None:
+    """Draw the figure ``make()`` returns into ``path`` (PNG, 90 dpi) and close it."""
     import matplotlib
 
     matplotlib.use("Agg")

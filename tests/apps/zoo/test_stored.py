@@ -12,10 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from pyro_sparse_bnn.analysis.frontier import Frontier
 from pyro_sparse_bnn.apps.cli import main
 from pyro_sparse_bnn.apps.zoo import ZooConfigError, load_entry, run_fingerprint
-from pyro_sparse_bnn.apps.zoo.run import _reachable_tolerance
 from pyro_sparse_bnn.apps.zoo.stored import (
     MAX_ENTRY_BYTES,
     entry_bytes,
@@ -200,15 +198,3 @@ def test_evaluation_inputs_are_stored_in_half_precision_for_images_only(tmp_path
     table = torch.randn(50, 13)
     x, _ = write_evaluation(tmp_path / "table.pt", table, torch.zeros(50))
     assert torch.equal(x, table) and torch.equal(read_evaluation(tmp_path / "table.pt")[0], table)
-
-
-def test_the_choice_falls_back_to_the_best_network_when_none_is_within_the_tolerance():
-    def front(metric, values, posterior):
-        table = pd.DataFrame({"threshold": [0.1, 0.5, 0.9], metric: values, "nonzero_params": [30, 20, 10],
-                              "params": [30, 20, 10]})
-        return Frontier(table, metric, posterior, 40, 10, 0)
-
-    assert _reachable_tolerance(front("accuracy", [0.90, 0.85, 0.80], 0.91), 0.02) == 0.02
-    assert _reachable_tolerance(front("accuracy", [0.86, 0.85, 0.80], 0.91), 0.02) == pytest.approx(0.05)
-    assert _reachable_tolerance(front("rmse", [1.2, 1.3, 1.5], 1.0), 0.1) == pytest.approx(0.2)
-    assert _reachable_tolerance(front("rmse", [1.05, 1.3, 1.5], 1.0), 0.1) == 0.1
