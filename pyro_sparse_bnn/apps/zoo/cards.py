@@ -66,7 +66,7 @@ def render_card(entry: ZooEntry, metrics: Optional[dict] = None, stored_dir: Opt
         lines += [
             f"Measured on this machine ({metrics['environment']['machine']}, "
             f"{plural(metrics['environment']['threads'], 'torch thread')}, torch {metrics['environment']['torch']}) with "
-            f"`{metrics['command']}`: {plural(schedule['epochs'], 'epoch')} of batch {schedule['batch_size']} "
+            f"`{card_command(metrics['command'])}`: {plural(schedule['epochs'], 'epoch')} of batch {schedule['batch_size']} "
             f"({plural(schedule['num_steps'], 'SVI step')}) on {plural(metrics['data']['n_train'], 'training example')}, "
             f"evaluated on {plural(metrics['data']['n_test'], 'test example')}.", "",
             "| model | " + label + " | kept architecture | weights kept | architecture compression "
@@ -357,4 +357,23 @@ def describe(entry: ZooEntry) -> str:
 def shell_command(argv: Sequence[str]) -> str:
     """The command line of this process, for the card."""
     return "python -m pyro_sparse_bnn " + " ".join(shlex.quote(a) for a in argv)
+
+
+#: options of ``run`` that only choose where files go: the card's command leaves them out
+PLACE_OPTIONS = ("--output", "--baseline-cache", "--data-dir")
+
+
+def card_command(command: str) -> str:
+    """``command`` without the options that only say where outputs, cached baselines and data
+    live on the machine that ran it (:data:`PLACE_OPTIONS`): what a reader reruns."""
+    words, kept = shlex.split(command), []
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in PLACE_OPTIONS:
+            skip = True
+        elif not word.startswith(tuple(option + "=" for option in PLACE_OPTIONS)):
+            kept.append(word)
+    return " ".join(shlex.quote(word) for word in kept)
 
