@@ -5,10 +5,12 @@ x 1 thread, on Fashion-MNIST, for LeNet-300-100 (BC-GNJ, batch 128) and the MLP 
 Every run is a fresh process (or, for two processes, a ``torchrun`` launch with Lightning's
 ``Trainer(strategy="ddp")`` on gloo) that trains for two epochs of ``--steps`` minibatches of
 the global batch size on the first ``steps * batch`` training images: the first epoch warms up,
-the second is timed (between barriers, so the slower process counts). Three routes:
+the second is timed (between barriers, so the slower process counts). The routes:
 
-* ``fit``: ``psb.fit`` in one process with two torch threads (the reference);
-* ``lightning 1x2``: ``SparseBNNModule`` on a one-device ``Trainer``, two threads;
+* ``fit 1x2``: ``psb.fit`` in one process with two torch threads (the reference), and ``fit
+  1x1`` with one (what one core gives, against which the two routes' scaling shows);
+* ``lightning 1x2``: ``SparseBNNModule`` on a one-device ``Trainer``, two threads, minibatches
+  from ``tensor_loader`` (one indexing operation per minibatch, as ``fit`` takes them);
 * ``lightning 2x1``: ``SparseBNNModule`` with ``strategy="ddp", devices=2``, one thread per
   process, each process taking half of every minibatch.
 
@@ -43,7 +45,7 @@ NETS = {
     "mlp400": ("MLP 784-400-400-10 (SiLU)", "SS-GHS", 1024, 40),
 }
 #: route -> (processes, threads per process)
-ROUTES = {"fit 1x2": (1, 2), "lightning 1x2": (1, 2), "lightning 2x1": (2, 1)}
+ROUTES = {"fit 1x1": (1, 1), "fit 1x2": (1, 2), "lightning 1x2": (1, 2), "lightning 2x1": (2, 1)}
 
 
 def build(net_key: str, num_data: int):
@@ -60,11 +62,10 @@ def build(net_key: str, num_data: int):
 def worker(args) -> None:
     """One process of one run: train two epochs, time the second, rank 0 writes the result."""
     import lightning as L
-    from torch.utils.data import DataLoader, TensorDataset
 
     import pyro_sparse_bnn as psb
     from pyro_sparse_bnn.apps.datasets import fashion_mnist
-    from pyro_sparse_bnn.core.lightning import SparseBNNModule
+    from pyro_sparse_bnn.core.lightning import SparseBNNModule, tensor_loader
 
     torch.set_num_threads(args.threads)
     _, _, batch, _ = NETS[args.net]
@@ -72,7 +73,7 @@ def worker(args) -> None:
     data = fashion_mnist(n_train=num_data, n_test=1)
     bnn = build(args.net, num_data)
     processes = int(os.environ.get("WORLD_SIZE", "1"))
-    if args.route == "fit 1x2":
+    if args.route.startswith("fit"):
         history = psb.fit(bnn, data.x_train, data.y_train, epochs=2, batch_size=batch, seed=0, progress=False)
         seconds = history.seconds[1]
     else:
@@ -91,7 +92,7 @@ def worker(args) -> None:
         trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=processes,
                             strategy="ddp" if processes > 1 else "auto", logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, callbacks=[Clock()])
-        loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=batch // processes, shuffle=True)
+        loader = tensor_loader(data.x_train, data.y_train, batch_size=batch // processes)
         trainer.fit(module, loader)
         seconds = times[1]
     if int(os.environ.get("RANK", "0")) == 0:
