@@ -6,7 +6,7 @@ CI has no GPU, so the tests check this on the CPU:
 * **the default device.** ``torch.set_default_device("meta")`` makes every tensor built without
   an explicit device a meta tensor (shapes only, no data), so any place that builds a tensor on
   the default device instead of the network's fails or returns meta tensors. With the network
-  and the data on the CPU, fit, predict, the PIPs, compress, the frontier and the
+  and the data on the CPU, fit, predict, the PIPs, compress, finetune (with validation), the frontier and the
   diagnostics must run under it and give exactly what they give without it (a user with
   ``torch.set_default_device("cuda")`` and a CPU network hits the same places);
 * **data conversion.** A DataLoader yielding numpy arrays of another dtype works as tensors do;
@@ -50,11 +50,9 @@ def _workflow(prior, regression=False, dtype=torch.float32, default_device=None)
                         likelihood="gaussian" if regression else "categorical")
     with torch.device(default_device) if default_device is not None else nullcontext():
         results, module = _use(bnn, x, y, regression)
-    # torch.optim.Adam (not fused) keeps its step counters on the default device, so finetune
-    # runs outside it: that is torch's optimiser, not this library
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tuned, _ = psb.finetune(module, x, y, epochs=2, seed=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tuned, _ = psb.finetune(module, x, y, epochs=2, seed=0, x_val=x, y_val=y, restore_best=True)
     results["tuned"] = [p.detach().clone() for p in tuned.parameters()]
     return results
 

