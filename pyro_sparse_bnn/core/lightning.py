@@ -244,10 +244,9 @@ class _SparseBNNModuleMethods:
         self._epoch = _epoch_totals(float(bnn.temperature))
 
     def _build_plan(self) -> FitPlan:
-        arguments = dict(self._arguments)
         return FitPlan.build(
             self.bnn, None, None, batch_size=1, optim=None, shuffle=True, progress=False, callbacks=(),
-            checkpoint=None, checkpoint_every=1, resume=None, **arguments,
+            checkpoint=None, checkpoint_every=1, resume=None, **self._arguments,
         )
 
     @property

@@ -254,13 +254,17 @@ def _choose(entry: ZooEntry, bnn: SparseBNN, data, schedule: dict, smoke: bool, 
     chosen["tolerance_used"] = tolerance
     epochs = schedule["finetune_epochs"]
 
-    tuned_at = {}  # (threshold, epochs) -> finetune's result: the search's runs are reused
+    compressed_at, tuned_at = {}, {}  # the search's compressions and fine-tunings are reused
+
+    def compressed(threshold):
+        if repr(threshold) not in compressed_at:
+            compressed_at[repr(threshold)] = compress(bnn, threshold=threshold)
+        return compressed_at[repr(threshold)]
 
     def tune(threshold, epochs):
         key = (repr(threshold), epochs)
-        if key not in tuned_at:
-            module, _ = compress(bnn, threshold=threshold)
-            tuned_at[key] = finetune(module, data.x_train, data.y_train, task=data.task, epochs=epochs,
+        if key not in tuned_at:  # finetune trains a copy: the compressed module stays as it was
+            tuned_at[key] = finetune(compressed(threshold)[0], data.x_train, data.y_train, task=data.task, epochs=epochs,
                                      batch_size=choose["finetune_batch_size"], lr=choose["finetune_lr"],
                                      lr_decay=choose["finetune_lr_decay"], seed=train["seed"], x_val=data.x_val,
                                      y_val=data.y_val, restore_best=True, progress=progress)
@@ -272,7 +276,7 @@ def _choose(entry: ZooEntry, bnn: SparseBNN, data, schedule: dict, smoke: bool, 
     else:
         choice = front.select(tolerance)
         threshold, reason = choice.threshold, choice.reason
-    module, report = compress(bnn, threshold=threshold)
+    module, report = compressed(threshold)
     with torch.no_grad():
         before = _score(module(data.x_test), data.y_test, data)
     tuned = tune(threshold, epochs)
@@ -329,10 +333,11 @@ def _search(front, tolerance: float, data, tune, epochs: int, echo):
     whose posterior predictive trails a fine-tuned network, the posterior alone would be too
     low a bar). A bisection over the frontier's networks ordered by size: fine-tuning recovers
     much of what compression loses, so this finds far smaller networks than judging them as
-    compressed. Networks whose output ignores the input are skipped. ``tune(threshold, epochs)``
+    compressed. ``tune(threshold, epochs)``
     compresses the fitted network at ``threshold`` and fine-tunes it. ``(threshold, reason,
     probes)``."""
-    table = front.table[~front.table.degenerate].sort_values(["nonzero_params", "params"], kind="stable")
+    # the caller has dropped the networks whose output ignores the input (unless all do)
+    table = front.table.sort_values(["nonzero_params", "params"], kind="stable")
     table = table.drop_duplicates("nonzero_params", keep="last")
     rows = list(table.itertuples())
     accuracy = front.metric == "accuracy"
